@@ -1,0 +1,1 @@
+"""pgclip's HTTP API and web page (Litestar)."""

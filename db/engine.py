@@ -1,0 +1,116 @@
+"""Reaching the database: which URL, connections that name themselves, errors translated once."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import urlsplit
+
+import psycopg
+import sqlalchemy
+from pgvector.psycopg import register_vector
+from psycopg.rows import Row
+
+from pgclip.errors import DatabaseUnavailable
+from pgclip.settings import Settings, mask_url
+
+CONNECT_TIMEOUT = 10  # seconds; an unreachable host should fail fast, not hang
+
+
+def embedded_server(settings: Settings):  # -> EmbeddedPostgres
+    from pgclip.db.embedded import EmbeddedPostgres
+
+    return EmbeddedPostgres(settings.data_dir / "postgres")
+
+
+def database_url(settings: Settings, *, start: bool = True) -> str:
+    """The database to use: ``PGCLIP_DATABASE_URL``, else the embedded server (started if needed)."""
+    if settings.database_url:
+        return _plain_url(settings.database_url)
+    server = embedded_server(settings)
+    return server.start() if start else server.url()
+
+
+def _plain_url(url: str) -> str:
+    """Accept SQLAlchemy-style ``postgresql+psycopg://`` too; psycopg wants plain ``postgresql://``."""
+    return re.sub(r"^postgres(ql)?\+\w+://", "postgresql://", url)
+
+
+def sqlalchemy_url(url: str) -> str:
+    return re.sub(r"^postgres(ql)?://", "postgresql+psycopg://", _plain_url(url))
+
+
+def application_name(role: str) -> str:
+    """``pgclip-<role>[host:pid]``: visible in pg_stat_activity, so operators can tell processes apart."""
+    return f"pgclip-{role}[{socket.gethostname()}:{os.getpid()}]"[:63]
+
+
+def describe_target(url: str) -> str:
+    """Where a URL points, for error messages, without its password."""
+    parts = urlsplit(url)
+    host = parts.hostname or (re.search(r"host=([^&]+)", parts.query) or [None, "local socket"])[1]
+    port = f":{parts.port}" if parts.port else ""
+    return f"{host}{port}/{parts.path.lstrip('/') or '(default database)'}"
+
+
+def translate_connect_error(url: str, exc: Exception) -> DatabaseUnavailable:
+    """One line naming where we tried and what PostgreSQL (or the network) said."""
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    # libpq prefixes every attempt with "connection to server at ... failed:"; keep the reason.
+    reason = re.sub(r'^(connection failed: )?(connection to server (at|on socket) ".*?"(, port \d+)? failed: )?', "", message)
+    return DatabaseUnavailable(f"cannot connect to PostgreSQL at {describe_target(url)}: {reason}")
+
+
+def connect(url: str, *, role: str = "cli", autocommit: bool = False, vector: bool = True) -> psycopg.Connection[Row]:
+    """Open a connection (with pgvector's types registered when the extension exists)."""
+    try:
+        conn = psycopg.connect(
+            _plain_url(url), autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT,
+            application_name=application_name(role),
+        )
+    except psycopg.OperationalError as exc:
+        raise translate_connect_error(url, exc) from exc
+    except psycopg.ProgrammingError as exc:  # malformed URL / conninfo
+        raise DatabaseUnavailable(f"invalid database URL {mask_url(url)!r}: {exc}") from exc
+    if vector:
+        configure_vector(conn)
+    return conn
+
+
+def configure_vector(conn: psycopg.Connection) -> None:
+    """Register pgvector's types if the extension is installed (before migration it is not)."""
+    if conn.execute("SELECT 1 FROM pg_type WHERE typname = 'vector'").fetchone():
+        register_vector(conn)
+    if not conn.autocommit:
+        conn.commit()
+
+
+@contextmanager
+def connection(url: str, *, role: str = "cli") -> Iterator[psycopg.Connection[Row]]:
+    conn = connect(url, role=role)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def require_pgvector(conn: psycopg.Connection, url: str) -> None:
+    """Fail with a fix when the server cannot ``CREATE EXTENSION vector``."""
+    row = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'").fetchone()
+    if row is None:
+        raise DatabaseUnavailable(
+            f"the PostgreSQL at {describe_target(url)} does not have the pgvector extension available: "
+            "install pgvector there, or unset PGCLIP_DATABASE_URL to use pgclip's embedded server"
+        )
+
+
+def create_engine(url: str, *, role: str = "cli") -> sqlalchemy.Engine:
+    """A SQLAlchemy engine over psycopg 3, for alembic and ORM-level tests."""
+    return sqlalchemy.create_engine(
+        sqlalchemy_url(url),
+        connect_args={"application_name": application_name(role), "connect_timeout": CONNECT_TIMEOUT},
+        poolclass=sqlalchemy.pool.NullPool,
+    )

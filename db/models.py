@@ -1,0 +1,134 @@
+"""The CLIP models a database knows, and each model's vector index.
+
+Vectors of every model share ``pgclip.embeddings``; each model gets its own
+partial HNSW expression index::
+
+    CREATE INDEX embeddings_m1_hnsw ON pgclip.embeddings
+    USING hnsw ((embedding::vector(512)) vector_cosine_ops) WHERE model_id = 1
+
+The planner uses such an index only when a query repeats the expression and the
+predicate *literally*: ``model_id = $1`` as a bound parameter falls back to a
+sequential scan under a generic plan. So every vector query is composed with
+:func:`vector_sql`, which writes the model id and dimension as literals (they
+come from the ``models`` table, never from a user).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import class_row
+
+from pgclip.errors import ConfigError, NotFound
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRow:
+    id: int
+    name: str
+    pretrained: str
+    dimension: int
+    state: str
+    created_at: dt.datetime
+
+    @property
+    def index_name(self) -> str:
+        return f"embeddings_m{self.id}_hnsw"
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.pretrained})"
+
+
+_COLUMNS = "id, name, pretrained, dimension, state, created_at"
+
+
+def get_model(conn: psycopg.Connection, name: str, pretrained: str) -> ModelRow | None:
+    with conn.cursor(row_factory=class_row(ModelRow)) as cur:
+        return cur.execute(
+            f"SELECT {_COLUMNS} FROM pgclip.models WHERE name = %s AND pretrained = %s", [name, pretrained]
+        ).fetchone()
+
+
+def active_model(conn: psycopg.Connection) -> ModelRow | None:
+    """The model that answers searches, or None before any model is registered."""
+    with conn.cursor(row_factory=class_row(ModelRow)) as cur:
+        return cur.execute(f"SELECT {_COLUMNS} FROM pgclip.models WHERE state = 'active'").fetchone()
+
+
+def list_models(conn: psycopg.Connection) -> list[ModelRow]:
+    with conn.cursor(row_factory=class_row(ModelRow)) as cur:
+        return cur.execute(f"SELECT {_COLUMNS} FROM pgclip.models ORDER BY id").fetchall()
+
+
+def require_active_model(conn: psycopg.Connection) -> ModelRow:
+    model = active_model(conn)
+    if model is None:
+        raise NotFound("no active model: run `pgclip migrate` to register the configured one")
+    return model
+
+
+def ensure_model(
+    conn: psycopg.Connection, name: str, pretrained: str, dimension: int, *, hnsw_m: int = 16,
+    hnsw_ef_construction: int = 64,
+) -> ModelRow:
+    """Register a model (idempotent) and create its vector index; commits.
+
+    The first model a database sees becomes active; later ones start as
+    ``building`` until someone activates them.
+    """
+    conn.execute(
+        "INSERT INTO pgclip.models (name, pretrained, dimension) VALUES (%s, %s, %s)"
+        " ON CONFLICT (name, pretrained) DO NOTHING",
+        [name, pretrained, dimension],
+    )
+    model = get_model(conn, name, pretrained)
+    assert model is not None
+    if model.dimension != dimension:
+        raise ConfigError(
+            f"model {model.label} is registered with dimension {model.dimension}, but its config says {dimension}"
+        )
+    conn.execute(
+        "UPDATE pgclip.models SET state = 'active' WHERE id = %s"
+        " AND NOT EXISTS (SELECT 1 FROM pgclip.models WHERE state = 'active')",
+        [model.id],
+    )
+    conn.execute(index_ddl(model, hnsw_m=hnsw_m, hnsw_ef_construction=hnsw_ef_construction))
+    conn.commit()
+    return get_model(conn, name, pretrained)  # type: ignore[return-value]
+
+
+def index_ddl(model: ModelRow, *, hnsw_m: int, hnsw_ef_construction: int) -> sql.Composed:
+    return sql.SQL(
+        "CREATE INDEX IF NOT EXISTS {index} ON pgclip.embeddings"
+        " USING hnsw ((embedding::vector({dim})) vector_cosine_ops)"
+        " WITH (m = {m}, ef_construction = {efc}) WHERE model_id = {model_id}"
+    ).format(
+        index=sql.Identifier(model.index_name),
+        dim=sql.Literal(int(model.dimension)),
+        m=sql.Literal(int(hnsw_m)),
+        efc=sql.Literal(int(hnsw_ef_construction)),
+        model_id=sql.Literal(int(model.id)),
+    )
+
+
+def model_by_id(conn: psycopg.Connection, model_id: int) -> ModelRow:
+    with conn.cursor(row_factory=class_row(ModelRow)) as cur:
+        row = cur.execute(f"SELECT {_COLUMNS} FROM pgclip.models WHERE id = %s", [model_id]).fetchone()
+    if row is None:
+        raise NotFound(f"no model with id {model_id}")
+    return row
+
+
+def vector_sql(model: ModelRow) -> dict[str, sql.Composable]:
+    """Fragments that let a query use ``model``'s index: the indexed expression, the
+    predicate and the query-vector cast, with id and dimension written as literals."""
+    dim = sql.Literal(int(model.dimension))
+    return {
+        "vec": sql.SQL("(e.embedding::vector({dim}))").format(dim=dim),
+        "model_pred": sql.SQL("e.model_id = {id}").format(id=sql.Literal(int(model.id))),
+        "qcast": sql.SQL("vector({dim})").format(dim=dim),
+    }

@@ -1,0 +1,213 @@
+"""The pgclip schema as SQLAlchemy models: the source of truth alembic checks against.
+
+Everything lives in the ``pgclip`` schema. Two decisions shape it (DESIGN.md):
+
+* Vectors live in ``embeddings``, keyed by (image, model), never on ``images``:
+  a non-HOT update re-inserts a row into every index of its table, so a vector
+  beside metadata would be re-inserted into the HNSW graph on every metadata
+  edit; and models of different dimensions must coexist. The column is an
+  untyped ``vector``; each model gets a partial expression index
+  ``((embedding::vector(dim)) vector_cosine_ops) WHERE model_id = <id>``,
+  created when the model is registered (see ``pgclip.db.models``).
+* The work queue is its own narrow table (``embedding_jobs``) so that its many
+  state changes never touch the big tables.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from pgvector.sqlalchemy import Vector
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Computed,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Text,
+    func,
+)
+from sqlalchemy import text as sql
+from sqlalchemy.dialects.postgresql import JSONB, REGCONFIG, TSVECTOR
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+SCHEMA = "pgclip"
+
+# Constraint names are what the error translation keys on; keep them stable.
+NAMING = {
+    "ix": "%(table_name)s_%(column_0_N_name)s_idx",
+    "uq": "%(table_name)s_%(column_0_N_name)s_key",
+    "ck": "%(table_name)s_%(constraint_name)s_check",
+    "fk": "%(table_name)s_%(column_0_name)s_fkey",
+    "pk": "%(table_name)s_pkey",
+}
+
+JOB_STATES = ("pending", "leased", "done", "failed")
+MODEL_STATES = ("building", "active", "retired")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(schema=SCHEMA, naming_convention=NAMING)
+
+
+def _now() -> Any:
+    return mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class Image(Base):
+    """One picture, identified by the sha256 of its bytes (the same file twice is one row)."""
+
+    __tablename__ = "images"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    sha256: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
+    source: Mapped[str | None] = mapped_column(Text, comment="original filename or path, as ingested")
+    byte_size: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    width: Mapped[int] = mapped_column(Integer, nullable=False)
+    height: Mapped[int] = mapped_column(Integer, nullable=False)
+    format: Mapped[str] = mapped_column(Text, nullable=False, comment="PIL format name, e.g. JPEG")
+    mime: Mapped[str] = mapped_column(Text, nullable=False)
+    taken_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[dt.datetime] = _now()
+    metadata_: Mapped[dict[str, Any]] = mapped_column(
+        "metadata", JSONB, nullable=False, server_default=sql("'{}'::jsonb")
+    )
+
+    __table_args__ = (
+        CheckConstraint("sha256 ~ '^[0-9a-f]{64}$'", name="sha256_hex"),
+        CheckConstraint("width > 0 AND height > 0", name="positive_size"),
+        CheckConstraint("jsonb_typeof(metadata) = 'object'", name="metadata_object"),
+        Index("images_metadata_idx", "metadata", postgresql_using="gin", postgresql_ops={"metadata": "jsonb_path_ops"}),
+        Index("images_taken_at_idx", "taken_at"),
+    )
+
+
+class ImageBlob(Base):
+    """The original bytes, apart from ``images`` so metadata scans never read them."""
+
+    __tablename__ = "image_blobs"
+
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+
+class Thumbnail(Base):
+    """A small WebP rendering for the web page, written by the worker that embeds the image."""
+
+    __tablename__ = "thumbnails"
+
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    mime: Mapped[str] = mapped_column(Text, nullable=False, server_default=sql("'image/webp'"))
+    width: Mapped[int] = mapped_column(Integer, nullable=False)
+    height: Mapped[int] = mapped_column(Integer, nullable=False)
+    data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+
+class Caption(Base):
+    """Text describing an image; several per image, searchable through ``tsv``."""
+
+    __tablename__ = "captions"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), nullable=False)
+    text: Mapped[str] = mapped_column(Text, nullable=False)
+    # The text search configuration is stored per caption (from PGCLIP_TEXT_SEARCH_CONFIG
+    # at ingest) so the generated column stays immutable and changing the setting later
+    # never silently re-parses old captions.
+    ts_config: Mapped[str] = mapped_column(REGCONFIG, nullable=False, server_default=sql("'english'::regconfig"))
+    tsv: Mapped[Any] = mapped_column(TSVECTOR, Computed("to_tsvector(ts_config, text)", persisted=True))
+    created_at: Mapped[dt.datetime] = _now()
+
+    __table_args__ = (
+        CheckConstraint("length(text) > 0", name="not_empty"),
+        Index("captions_image_id_idx", "image_id"),
+        Index("captions_tsv_idx", "tsv", postgresql_using="gin"),
+        # md5 of the text, not the text: a B-tree entry must stay under ~2.7 kB.
+        Index("captions_image_text_key", "image_id", sql("md5(text)"), unique=True),
+    )
+
+
+class Model(Base):
+    """A CLIP model this database knows; exactly one is ``active`` and answers searches."""
+
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(Integer, Identity(always=False), primary_key=True)
+    name: Mapped[str] = mapped_column(Text, nullable=False, comment="open_clip model name")
+    pretrained: Mapped[str] = mapped_column(
+        Text, nullable=False, comment="open_clip pretrained tag, or sha256:<digest> of a local checkpoint"
+    )
+    dimension: Mapped[int] = mapped_column(Integer, nullable=False)
+    state: Mapped[str] = mapped_column(Text, nullable=False, server_default=sql("'building'"))
+    created_at: Mapped[dt.datetime] = _now()
+
+    __table_args__ = (
+        CheckConstraint(f"state IN {MODEL_STATES}", name="state"),
+        # pgvector indexes at most 2,000 dimensions of `vector`.
+        CheckConstraint("dimension BETWEEN 1 AND 2000", name="dimension"),
+        Index("models_name_pretrained_key", "name", "pretrained", unique=True),
+        Index("models_one_active_key", "state", unique=True, postgresql_where=sql("state = 'active'")),
+    )
+
+
+class Embedding(Base):
+    """One model's vector of one image (L2-normalised; compared by cosine distance)."""
+
+    __tablename__ = "embeddings"
+
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    embedding: Mapped[Any] = mapped_column(Vector(), nullable=False)
+    created_at: Mapped[dt.datetime] = _now()
+
+    __table_args__ = (Index("embeddings_model_id_idx", "model_id"),)
+
+
+class EmbeddingJob(Base):
+    """The queue: one row per (image, model) to embed, claimed by workers with a lease."""
+
+    __tablename__ = "embedding_jobs"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), nullable=False)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), nullable=False)
+    state: Mapped[str] = mapped_column(Text, nullable=False, server_default=sql("'pending'"))
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default=sql("0"))
+    run_after: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now(),
+        comment="a pending job is not claimed before this (retry backoff)",
+    )
+    lease_until: Mapped[dt.datetime | None] = mapped_column(
+        DateTime(timezone=True), comment="while leased: when the lease expires and the job may be claimed again"
+    )
+    locked_by: Mapped[str | None] = mapped_column(Text, comment="worker id holding the lease")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    enqueued_at: Mapped[dt.datetime] = _now()
+    updated_at: Mapped[dt.datetime] = _now()
+
+    __table_args__ = (
+        CheckConstraint(f"state IN {JOB_STATES}", name="state"),
+        CheckConstraint("attempts >= 0", name="attempts"),
+        CheckConstraint(
+            "(state = 'leased') = (lease_until IS NOT NULL AND locked_by IS NOT NULL)", name="lease"
+        ),
+        # At most one open job per image and model: enqueueing twice is a no-op.
+        Index(
+            "embedding_jobs_open_key", "image_id", "model_id", unique=True,
+            postgresql_where=sql("state IN ('pending', 'leased')"),
+        ),
+        # The claim's index: open jobs of one model in the order they become claimable
+        # (a pending job at run_after, a leased one when its lease expires).
+        Index(
+            "embedding_jobs_claim_idx", "model_id", sql("COALESCE(lease_until, run_after)"), "id",
+            postgresql_where=sql("state IN ('pending', 'leased')"),
+        ),
+        Index("embedding_jobs_image_id_idx", "image_id"),
+        Index("embedding_jobs_failed_idx", "model_id", postgresql_where=sql("state = 'failed'")),
+    )

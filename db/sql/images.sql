@@ -1,0 +1,37 @@
+-- Writing images, their bytes, captions and metadata (ingest and upload).
+-- Sections start with `-- name --`; pgclip.db.queries loads them by name.
+
+-- insert_images --
+-- Insert a batch of probed images; an image whose bytes are already stored
+-- (same sha256) is skipped here and looked up by the next statement.
+INSERT INTO pgclip.images (sha256, source, byte_size, width, height, format, mime, taken_at, metadata)
+SELECT *
+FROM unnest(%(sha256)s::text[], %(source)s::text[], %(byte_size)s::bigint[], %(width)s::int[],
+            %(height)s::int[], %(format)s::text[], %(mime)s::text[], %(taken_at)s::timestamptz[],
+            %(metadata)s::jsonb[])
+ON CONFLICT (sha256) DO NOTHING
+RETURNING id, sha256;
+
+-- ids_by_sha256 --
+SELECT id, sha256 FROM pgclip.images WHERE sha256 = ANY(%(sha256)s::text[]);
+
+-- insert_blob --
+INSERT INTO pgclip.image_blobs (image_id, data) VALUES (%(image_id)s, %(data)s)
+ON CONFLICT (image_id) DO NOTHING;
+
+-- merge_metadata --
+-- Metadata given again for a known image is merged in (new keys win); the
+-- vectors are in another table, so this never touches the HNSW index.
+UPDATE pgclip.images AS i
+SET metadata = i.metadata || t.metadata
+FROM unnest(%(image_ids)s::bigint[], %(metadata)s::jsonb[]) AS t(image_id, metadata)
+WHERE i.id = t.image_id AND NOT i.metadata @> t.metadata;
+
+-- add_captions --
+-- Captions are unique per image (by md5 of the text), so re-ingesting a
+-- manifest adds only the captions that are new.
+INSERT INTO pgclip.captions (image_id, text, ts_config)
+SELECT image_id, text, %(ts_config)s::regconfig
+FROM unnest(%(image_ids)s::bigint[], %(texts)s::text[]) AS t(image_id, text)
+ON CONFLICT (image_id, md5(text)) DO NOTHING
+RETURNING id;

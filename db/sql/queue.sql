@@ -1,0 +1,166 @@
+-- The embedding queue's protocol, every statement in one place.
+-- Sections start with `-- name --`; pgclip.db.queries loads them by name.
+-- States: pending -> leased -> done | failed (| pending again on retry / release).
+
+-- enqueue --
+-- Queue (image, model) pairs. The partial unique index keeps one open job per
+-- pair, so enqueueing what is already queued or running is a no-op.
+INSERT INTO pgclip.embedding_jobs (image_id, model_id)
+SELECT image_id, %(model_id)s FROM unnest(%(image_ids)s::bigint[]) AS t(image_id)
+ON CONFLICT (image_id, model_id) WHERE state IN ('pending', 'leased') DO NOTHING
+RETURNING id;
+
+-- notify --
+-- Wake idle workers. Sent once per enqueueing transaction and delivered at
+-- commit, so a worker never wakes to find rows it cannot see yet.
+SELECT pg_notify('pgclip_jobs', %(model_id)s::text);
+
+-- claim --
+-- Take up to n claimable jobs of one model in one statement:
+--   * claimable = pending with its backoff over, or leased with an expired lease
+--     (its worker died or hung); one index serves both (embedding_jobs_claim_idx);
+--   * FOR UPDATE SKIP LOCKED: concurrent workers take disjoint batches, no waiting;
+--   * the attempt is counted here, at claim time, so an image that kills its
+--     worker every time still runs out of attempts ...
+--   * ... and a job whose lease expired with no attempts left ends failed instead
+--     of being leased again (RETURNING says which; the worker skips those).
+WITH claimable AS (
+    SELECT id
+    FROM pgclip.embedding_jobs
+    WHERE model_id = %(model_id)s
+      AND state IN ('pending', 'leased')
+      AND COALESCE(lease_until, run_after) <= now()
+    ORDER BY COALESCE(lease_until, run_after), id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE pgclip.embedding_jobs AS j
+SET state       = CASE WHEN j.attempts >= %(max_attempts)s THEN 'failed' ELSE 'leased' END,
+    attempts    = CASE WHEN j.attempts >= %(max_attempts)s THEN j.attempts ELSE j.attempts + 1 END,
+    locked_by   = CASE WHEN j.attempts >= %(max_attempts)s THEN NULL ELSE %(worker)s END,
+    lease_until = CASE WHEN j.attempts >= %(max_attempts)s THEN NULL
+                       ELSE now() + make_interval(secs => %(lease_seconds)s) END,
+    last_error  = CASE WHEN j.attempts >= %(max_attempts)s
+                       THEN 'gave up after ' || j.attempts || ' attempts: the lease expired each time (worker killed or hung)'
+                       ELSE j.last_error END,
+    updated_at  = now()
+FROM claimable AS c
+WHERE j.id = c.id
+RETURNING j.id, j.image_id, j.model_id, j.attempts, j.state;
+
+-- renew --
+-- Extend the lease of jobs this worker still owns (a long batch calls this every
+-- lease/3). Rows missing from RETURNING were lost (expired and re-claimed).
+UPDATE pgclip.embedding_jobs
+SET lease_until = now() + make_interval(secs => %(lease_seconds)s), updated_at = now()
+WHERE id = ANY(%(job_ids)s::bigint[]) AND locked_by = %(worker)s AND state = 'leased'
+RETURNING id;
+
+-- complete --
+-- Mark jobs done and write their vectors and thumbnails in one statement, fenced
+-- on ownership: only jobs still leased to this worker count, so a worker whose
+-- lease was lost writes nothing (no clobbering). A deleted image's job is gone
+-- (cascade), so nothing is written for it either. Writes are upserts: running a
+-- job twice (at-least-once delivery) leaves one row per (image, model).
+WITH owned AS (
+    UPDATE pgclip.embedding_jobs
+    SET state = 'done', lease_until = NULL, locked_by = NULL, last_error = NULL, updated_at = now()
+    WHERE id = ANY(%(job_ids)s::bigint[]) AND locked_by = %(worker)s AND state = 'leased'
+    RETURNING id, image_id, model_id
+),
+input AS (
+    SELECT *
+    FROM unnest(%(job_ids)s::bigint[], %(vectors)s::vector[], %(thumbs)s::bytea[],
+                %(thumb_widths)s::int[], %(thumb_heights)s::int[])
+         AS t(job_id, embedding, thumb, thumb_width, thumb_height)
+),
+vectors AS (
+    INSERT INTO pgclip.embeddings (image_id, model_id, embedding)
+    SELECT o.image_id, o.model_id, i.embedding FROM owned o JOIN input i ON i.job_id = o.id
+    ON CONFLICT (image_id, model_id) DO UPDATE SET embedding = EXCLUDED.embedding, created_at = now()
+    RETURNING image_id
+),
+thumbnails AS (
+    INSERT INTO pgclip.thumbnails (image_id, width, height, data)
+    SELECT o.image_id, i.thumb_width, i.thumb_height, i.thumb
+    FROM owned o JOIN input i ON i.job_id = o.id
+    WHERE i.thumb IS NOT NULL
+    ON CONFLICT (image_id) DO UPDATE SET width = EXCLUDED.width, height = EXCLUDED.height, data = EXCLUDED.data
+    RETURNING image_id
+)
+SELECT id FROM owned;
+
+-- fail --
+-- Permanent failures (not an image, truncated, too many pixels): failed at once,
+-- with the reason kept. Fenced on ownership like complete.
+UPDATE pgclip.embedding_jobs AS j
+SET state = 'failed', last_error = t.error, lease_until = NULL, locked_by = NULL, updated_at = now()
+FROM unnest(%(job_ids)s::bigint[], %(errors)s::text[]) AS t(job_id, error)
+WHERE j.id = t.job_id AND j.locked_by = %(worker)s AND j.state = 'leased'
+RETURNING j.id;
+
+-- retry_later --
+-- Transient failures (database hiccup, out of memory): back to pending after an
+-- exponential backoff, or failed once the attempts are spent.
+UPDATE pgclip.embedding_jobs AS j
+SET state       = CASE WHEN j.attempts >= %(max_attempts)s THEN 'failed' ELSE 'pending' END,
+    run_after   = now() + make_interval(secs => least(%(backoff_cap)s, %(backoff_base)s * 2 ^ (j.attempts - 1))),
+    last_error  = t.error,
+    lease_until = NULL, locked_by = NULL, updated_at = now()
+FROM unnest(%(job_ids)s::bigint[], %(errors)s::text[]) AS t(job_id, error)
+WHERE j.id = t.job_id AND j.locked_by = %(worker)s AND j.state = 'leased'
+RETURNING j.id, j.state;
+
+-- release --
+-- Give back jobs claimed but not started (worker shutting down): pending again,
+-- and the attempt counted at claim is returned since nothing was tried.
+UPDATE pgclip.embedding_jobs
+SET state = 'pending', attempts = greatest(attempts - 1, 0), lease_until = NULL, locked_by = NULL,
+    run_after = now(), updated_at = now()
+WHERE id = ANY(%(job_ids)s::bigint[]) AND locked_by = %(worker)s AND state = 'leased'
+RETURNING id;
+
+-- retry_failed --
+-- Re-queue failed jobs (after fixing the cause) with fresh attempts; skipped
+-- where the image already has an open job for the model.
+UPDATE pgclip.embedding_jobs AS j
+SET state = 'pending', attempts = 0, run_after = now(), updated_at = now()
+WHERE j.state = 'failed'
+  AND (%(model_id)s::int IS NULL OR j.model_id = %(model_id)s::int)
+  AND NOT EXISTS (
+      SELECT 1 FROM pgclip.embedding_jobs o
+      WHERE o.image_id = j.image_id AND o.model_id = j.model_id AND o.state IN ('pending', 'leased'))
+RETURNING j.id;
+
+-- pending_count --
+-- Work a worker could still get: used by `pgclip worker --until-empty`.
+SELECT count(*) AS claimable,
+       count(*) FILTER (WHERE state = 'leased') AS leased
+FROM pgclip.embedding_jobs
+WHERE model_id = %(model_id)s AND state IN ('pending', 'leased');
+
+-- status_counts --
+-- Jobs per model and state, with the newest activity and the oldest pending job.
+SELECT m.name AS model, m.pretrained, m.state AS model_state, j.state, count(j.id) AS jobs,
+       min(j.enqueued_at) FILTER (WHERE j.state = 'pending') AS oldest_pending
+FROM pgclip.models m
+LEFT JOIN pgclip.embedding_jobs j ON j.model_id = m.id
+GROUP BY m.id, m.name, m.pretrained, m.state, j.state
+ORDER BY m.id, j.state;
+
+-- status_throughput --
+-- Jobs finished in the last minute, per model.
+SELECT m.name AS model, count(*) AS done_last_minute
+FROM pgclip.embedding_jobs j JOIN pgclip.models m ON m.id = j.model_id
+WHERE j.state = 'done' AND j.updated_at > now() - interval '1 minute'
+GROUP BY m.name;
+
+-- status_failures --
+-- The most recent failures with their reasons.
+SELECT j.id AS job_id, j.image_id, i.source, m.name AS model, j.attempts, j.last_error, j.updated_at
+FROM pgclip.embedding_jobs j
+JOIN pgclip.images i ON i.id = j.image_id
+JOIN pgclip.models m ON m.id = j.model_id
+WHERE j.state = 'failed'
+ORDER BY j.updated_at DESC, j.id DESC
+LIMIT %(limit)s;

@@ -1,0 +1,3 @@
+"""pgclip: semantic image search that lives inside PostgreSQL."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,57 @@
+"""Getting a process to a usable database: reachable, pgvector present, migrated, model registered.
+
+The composition root every entry point goes through (CLI commands, workers,
+the API's start-up), so they all fail the same way with the same fix.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy.exc
+
+from pgclip.db import migrate as migrations
+from pgclip.db.engine import connect, database_url, describe_target, require_pgvector
+from pgclip.db.models import ModelRow, ensure_model
+from pgclip.errors import DatabaseUnavailable
+from pgclip.settings import Settings
+
+
+def reachable_url(settings: Settings) -> str:
+    """The database URL, after checking it answers (starting the embedded server if needed)."""
+    url = database_url(settings)
+    with connect(url, vector=False) as conn:
+        conn.execute("SELECT 1")
+    return url
+
+
+def migrate(settings: Settings) -> tuple[str, ModelRow]:
+    """``alembic upgrade head``, then register the configured model and its vector index."""
+    url = reachable_url(settings)
+    with connect(url, vector=False) as conn:
+        require_pgvector(conn, url)
+    try:
+        migrations.upgrade(url)
+    except sqlalchemy.exc.DBAPIError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise DatabaseUnavailable(f"migrating the database at {describe_target(url)} failed: {reason}") from exc
+    return url, register_configured_model(url, settings)
+
+
+def register_configured_model(url: str, settings: Settings) -> ModelRow:
+    """Make sure the model named by PGCLIP_MODEL / PGCLIP_PRETRAINED has its row and index."""
+    # The encoder module imports torch lazily; its config lookups do not load weights.
+    from pgclip.workers.encoder import model_dimension, pretrained_identity
+
+    identity = pretrained_identity(settings.model, settings.pretrained)
+    with connect(url, role="migrate") as conn:
+        return ensure_model(
+            conn, settings.model, identity, model_dimension(settings.model),
+            hnsw_m=settings.hnsw_m, hnsw_ef_construction=settings.hnsw_ef_construction,
+        )
+
+
+def ready_url(settings: Settings) -> str:
+    """The database URL of a process that needs the schema at head (worker, API, queries)."""
+    url = reachable_url(settings)
+    with connect(url) as conn:
+        migrations.require_head(conn)
+    return url

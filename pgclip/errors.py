@@ -1,0 +1,34 @@
+"""The small tree of errors pgclip raises on purpose.
+
+Driver errors are translated into these once, where they happen (see
+``pgclip.db.engine``); the CLI prints one line for any of them and the API maps
+them to HTTP statuses in one function.
+"""
+
+
+class PgclipError(Exception):
+    """Base of every error pgclip reports to a user as one line."""
+
+
+class ConfigError(PgclipError):
+    """A setting is malformed or names something that does not exist."""
+
+
+class DatabaseUnavailable(PgclipError):
+    """The database cannot be reached, refused the login, or lacks pgvector."""
+
+
+class SchemaNotReady(PgclipError):
+    """The database is reachable but not migrated to the code's schema head."""
+
+
+class ModelLoadError(PgclipError):
+    """A CLIP model or its weights cannot be loaded."""
+
+
+class NotFound(PgclipError):
+    """A requested row (image, model, job) does not exist."""
+
+
+class InvalidInput(PgclipError):
+    """A user-supplied value is malformed (bad image, bad filter, bad manifest)."""

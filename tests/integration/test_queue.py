@@ -1,0 +1,197 @@
+"""The queue protocol (db/sql/queue.sql) on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import psycopg
+import pytest
+
+from pgclip.db import queue
+from pgclip.db.engine import connect
+from pgclip.db.models import active_model
+from tests.integration.test_schema import add_image
+
+LEASE = 60.0
+
+
+@pytest.fixture
+def model(conn):
+    return active_model(conn)
+
+
+def enqueue_images(conn, model, n: int) -> list[int]:
+    ids = [add_image(conn, f"q{i}.jpg") for i in range(n)]
+    queue.enqueue(conn, ids, model.id)
+    conn.commit()
+    return ids
+
+
+def claim(conn, model, worker="w1", limit=10, lease=LEASE, max_attempts=3):
+    with conn.transaction():
+        return queue.claim(conn, model_id=model.id, worker=worker, limit=limit, lease_seconds=lease, max_attempts=max_attempts)
+
+
+def jobs(conn):
+    return {
+        r[0]: r[1:]
+        for r in conn.execute("SELECT image_id, state, attempts, locked_by, last_error FROM pgclip.embedding_jobs ORDER BY id")
+    }
+
+
+def vec(model, seed=0):
+    v = np.random.default_rng(seed).normal(size=model.dimension).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def test_enqueue_is_idempotent_and_notifies_once_per_transaction(conn, model, db_url):
+    with connect(db_url, autocommit=True) as listener:
+        listener.execute("LISTEN pgclip_jobs")
+        ids = [add_image(conn, f"n{i}.jpg") for i in range(5)]
+        assert queue.enqueue(conn, ids, model.id) == 5
+        assert queue.enqueue(conn, ids, model.id) == 0  # already open: nothing new, no second notify
+        conn.commit()
+        received = list(listener.notifies(timeout=1.0))
+    assert [n.payload for n in received] == [str(model.id)]
+    assert len(jobs(conn)) == 5
+
+
+def test_claims_count_the_attempt_and_never_overlap(conn, model, db_url):
+    enqueue_images(conn, model, 30)
+    with connect(db_url) as other:
+        a = claim(conn, model, "a", limit=10)
+        b = claim(other, model, "b", limit=10)
+    assert len(a) == len(b) == 10
+    assert not {j.id for j in a} & {j.id for j in b}
+    assert all(j.attempts == 1 and j.state == "leased" for j in a + b)
+    states = jobs(conn)
+    assert sum(1 for s in states.values() if s[0] == "leased") == 20
+
+
+def test_concurrent_claimers_skip_locked_rows_instead_of_waiting(conn, model, db_url):
+    enqueue_images(conn, model, 20)
+    with connect(db_url) as holder, connect(db_url) as other:
+        # An uncommitted claim holds row locks on its batch ...
+        queue.claim(holder, model_id=model.id, worker="slow", limit=10, lease_seconds=LEASE, max_attempts=3)
+        started = time.monotonic()
+        b = claim(other, model, "fast", limit=20)  # ... which another claimer skips, without blocking
+        assert time.monotonic() - started < 2
+        assert len(b) == 10
+        holder.rollback()
+
+
+def test_complete_writes_vectors_and_thumbnails_only_for_jobs_still_owned(conn, model):
+    enqueue_images(conn, model, 2)
+    mine = claim(conn, model, "me", limit=2)
+    # The lease of one job expired and another worker took it.
+    conn.execute(
+        "UPDATE pgclip.embedding_jobs SET locked_by = 'thief' WHERE id = %s", [mine[1].id]
+    )
+    conn.commit()
+    with conn.transaction():
+        owned = queue.complete(
+            conn, [queue.Finished(j.id, vec(model, j.id), b"webp", 4, 3) for j in mine], worker="me"
+        )
+    assert owned == {mine[0].id}
+    stored = conn.execute("SELECT image_id FROM pgclip.embeddings").fetchall()
+    assert stored == [(mine[0].image_id,)]  # nothing written for the lost job
+    assert conn.execute("SELECT count(*) FROM pgclip.thumbnails").fetchone()[0] == 1
+    assert jobs(conn)[mine[1].image_id][:3] == ("leased", 1, "thief")  # not clobbered
+
+
+def test_writing_a_vector_twice_leaves_one_row(conn, model):
+    (image,) = enqueue_images(conn, model, 1)
+    for attempt in range(2):  # at-least-once: the same image embedded again later
+        if attempt:
+            queue.enqueue(conn, [image], model.id)
+            conn.commit()
+        (job,) = claim(conn, model, "w")
+        with conn.transaction():
+            queue.complete(conn, [queue.Finished(job.id, vec(model, attempt))], worker="w")
+    rows = conn.execute("SELECT embedding FROM pgclip.embeddings WHERE image_id = %s", [image]).fetchall()
+    assert len(rows) == 1
+    np.testing.assert_allclose(rows[0][0].to_numpy(), vec(model, 1), atol=1e-6)
+
+
+def test_an_expired_lease_makes_the_job_claimable_again(conn, model):
+    enqueue_images(conn, model, 3)
+    first = claim(conn, model, "dead", lease=0.2)
+    assert claim(conn, model, "alive") == []  # leased: not claimable while the lease holds
+    time.sleep(0.3)
+    second = claim(conn, model, "alive")
+    assert {j.id for j in second} == {j.id for j in first}
+    assert all(j.attempts == 2 for j in second)
+
+
+def test_a_job_whose_worker_dies_every_time_ends_failed(conn, model):
+    (image,) = enqueue_images(conn, model, 1)
+    for _ in range(3):  # max_attempts = 3, each claim's worker "dies" (lease expires)
+        assert len(claim(conn, model, "doomed", lease=0.05, max_attempts=3)) == 1
+        time.sleep(0.1)
+    last = claim(conn, model, "doomed", lease=0.05, max_attempts=3)
+    assert [j.state for j in last] == ["failed"]
+    state, attempts, locked_by, error = jobs(conn)[image]
+    assert (state, attempts, locked_by) == ("failed", 3, None)
+    assert "lease expired" in error
+    assert claim(conn, model, "next") == []
+
+
+def test_transient_failures_back_off_then_fail_when_attempts_run_out(conn, model):
+    (image,) = enqueue_images(conn, model, 1)
+    (job,) = claim(conn, model, "w", max_attempts=2)
+    with conn.transaction():
+        assert queue.retry_later(conn, {job.id: "OutOfMemoryError"}, worker="w", max_attempts=2) == {job.id: "pending"}
+    assert claim(conn, model, "w", max_attempts=2) == []  # backing off
+    conn.execute("UPDATE pgclip.embedding_jobs SET run_after = now()")
+    (job,) = claim(conn, model, "w", max_attempts=2)
+    with conn.transaction():
+        assert queue.retry_later(conn, {job.id: "OutOfMemoryError"}, worker="w", max_attempts=2) == {job.id: "failed"}
+    assert jobs(conn)[image][0] == "failed"
+
+
+def test_permanent_failures_keep_their_reason_and_retry_failed_requeues(conn, model):
+    ids = enqueue_images(conn, model, 2)
+    batch = claim(conn, model, "w")
+    with conn.transaction():
+        queue.fail(conn, {batch[0].id: "truncated image"}, worker="w")
+        queue.complete(conn, [queue.Finished(batch[1].id, vec(model))], worker="w")
+    assert jobs(conn)[ids[0]][0::3] == ("failed", "truncated image")
+    status = queue.status(conn)
+    assert status.models[0].counts == {"pending": 0, "leased": 0, "done": 1, "failed": 1}
+    assert [f.last_error for f in status.failures] == ["truncated image"]
+    with conn.transaction():
+        assert queue.retry_failed(conn) == 1
+    assert jobs(conn)[ids[0]][:2] == ("pending", 0)
+
+
+def test_release_returns_unstarted_jobs_without_spending_an_attempt(conn, model):
+    enqueue_images(conn, model, 2)
+    batch = claim(conn, model, "w")
+    with conn.transaction():
+        assert queue.release(conn, [j.id for j in batch], worker="w") == {j.id for j in batch}
+    assert {s[:2] for s in jobs(conn).values()} == {("pending", 0)}
+
+
+def test_renew_extends_only_our_own_leases(conn, model):
+    enqueue_images(conn, model, 2)
+    batch = claim(conn, model, "w", lease=1)
+    conn.execute("UPDATE pgclip.embedding_jobs SET locked_by = 'other' WHERE id = %s", [batch[0].id])
+    conn.commit()
+    with conn.transaction():
+        kept = queue.renew(conn, [j.id for j in batch], worker="w", lease_seconds=600)
+    assert kept == {batch[1].id}
+
+
+def test_claim_uses_its_index(conn, model):
+    enqueue_images(conn, model, 5)
+    conn.execute("SET enable_seqscan = off")
+    from pgclip.db.queries import QUEUE
+
+    plan = conn.execute(
+        "EXPLAIN (FORMAT JSON) " + QUEUE["claim"],
+        {"model_id": model.id, "worker": "w", "limit": 10, "lease_seconds": 60, "max_attempts": 3},
+    ).fetchone()[0]
+    conn.rollback()
+    assert "embedding_jobs_claim_idx" in str(plan)

@@ -1,0 +1,193 @@
+"""The encoder against open_clip's own pipeline, on the tiny seeded test model.
+
+Random weights catch preprocessing or tokenisation mistakes as surely as real
+ones: any difference in the input tensor changes the vector.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+
+from pgclip.errors import ModelLoadError
+from pgclip.workers.decode import decode
+from pgclip.workers.encoder import ClipEncoder, model_dimension, pretrained_identity, register_test_models
+from tests.unit.test_decode import odd_images
+
+TEXTS = [
+    "a photo of a cat",
+    "кошка на траве",
+    "猫",
+    "🐈 on the 🌱",
+    "",
+    "a very long caption " * 40,  # longer than the 77-token context: truncated the same way
+]
+
+
+@pytest.fixture(scope="module")
+def encoder() -> ClipEncoder:
+    enc = ClipEncoder("test-tiny", "random", device="cpu")
+    enc.load()
+    return enc
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """open_clip's own model, transform and tokenizer for test-tiny, seeded as documented."""
+    register_test_models()
+    torch.manual_seed(0)
+    model, _, preprocess = open_clip.create_model_and_transforms("test-tiny")
+    return model.eval(), preprocess, open_clip.get_tokenizer("test-tiny")
+
+
+def photos() -> list[Image.Image]:
+    rng = np.random.default_rng(7)
+    sizes = [(64, 64), (300, 120), (37, 211), (640, 480)]
+    images = [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for w, h in sizes]
+    return images + [decode(data) for data in odd_images().values()]
+
+
+def normalised(features: torch.Tensor) -> np.ndarray:
+    return torch.nn.functional.normalize(features, dim=-1).numpy()
+
+
+def test_vectors_are_unit_length_with_the_configured_dimension(encoder):
+    assert encoder.dimension == model_dimension("test-tiny") == 64
+    for vectors in (encoder.encode_images(photos()), encoder.encode_texts(TEXTS)):
+        assert vectors.dtype == np.float32 and vectors.shape[1] == 64
+        assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_empty_input_gives_an_empty_matrix(encoder):
+    assert encoder.encode_images([]).shape == (0, 64)
+    assert encoder.encode_texts([]).shape == (0, 64)
+
+
+def test_image_vectors_equal_open_clips_own_pipeline(encoder, reference):
+    model, preprocess, _ = reference
+    images = photos()
+    ours = encoder.encode_images(images)
+    with torch.inference_mode():
+        theirs = np.concatenate([normalised(model.encode_image(preprocess(im).unsqueeze(0))) for im in images])
+    assert np.abs(ours - theirs).max() < 1e-5
+
+
+def test_text_vectors_equal_open_clips_own_pipeline(encoder, reference):
+    model, _, tokenizer = reference
+    with torch.inference_mode():
+        theirs = normalised(model.encode_text(tokenizer(TEXTS)))
+    assert np.abs(encoder.encode_texts(TEXTS) - theirs).max() < 1e-5
+    # Different scripts really are different inputs, not all mapped to unknown tokens.
+    assert len({tuple(np.round(v, 4)) for v in theirs[:4]}) == 4
+
+
+def test_separate_encoders_give_identical_vectors(encoder):
+    other = ClipEncoder("test-tiny", "anything: test models ignore it", device="cpu")
+    assert np.array_equal(other.encode_texts(TEXTS), encoder.encode_texts(TEXTS))
+    assert np.array_equal(other.encode_images(photos()[:3]), encoder.encode_images(photos()[:3]))
+    assert other.pretrained_identity == "random-seed-0"
+
+
+def test_loading_a_test_model_leaves_the_callers_random_state_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    ClipEncoder("test-tiny-alt", "random", device="cpu").load()
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_second_test_model_has_another_dimension():
+    enc = ClipEncoder("test-tiny-alt", "random", device="cpu")
+    assert enc.dimension == 48
+    assert enc.encode_texts(["a cat"]).shape == (1, 48)
+
+
+def test_dimension_needs_no_weights():
+    enc = ClipEncoder("ViT-B-32", "no-such-tag")
+    assert enc.dimension == 512  # read from the config: no download, no error yet
+
+
+def test_unknown_model_names_how_to_list_models():
+    with pytest.raises(ModelLoadError) as caught:
+        model_dimension("ViT-Q-99")
+    assert "ViT-Q-99" in str(caught.value) and "open_clip.list_models()" in str(caught.value)
+
+
+def test_unknown_tag_lists_the_known_ones():
+    with pytest.raises(ModelLoadError) as caught:
+        ClipEncoder("ViT-B-32", "laion9000").load()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "'laion9000'" in message and "'ViT-B-32'" in message and "laion2b_s34b_b79k" in message
+
+
+@pytest.mark.parametrize("path", ["/nonexistent/open_clip_pytorch_model.bin", "weights.safetensors"])
+def test_missing_checkpoint_file_is_named(path):
+    with pytest.raises(ModelLoadError, match=f"^checkpoint file not found: {path}$"):
+        ClipEncoder("ViT-B-32", path).load()
+
+
+def test_pretrained_identity(tmp_path):
+    checkpoint = tmp_path / "open_clip_pytorch_model.bin"
+    checkpoint.write_bytes(b"weights" * 100_000)
+    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert pretrained_identity("ViT-B-32", str(checkpoint)) == f"sha256:{digest}"
+    assert pretrained_identity("ViT-B-32", "laion2b_s34b_b79k") == "laion2b_s34b_b79k"
+    assert pretrained_identity("test-tiny", str(checkpoint)) == "random-seed-0"
+
+
+def test_concurrent_loads_build_the_model_once(monkeypatch):
+    calls = []
+    real = open_clip.create_model_and_transforms
+
+    def slow_create(*args, **kwargs):
+        calls.append(args)
+        time.sleep(0.2)  # widen the window in which a second thread could start a load too
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", slow_create)
+    enc = ClipEncoder("test-tiny", "random", device="cpu")
+    start = threading.Barrier(2)
+    errors = []
+
+    def load():
+        start.wait()
+        try:
+            enc.load()
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert errors == [] and len(calls) == 1
+    assert enc.encode_texts(["a cat"]).shape == (1, 64)
+
+
+def test_uncached_weights_without_network_fail_fast_with_the_fix(monkeypatch, tmp_path):
+    import huggingface_hub.constants as hub
+
+    # Nothing cached, and the hub at a closed local port: what a machine without
+    # network sees, on every machine (no 600 MB download where the hub is reachable).
+    closed_port = "http://127.0.0.1:9"
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(hub, "ENDPOINT", closed_port)
+    monkeypatch.setattr(hub, "HUGGINGFACE_CO_URL_TEMPLATE", closed_port + "/{repo_id}/resolve/{revision}/{filename}")
+    encoder = ClipEncoder("ViT-B-32", "laion2b_s34b_b79k", device="cpu")
+    started = time.monotonic()
+    with pytest.raises(ModelLoadError) as caught:
+        encoder.load()
+    assert time.monotonic() - started < 15
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "'ViT-B-32'" in message and "'laion2b_s34b_b79k'" in message
+    assert "set PGCLIP_PRETRAINED to a local checkpoint file" in message and "PGCLIP_MODEL=test-tiny" in message

@@ -1,0 +1,1 @@
+"""Embedding workers: the CLIP encoder, image decoding, ingestion and the queue loop."""

@@ -1,0 +1,376 @@
+"""The worker loop: claim a batch, decode, encode, write vectors and mark done.
+
+Transactions are short and never span the model: the claim commits before any
+decoding, and the results are written in a second transaction fenced on
+ownership (``sql/queue.sql``). While a batch is in hand a background thread
+renews its lease every lease/3, so a slow batch is not taken by another worker.
+
+Decoding of the next batch overlaps encoding of the current one (torch releases
+the GIL), one batch ahead: ``LOOKAHEAD_BATCHES`` claimed-and-decoded batches
+at most, so a stopping worker has little to give back.
+
+Failures: an image that cannot be decoded fails at once with its reason; an
+exception from the model is retried (the batch split into single images first,
+so one bad image fails alone) with backoff until its attempts run out; a lost
+database connection is re-established and the batch in hand written again
+(the ownership fence makes that safe).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import queue as threadqueue
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+import numpy as np
+import psycopg
+
+from pgclip.db import queue
+from pgclip.db.engine import connect
+from pgclip.db.models import ModelRow
+from pgclip.errors import DatabaseUnavailable
+from pgclip.workers.decode import ImageRejected, decode, make_thumbnail
+
+log = logging.getLogger("pgclip.worker")
+
+LOOKAHEAD_BATCHES = 1  # decoded batches waiting for the model; more only holds leases longer
+POLL_SECONDS = 5.0  # fallback wake-up when a NOTIFY is lost (or the listener is reconnecting)
+RECONNECT_MAX_SECONDS = 10.0  # longest wait between reconnection attempts
+THUMBNAIL_SIDE = 256  # pixels, the longer side of the WebP thumbnail
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+@dataclasses.dataclass
+class Decoded:
+    """One claimed batch after decoding: what the model will see, and what already failed."""
+
+    jobs: list[queue.ClaimedJob]
+    images: dict[int, object]  # job id -> RGB PIL image
+    thumbs: dict[int, tuple[bytes, int, int]]
+    rejected: dict[int, str]  # job id -> permanent failure reason
+
+    @property
+    def job_ids(self) -> list[int]:
+        return [j.id for j in self.jobs]
+
+
+@dataclasses.dataclass
+class WorkerStats:
+    done: int = 0
+    failed: int = 0
+    retried: int = 0
+    lost: int = 0
+    released: int = 0
+
+
+class Worker:
+    """One worker process's loop over the queue of one model."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        encoder,
+        model: ModelRow,
+        batch_size: int,
+        lease_seconds: float,
+        max_attempts: int,
+        on_done: Callable[[int], None] | None = None,
+    ) -> None:
+        self.url = url
+        self.encoder = encoder
+        self.model = model
+        self.batch_size = batch_size
+        self.lease_seconds = lease_seconds
+        self.max_attempts = max_attempts
+        self.on_done = on_done
+        self.id = worker_id()
+        self.stats = WorkerStats()
+        self.stopping = threading.Event()
+        self._wake = threading.Event()
+        # The main thread must finish the batch in hand even while stopping; only a
+        # second signal (which exits the process) abandons it.
+        self._main = _Reconnecting(url, threading.Event())
+
+    def _with_db(self, fn: Callable[[psycopg.Connection], object]):
+        """Run ``fn(conn)`` in a transaction on the main thread's connection, reconnecting
+        while the database is away (the batch in hand is written once it is back)."""
+        return self._main.run(fn)
+
+    # --- the loop ----------------------------------------------------------------
+
+    def run(self, *, until_empty: bool = False) -> WorkerStats:
+        """Process jobs until stopped (or, with ``until_empty``, until no job is open)."""
+        self.encoder.load()
+        listener = Listener(self.url, self._wake, self.stopping)
+        listener.start()
+        decoded: threadqueue.Queue[Decoded | None] = threadqueue.Queue(maxsize=LOOKAHEAD_BATCHES)
+        producer = threading.Thread(target=self._produce, args=(decoded, until_empty), name="decode", daemon=True)
+        producer.start()
+        try:
+            while True:
+                batch = decoded.get()
+                if batch is None:
+                    break
+                if self.stopping.is_set():
+                    self._release(batch)  # decoded ahead but not started: give it back
+                    continue
+                self._process(batch)
+        finally:
+            self.stopping.set()
+            self._wake.set()
+            # Batches decoded ahead but never started go back without counting an attempt.
+            while True:
+                try:
+                    batch = decoded.get_nowait()
+                except threadqueue.Empty:
+                    break
+                if batch is not None:
+                    self._release(batch)
+            producer.join(timeout=5)
+            listener.stop()
+            self._main.close()
+        return self.stats
+
+    def stop(self) -> None:
+        """Stop claiming; the batch in hand is finished, batches decoded ahead are released."""
+        self.stopping.set()
+        self._wake.set()
+
+    def _produce(self, out: threadqueue.Queue, until_empty: bool) -> None:
+        """Claim and decode batches ahead of the model (runs in its own thread and connection)."""
+        conn_holder = _Reconnecting(self.url, self.stopping)
+        try:
+            while not self.stopping.is_set():
+                jobs = conn_holder.run(self._claim)
+                if jobs is None:
+                    break
+                live = [j for j in jobs if j.state == "leased"]
+                self.stats.failed += len(jobs) - len(live)
+                if not live:
+                    if until_empty and conn_holder.run(lambda c: queue.open_jobs(c, self.model.id)[0]) == 0:
+                        break
+                    self._wake.wait(POLL_SECONDS)
+                    self._wake.clear()
+                    continue
+                blobs = conn_holder.run(lambda c: _fetch_blobs(c, [j.image_id for j in live]))
+                if blobs is None:
+                    break
+                batch = self._decode(live, blobs)
+                while not self.stopping.is_set():
+                    try:
+                        out.put(batch, timeout=0.5)
+                        break
+                    except threadqueue.Full:
+                        continue
+                else:
+                    self._release(batch, _Reconnecting(self.url, threading.Event()))
+        except Exception:
+            log.exception("worker's claim loop failed")
+        finally:
+            conn_holder.close()
+            out.put(None)
+
+    def _claim(self, conn: psycopg.Connection) -> list[queue.ClaimedJob]:
+        return queue.claim(
+            conn, model_id=self.model.id, worker=self.id, limit=self.batch_size,
+            lease_seconds=self.lease_seconds, max_attempts=self.max_attempts,
+        )
+
+    def _decode(self, jobs: list[queue.ClaimedJob], blobs: dict[int, bytes]) -> Decoded:
+        batch = Decoded(jobs, {}, {}, {})
+        for job in jobs:
+            data = blobs.get(job.image_id)
+            if data is None:
+                continue  # image deleted since the claim: its job is gone too, nothing to write
+            try:
+                image = decode(data)
+                thumb = make_thumbnail(image, THUMBNAIL_SIDE)
+            except ImageRejected as exc:
+                batch.rejected[job.id] = str(exc)
+                continue
+            batch.images[job.id] = image
+            batch.thumbs[job.id] = (thumb, *_thumb_size(image.size, THUMBNAIL_SIDE))
+        return batch
+
+    def _process(self, batch: Decoded) -> None:
+        with LeaseKeeper(self, batch.job_ids):
+            vectors, errors = self._encode(batch)
+            results = [
+                queue.Finished(job_id, vec, *batch.thumbs[job_id]) for job_id, vec in vectors.items()
+            ]
+            owned = self._with_db(lambda c: queue.complete(c, results, worker=self.id)) if results else set()
+            failed = self._with_db(lambda c: queue.fail(c, batch.rejected, worker=self.id)) if batch.rejected else set()
+            states = (
+                self._with_db(lambda c: queue.retry_later(c, errors, worker=self.id, max_attempts=self.max_attempts))
+                if errors else {}
+            )
+        self.stats.done += len(owned)
+        self.stats.failed += len(failed) + sum(1 for s in states.values() if s == "failed")
+        self.stats.retried += sum(1 for s in states.values() if s == "pending")
+        sent = len(results) + len(batch.rejected) + len(errors)
+        self.stats.lost += sent - len(owned) - len(failed) - len(states)
+        if self.on_done:
+            self.on_done(len(owned) + len(failed))
+        self._wake.set()  # the claimer may be waiting for this batch to leave the queue
+
+    def _encode(self, batch: Decoded) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+        """Encode the batch; on an exception, encode image by image so one bad image fails alone."""
+        ids = list(batch.images)
+        if not ids:
+            return {}, {}
+        try:
+            vectors = self.encoder.encode_images([batch.images[i] for i in ids])
+            return dict(zip(ids, vectors, strict=True)), {}
+        except Exception as exc:
+            if len(ids) == 1:
+                return {}, {ids[0]: _reason(exc)}
+            log.warning("encoding a batch of %d failed (%s); retrying image by image", len(ids), _reason(exc))
+        out: dict[int, np.ndarray] = {}
+        errors: dict[int, str] = {}
+        for job_id in ids:
+            try:
+                out[job_id] = self.encoder.encode_images([batch.images[job_id]])[0]
+            except Exception as exc:
+                errors[job_id] = _reason(exc)
+        return out, errors
+
+    def _release(self, batch: Decoded, db: _Reconnecting | None = None) -> None:
+        """Give back claimed jobs without counting the attempt (the thread's own connection)."""
+        db = db or self._main
+        try:
+            released = db.run(lambda c: queue.release(c, batch.job_ids, worker=self.id))
+            self.stats.released += len(released or ())
+        except Exception as exc:
+            log.warning("could not release %d jobs (%s); their leases will expire", len(batch.jobs), exc)
+        finally:
+            if db is not self._main:
+                db.close()
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".strip().rstrip(":")[:500]
+
+
+def _thumb_size(size: tuple[int, int], side: int) -> tuple[int, int]:
+    w, h = size
+    scale = min(1.0, side / max(w, h))
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def _fetch_blobs(conn: psycopg.Connection, image_ids: list[int]) -> dict[int, bytes]:
+    rows = conn.execute(
+        "SELECT image_id, data FROM pgclip.image_blobs WHERE image_id = ANY(%s)", [image_ids]
+    ).fetchall()
+    return {image_id: bytes(data) for image_id, data in rows}
+
+
+class _Reconnecting:
+    """A connection for the claiming thread that survives server restarts."""
+
+    def __init__(self, url: str, stopping: threading.Event) -> None:
+        self.url = url
+        self.stopping = stopping
+        self.conn: psycopg.Connection | None = None
+
+    def run(self, fn):
+        delay = 0.5
+        while not self.stopping.is_set():
+            try:
+                if self.conn is None or self.conn.closed:
+                    self.conn = connect(self.url, role="worker")
+                with self.conn.transaction():
+                    return fn(self.conn)
+            except (psycopg.OperationalError, DatabaseUnavailable) as exc:
+                log.warning("database unavailable (%s); retrying in %.1fs", exc, delay)
+                self.close()
+                self.stopping.wait(delay)
+                delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+        return None
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except Exception:
+                pass
+        self.conn = None
+
+
+class LeaseKeeper:
+    """Renews a batch's lease every lease/3 while the batch is being processed."""
+
+    def __init__(self, worker: Worker, job_ids: list[int]) -> None:
+        self.worker = worker
+        self.job_ids = job_ids
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="lease", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join(timeout=5)
+
+    def _run(self) -> None:
+        interval = self.worker.lease_seconds / 3
+        conn = None
+        while not self.done.wait(interval):
+            try:
+                if conn is None or conn.closed:
+                    conn = connect(self.worker.url, role="worker-lease")
+                with conn.transaction():
+                    kept = queue.renew(conn, self.job_ids, worker=self.worker.id, lease_seconds=self.worker.lease_seconds)
+                if len(kept) < len(self.job_ids):
+                    log.warning("lost the lease of %d jobs", len(self.job_ids) - len(kept))
+            except Exception as exc:
+                log.warning("could not renew leases (%s)", exc)
+                conn = None
+        if conn is not None:
+            conn.close()
+
+
+class Listener(threading.Thread):
+    """LISTENs for enqueue notifications and wakes the worker; reconnects when the connection dies."""
+
+    def __init__(self, url: str, wake: threading.Event, stopping: threading.Event) -> None:
+        super().__init__(name="listen", daemon=True)
+        self.url = url
+        self.wake = wake
+        self.stopping = stopping
+
+    def run(self) -> None:
+        delay = 0.5
+        while not self.stopping.is_set():
+            try:
+                with connect(self.url, role="worker-listen", autocommit=True, vector=False) as conn:
+                    conn.execute(f"LISTEN {queue.NOTIFY_CHANNEL}")
+                    delay = 0.5
+                    while not self.stopping.is_set():
+                        # The timeout doubles as a health check: notifies() raises on a dead connection.
+                        for _ in conn.notifies(timeout=1.0, stop_after=1):
+                            self.wake.set()
+                        conn.execute("SELECT 1")
+            except Exception as exc:
+                if self.stopping.is_set():
+                    return
+                log.info("listener reconnecting (%s)", exc)
+                self.wake.set()  # poll once while we are deaf
+                self.stopping.wait(delay)
+                delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=3)
