@@ -132,3 +132,22 @@ def vector_sql(model: ModelRow) -> dict[str, sql.Composable]:
         "model_pred": sql.SQL("e.model_id = {id}").format(id=sql.Literal(int(model.id))),
         "qcast": sql.SQL("vector({dim})").format(dim=dim),
     }
+
+
+def activate_if_unused(conn: psycopg.Connection, model: ModelRow) -> bool:
+    """Make ``model`` the active one if the active model has no vectors at all; commits.
+
+    A fresh database registers the configured model as active; when a first run
+    switches models before anything was embedded (the demo falling back to the
+    test model), nothing is lost by switching. With vectors present, switching
+    is a deliberate act (re-embed, then activate).
+    """
+    with conn.transaction():
+        current = conn.execute("SELECT id FROM pgclip.models WHERE state = 'active' FOR UPDATE").fetchone()
+        if current is None or current[0] == model.id:
+            return False
+        if conn.execute("SELECT 1 FROM pgclip.embeddings WHERE model_id = %s LIMIT 1", [current[0]]).fetchone():
+            return False
+        conn.execute("UPDATE pgclip.models SET state = 'building' WHERE id = %s", [current[0]])
+        conn.execute("UPDATE pgclip.models SET state = 'active' WHERE id = %s", [model.id])
+    return True

@@ -43,11 +43,15 @@ class Finished:
     thumb_height: int | None = None
 
 
-def enqueue(conn: psycopg.Connection, image_ids: Sequence[int], model_id: int) -> int:
-    """Queue images for a model and notify workers (delivered at commit). Returns how many were new."""
+def enqueue(conn: psycopg.Connection, image_ids: Sequence[int], model_id: int, *, only_unqueued: bool = False) -> int:
+    """Queue images for a model and notify workers (delivered at commit). Returns how many were new.
+
+    ``only_unqueued``: skip images that ever had a job for this model (done or failed too).
+    """
     if not image_ids:
         return 0
-    added = conn.execute(QUEUE["enqueue"], {"image_ids": list(image_ids), "model_id": model_id}).fetchall()
+    statement = QUEUE["enqueue_unqueued" if only_unqueued else "enqueue"]
+    added = conn.execute(statement, {"image_ids": list(image_ids), "model_id": model_id}).fetchall()
     if added:
         conn.execute(QUEUE["notify"], {"model_id": model_id})
     return len(added)

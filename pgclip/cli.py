@@ -17,8 +17,10 @@ from pgclip.settings import Settings
 Handler = Callable[[argparse.Namespace, Settings], int | None]
 
 
-def _out(line: str = "") -> None:
-    print(line, flush=True)
+from pgclip.cli_common import out as _out
+from pgclip.cli_common import positive as _positive
+from pgclip.cli_queue import cmd_ingest, cmd_retry_failed, cmd_status, cmd_worker
+from pgclip.cli_search import cmd_search, cmd_serve
 
 
 # --- pgclip db ---------------------------------------------------------------
@@ -101,151 +103,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-# --- pgclip ingest / worker / status / retry-failed ------------------------------------
-
-
-def _progress(total: int | None, unit: str, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, disable=None, dynamic_ncols=True)
-
-
-def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
-    from pathlib import Path
-
-    from pgclip.bootstrap import ready_url, register_configured_model
-    from pgclip.db.engine import connection
-    from pgclip.workers.ingest import ingest, require_paths
-    from pgclip.workers.manifest import load_manifest
-
-    paths = [Path(p) for p in args.paths]
-    manifest = load_manifest(Path(args.captions)) if args.captions else None
-    require_paths(paths, manifest)
-    url = ready_url(settings)
-    model = register_configured_model(url, settings)
-    bar = _progress(None, "file", "ingest")
-    with bar, connection(url, role="ingest") as conn:
-        report = ingest(
-            conn, paths, model_id=model.id, manifest=manifest, ts_config=settings.text_search_config,
-            progress=bar.update, on_total=lambda n: setattr(bar, "total", n),
-        )
-    if args.json:
-        import json
-
-        _out(json.dumps({k: v for k, v in report.as_dict().items() if k != "image_ids"}, indent=2))
-        return 0
-    _out(
-        f"added {report.added}, already present {report.present}, skipped {report.skipped} (not images), "
-        f"rejected {len(report.rejected)}; {report.captions_added} captions added, {report.enqueued} queued"
-    )
-    for path, reason in report.rejected:
-        _out(f"  rejected {path}: {reason}")
-    if report.manifest_missing:
-        _out(f"{len(report.manifest_missing)} manifest entries name no ingested image, e.g.:")
-        for key in report.manifest_missing[:10]:
-            _out(f"  {key}")
-    if report.manifest_problem_count:
-        _out(f"{report.manifest_problem_count} manifest rows skipped, e.g.:")
-        for problem in report.manifest_problems[:10]:
-            _out(f"  {problem}")
-    return 0
-
-
-def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    import logging
-    import os
-
-    from pgclip.bootstrap import ready_url, register_configured_model
-    from pgclip.db.engine import connection
-    from pgclip.db.queue import open_jobs
-    from pgclip.workers.encoder import ClipEncoder
-    from pgclip.workers.loop import Worker
-    from pgclip.workers.supervisor import install_signal_handlers, run_children
-
-    logging.basicConfig(
-        level=logging.WARNING, stream=sys.stderr,
-        format=f"%(asctime)s pgclip-worker[{os.getpid()}] %(levelname)s %(message)s",
-    )
-    logging.getLogger("pgclip").setLevel(logging.INFO)
-    if args.concurrency > 1:
-        child_args = ["--until-empty"] if args.until_empty else []
-        threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // args.concurrency)
-        return run_children(args.concurrency, child_args, threads_per_child=threads)
-    url = ready_url(settings)
-    model = register_configured_model(url, settings)
-    encoder = ClipEncoder(settings.model, settings.pretrained, device=settings.device, torch_threads=settings.torch_threads)
-    encoder.load()  # fail fast, before claiming anything
-    with connection(url, role="worker") as conn:
-        total = open_jobs(conn, model.id)[0]
-    bar = _progress(total if args.until_empty else None, "img", "embed")
-    worker = Worker(
-        url, encoder=encoder, model=model, batch_size=settings.batch_size, lease_seconds=settings.lease_seconds,
-        max_attempts=settings.max_attempts, on_done=bar.update,
-    )
-    install_signal_handlers(worker.stop)
-    logging.getLogger("pgclip.worker").info("worker %s on %s, model %s", worker.id, encoder.device, model.label)
-    with bar:
-        stats = worker.run(until_empty=args.until_empty)
-    _out(f"worker {worker.id}: {stats.done} done, {stats.failed} failed, {stats.retried} to retry, "
-         f"{stats.released} released, {stats.lost} lost leases")
-    return 0
-
-
-def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    import dataclasses
-    import json
-
-    from pgclip.bootstrap import ready_url
-    from pgclip.db import queue
-    from pgclip.db.engine import connection
-
-    with connection(ready_url(settings)) as conn:
-        status = queue.status(conn, failures=args.failures)
-    if args.json:
-        data = dataclasses.asdict(status)
-        for m, model in zip(data["models"], status.models, strict=True):
-            m["eta_seconds"] = model.eta_seconds
-        _out(json.dumps(data, indent=2, default=str))
-        return 0
-    for m in status.models:
-        c = m.counts
-        _out(f"model {m.model} ({m.pretrained}) [{m.model_state}]")
-        _out(f"  pending {c['pending']}  leased {c['leased']}  done {c['done']}  failed {c['failed']}")
-        eta = m.eta_seconds
-        eta_text = "-" if eta is None else f"{eta:.0f}s"
-        _out(f"  last minute: {m.done_last_minute} done ({m.done_last_minute / 60:.1f}/s), ETA {eta_text}")
-        if m.oldest_pending:
-            _out(f"  oldest pending job enqueued {m.oldest_pending:%Y-%m-%d %H:%M:%S %Z}")
-    if status.failures:
-        _out(f"failures (most recent {len(status.failures)}):")
-        for f in status.failures:
-            _out(f"  job {f.job_id} image {f.image_id} {f.source or ''} [{f.model}, {f.attempts} attempts]: {f.last_error}")
-    return 0
-
-
-def cmd_retry_failed(args: argparse.Namespace, settings: Settings) -> int:
-    from pgclip.bootstrap import ready_url
-    from pgclip.db import queue
-    from pgclip.db.engine import connection
-
-    with connection(ready_url(settings)) as conn:
-        count = queue.retry_failed(conn)
-        conn.commit()
-    _out(f"re-queued {count} failed jobs")
-    return 0
-
-
 # --- wiring ------------------------------------------------------------------------
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -285,6 +143,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     rf = sub.add_parser("retry-failed", help="re-queue failed jobs")
     rf.set_defaults(handler=cmd_retry_failed)
+
+    srv = sub.add_parser("serve", help="serve the HTTP API and web page")
+    srv.add_argument("--host", help="address to listen on (default PGCLIP_HOST, 127.0.0.1)")
+    srv.add_argument("--port", type=_positive, help="port (default PGCLIP_PORT, 8000)")
+    srv.set_defaults(handler=cmd_serve)
+
+    se = sub.add_parser("search", help="search from the command line (same search as the API)")
+    se.add_argument("text", nargs="?", help='query text; composable: \'"2:golden retriever" + ./pool.jpg - fruit\'')
+    se.add_argument("--image", metavar="PATH", help="search by an image file (added to the text, if any)")
+    se.add_argument("--caption", metavar="WORDS", help="caption full-text query (websearch syntax)")
+    se.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
+                    help="e.g. orientation=landscape, min_width=800, taken_after=2020-01-01, metadata.tag=animal")
+    se.add_argument("-k", type=_positive, default=10, help="number of results (1-100)")
+    se.add_argument("--fusion", choices=["rrf", "weighted"], default="rrf")
+    se.add_argument("--order", choices=["relevance", "newest", "oldest"], default="relevance")
+    se.add_argument("--min-similarity", type=float, default=None)
+    se.add_argument("--json", action="store_true")
+    se.set_defaults(handler=cmd_search)
 
     demo = sub.add_parser("demo", help="set up the database and run the demo")
     demo.set_defaults(handler=cmd_demo)

@@ -65,6 +65,7 @@ class Settings:
     hnsw_ef_construction: int = _field(64, "PGCLIP_HNSW_EF_CONSTRUCTION", "HNSW ef_construction for new vector indexes.")
     host: str = _field("127.0.0.1", "PGCLIP_HOST", "Address `pgclip serve` listens on.")
     port: int = _field(8000, "PGCLIP_PORT", "Port `pgclip serve` listens on.")
+    upload_max_bytes: int = _field(25_000_000, "PGCLIP_UPLOAD_MAX_BYTES", "Largest request body (image upload) the API accepts, in bytes.")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -83,7 +84,8 @@ class Settings:
         return settings
 
     def _validate(self) -> None:
-        for name in ("batch_size", "lease_seconds", "max_attempts", "hnsw_m", "hnsw_ef_construction", "port"):
+        for name in ("batch_size", "lease_seconds", "max_attempts", "hnsw_m", "hnsw_ef_construction", "port",
+                     "upload_max_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{self._env(name)} must be at least 1, got {getattr(self, name)}")
         if self.torch_threads < 0:

@@ -24,7 +24,7 @@ import psycopg
 from pgclip.db import images as db_images
 from pgclip.db import queue
 from pgclip.errors import InvalidInput
-from pgclip.workers.decode import ImageRejected, probe
+from pgclip.workers.decode import ImageInfo, ImageRejected, probe
 from pgclip.workers.manifest import Entry, Manifest
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
@@ -115,6 +115,22 @@ def _resolved(path: Path) -> Path:
         return path.absolute()
 
 
+def new_image(data: bytes, info: ImageInfo, *, source: str | None, metadata: dict[str, Any]) -> db_images.NewImage:
+    """The row to store for probed bytes: EXIF facts into ``metadata``, given metadata winning."""
+    exif = {
+        "camera_make": info.camera_make,
+        "camera_model": info.camera_model,
+        "gps_latitude": info.gps_latitude,
+        "gps_longitude": info.gps_longitude,
+        "exif_orientation": info.orientation,
+    }
+    merged = {k: v for k, v in exif.items() if v is not None} | metadata
+    return db_images.NewImage(
+        sha256=info.sha256, source=source, byte_size=len(data), width=info.width, height=info.height,
+        format=info.format, mime=info.mime, taken_at=info.taken_at, metadata=merged, data=data,
+    )
+
+
 def _read(path: Path) -> tuple[Path, db_images.NewImage | None, str | None]:
     try:
         data = path.read_bytes()
@@ -124,22 +140,7 @@ def _read(path: Path) -> tuple[Path, db_images.NewImage | None, str | None]:
         info = probe(data)
     except ImageRejected as exc:
         return path, None, str(exc)
-    metadata = {
-        k: v
-        for k, v in {
-            "camera_make": info.camera_make,
-            "camera_model": info.camera_model,
-            "gps_latitude": info.gps_latitude,
-            "gps_longitude": info.gps_longitude,
-            "exif_orientation": info.orientation,
-        }.items()
-        if v is not None
-    }
-    image = db_images.NewImage(
-        sha256=info.sha256, source=str(path), byte_size=len(data), width=info.width, height=info.height,
-        format=info.format, mime=info.mime, taken_at=info.taken_at, metadata=metadata, data=data,
-    )
-    return path, image, None
+    return path, new_image(data, info, source=str(path), metadata={}), None
 
 
 def _batches(items: list[Path], size: int) -> Iterator[list[Path]]:
@@ -157,7 +158,11 @@ def ingest(
     progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
 ) -> IngestReport:
-    """Ingest image files; ``progress(n)`` is called after every n files."""
+    """Ingest image files; ``progress(n)`` is called after every n files.
+
+    Each batch commits on its own (so a crash keeps what was done), unless the
+    caller holds a transaction open: then the batches are savepoints within it.
+    """
     paths = list(paths)
     if not paths and manifest is not None:
         # No folders given: ingest the files the manifest names.
@@ -209,6 +214,8 @@ def _store_batch(
         captions = [(ids[img.sha256], text) for _, img, entry in good if entry for text in entry.captions]
         report.captions_added += db_images.add_captions(conn, captions, ts_config=ts_config)
         report.enqueued += queue.enqueue(conn, sorted(added.values()), model_id)
+        # Known images never queued for this model (ingested under another one) are queued now.
+        report.enqueued += queue.enqueue(conn, sorted(existing.values()), model_id, only_unqueued=True)
     report.added += len(added)
     report.present += len(existing)
     report.image_ids.extend(sorted(ids.values()))

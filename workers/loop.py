@@ -24,7 +24,6 @@ import os
 import queue as threadqueue
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Callable
 
@@ -97,9 +96,11 @@ class Worker:
         self.stats = WorkerStats()
         self.stopping = threading.Event()
         self._wake = threading.Event()
-        # The main thread must finish the batch in hand even while stopping; only a
-        # second signal (which exits the process) abandons it.
-        self._main = _Reconnecting(url, threading.Event())
+        # The main thread finishes the batch in hand even while stopping, waiting for a
+        # database that went away, but not forever: once a lease has passed since the
+        # stop, the batch's leases have expired and its writes would be refused anyway.
+        self._abandon = threading.Event()
+        self._main = _Reconnecting(url, self._abandon)
 
     def _with_db(self, fn: Callable[[psycopg.Connection], object]):
         """Run ``fn(conn)`` in a transaction on the main thread's connection, reconnecting
@@ -143,6 +144,10 @@ class Worker:
 
     def stop(self) -> None:
         """Stop claiming; the batch in hand is finished, batches decoded ahead are released."""
+        if not self.stopping.is_set():
+            timer = threading.Timer(self.lease_seconds, self._abandon.set)
+            timer.daemon = True
+            timer.start()
         self.stopping.set()
         self._wake.set()
 
@@ -208,12 +213,14 @@ class Worker:
             results = [
                 queue.Finished(job_id, vec, *batch.thumbs[job_id]) for job_id, vec in vectors.items()
             ]
-            owned = self._with_db(lambda c: queue.complete(c, results, worker=self.id)) if results else set()
-            failed = self._with_db(lambda c: queue.fail(c, batch.rejected, worker=self.id)) if batch.rejected else set()
+            # Each returns None only when abandoned (stopping, database gone for a whole lease).
+            owned = (self._with_db(lambda c: queue.complete(c, results, worker=self.id)) if results else None) or set()
+            failed = (self._with_db(lambda c: queue.fail(c, batch.rejected, worker=self.id))
+                      if batch.rejected else None) or set()
             states = (
                 self._with_db(lambda c: queue.retry_later(c, errors, worker=self.id, max_attempts=self.max_attempts))
-                if errors else {}
-            )
+                if errors else None
+            ) or {}
         self.stats.done += len(owned)
         self.stats.failed += len(failed) + sum(1 for s in states.values() if s == "failed")
         self.stats.retried += sum(1 for s in states.values() if s == "pending")

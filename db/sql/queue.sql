@@ -10,6 +10,18 @@ SELECT image_id, %(model_id)s FROM unnest(%(image_ids)s::bigint[]) AS t(image_id
 ON CONFLICT (image_id, model_id) WHERE state IN ('pending', 'leased') DO NOTHING
 RETURNING id;
 
+-- enqueue_unqueued --
+-- Queue known images that were never queued for this model (ingested while
+-- another model was configured); images with any job for it, done or failed,
+-- are left alone.
+INSERT INTO pgclip.embedding_jobs (image_id, model_id)
+SELECT t.image_id, %(model_id)s
+FROM unnest(%(image_ids)s::bigint[]) AS t(image_id)
+WHERE NOT EXISTS (
+    SELECT 1 FROM pgclip.embedding_jobs j WHERE j.image_id = t.image_id AND j.model_id = %(model_id)s)
+ON CONFLICT (image_id, model_id) WHERE state IN ('pending', 'leased') DO NOTHING
+RETURNING id;
+
 -- notify --
 -- Wake idle workers. Sent once per enqueueing transaction and delivered at
 -- commit, so a worker never wakes to find rows it cannot see yet.

@@ -27,12 +27,28 @@ def env_for(db_url: str, tmp_path: Path, **extra: str) -> dict[str, str]:
     }
 
 
+_started: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_workers():
+    """A failing test must not leave workers behind (they wait for their database forever)."""
+    yield
+    while _started:
+        proc = _started.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def start_worker(env: dict[str, str], *args: str) -> subprocess.Popen:
     base = {k: v for k, v in os.environ.items() if not k.startswith("PGCLIP_")}
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "pgclip.cli", "worker", *args], env={**base, **env},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
+    _started.append(proc)
+    return proc
 
 
 def wait_for(condition, timeout: float = 60, interval: float = 0.05):

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
-import psycopg
 import pytest
 
 from pgclip.db import queue

@@ -1,0 +1,68 @@
+"""``create_app()``: the Litestar application (JSON API, OpenAPI schema at /schema)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+
+from pgclip import __version__
+from pgclip.api.errors import HANDLERS
+from pgclip.api.routes import ImageController, SearchController, SystemController
+from pgclip.api.service import Service
+from pgclip.settings import Settings
+
+
+def build_service(settings: Settings) -> Service:
+    """Reach the database (at schema head), register the model, load and warm the encoder.
+
+    Fails with a pgclip error (one line in ``pgclip serve``) before any request is served.
+    """
+    from pgclip.bootstrap import ready_url, register_configured_model
+    from pgclip.workers.encoder import ClipEncoder
+
+    url = ready_url(settings)
+    register_configured_model(url, settings)
+    encoder = ClipEncoder(settings.model, settings.pretrained, device=settings.device, torch_threads=settings.torch_threads)
+    service = Service(settings, url, encoder)
+    service.open()
+    return service
+
+
+def create_app(settings: Settings | None = None, *, service: Service | None = None) -> Litestar:
+    """The application; with ``service`` given (``pgclip serve`` builds it first), start-up does no I/O."""
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        nonlocal service
+        if service is None:
+            import asyncio
+
+            service = await asyncio.to_thread(build_service, settings or Settings.from_env())
+        app.state.service = service
+        try:
+            yield
+        finally:
+            service.close()
+
+    def provide_service() -> Service:
+        assert service is not None
+        return service
+
+    upload_limit = (settings.upload_max_bytes if settings else None) or (
+        service.settings.upload_max_bytes if service else Settings().upload_max_bytes
+    )
+    return Litestar(
+        route_handlers=[SearchController, ImageController, SystemController],
+        dependencies={"service": Provide(provide_service, sync_to_thread=False)},
+        exception_handlers=HANDLERS,
+        lifespan=[lifespan],
+        request_max_body_size=upload_limit,
+        openapi_config=OpenAPIConfig(
+            title="pgclip", version=__version__, path="/schema",
+            description="Semantic image search inside PostgreSQL: CLIP vectors, caption full-text, filters.",
+        ),
+    )

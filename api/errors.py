@@ -1,0 +1,61 @@
+"""pgclip's errors as HTTP responses: one function, one table."""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException
+
+from pgclip.db.search import NotReady
+from pgclip.errors import (
+    DatabaseUnavailable,
+    InvalidInput,
+    ModelLoadError,
+    NotFound,
+    PgclipError,
+    SchemaNotReady,
+)
+
+log = logging.getLogger("pgclip.api")
+
+STATUS = {
+    InvalidInput: 400,
+    NotFound: 404,
+    NotReady: 409,
+    SchemaNotReady: 503,
+    DatabaseUnavailable: 503,
+    ModelLoadError: 503,
+}
+
+
+def _body(status: int, detail: str) -> Response:
+    return Response({"status_code": status, "detail": detail}, status_code=status)
+
+
+def pgclip_error(request: Request, exc: PgclipError) -> Response:
+    status = next((code for kind, code in STATUS.items() if isinstance(exc, kind)), 400)
+    return _body(status, str(exc))
+
+
+def validation_error(request: Request, exc: msgspec.ValidationError | msgspec.DecodeError) -> Response:
+    return _body(400, f"invalid request: {exc}")
+
+
+def unexpected_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, HTTPException):  # Litestar's own 4xx (validation, 404 route, 405, 413)
+        body = {"status_code": exc.status_code, "detail": exc.detail}
+        if getattr(exc, "extra", None):
+            body["extra"] = exc.extra
+        return Response(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return _body(500, "internal error (logged on the server)")
+
+
+HANDLERS = {
+    PgclipError: pgclip_error,
+    msgspec.ValidationError: validation_error,
+    msgspec.DecodeError: validation_error,
+    Exception: unexpected_error,
+}

@@ -1,0 +1,116 @@
+"""Wire types of the HTTP API (msgspec Structs: validated on the way in, fast on the way out).
+
+Request types forbid unknown fields: a misspelt option is a 400 naming it,
+never silently ignored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+K = Annotated[int, msgspec.Meta(ge=1, le=100, description="results per page (1-100)")]
+Similarity = Annotated[float, msgspec.Meta(ge=-1.0, le=1.0)]
+
+
+class Filters(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Narrow a search; every given filter must hold."""
+
+    taken_after: dt.datetime | None = None
+    taken_before: dt.datetime | None = None
+    min_width: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
+    min_height: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
+    orientation: Literal["landscape", "portrait", "square"] | None = None
+    format: Annotated[list[Annotated[str, msgspec.Meta(max_length=16, pattern=r"^[A-Za-z0-9]+$")]], msgspec.Meta(max_length=16)] | None = None
+    metadata: dict[str, Any] | None = None
+    has_caption: bool | None = None
+    exclude_ids: Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=2**62)]], msgspec.Meta(max_length=1000)] | None = None
+
+    def as_sql(self) -> dict[str, Any]:
+        """The filters object ``pgclip.search`` takes."""
+        out = msgspec.to_builtins(self)
+        return {k: v for k, v in out.items() if v is not None}
+
+
+class SearchOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    caption_query: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
+    filters: Filters = msgspec.field(default_factory=Filters)
+    k: K = 10
+    fusion: Literal["rrf", "weighted"] = "rrf"
+    weight: Annotated[float, msgspec.Meta(ge=0.0, le=1.0, description="vector share in weighted fusion")] = 0.5
+    min_similarity: Similarity | None = None
+    max_drop: Annotated[float, msgspec.Meta(ge=0.0, le=2.0)] | None = None
+    order: Literal["relevance", "newest", "oldest"] = "relevance"
+    cursor: Annotated[str, msgspec.Meta(max_length=512)] | None = None
+
+
+class SearchRequest(SearchOptions, forbid_unknown_fields=True, kw_only=True):
+    """A search by text (optionally composed: ``"2:dog" + #12 - grass``), caption words, a raw
+    vector, or any mix. At least one of text, caption_query and vector is required."""
+
+    text: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
+    vector: Annotated[list[float], msgspec.Meta(max_length=4096)] | None = None
+
+
+class Result(msgspec.Struct):
+    id: int
+    score: float
+    similarity: float | None
+    text_rank: float | None
+    vector_rank: int | None
+    text_rank_position: int | None
+    source: str | None
+    width: int
+    height: int
+    format: str
+    taken_at: dt.datetime | None
+    metadata: dict[str, Any]
+    caption: str | None
+    thumbnail_url: str | None
+    url: str
+
+
+class SearchResponse(msgspec.Struct):
+    results: list[Result]
+    next_cursor: str | None
+    model: str
+
+
+class Caption(msgspec.Struct):
+    id: int
+    text: str
+
+
+class ImageDetail(msgspec.Struct):
+    id: int
+    sha256: str
+    source: str | None
+    width: int
+    height: int
+    format: str
+    mime: str
+    byte_size: int
+    taken_at: dt.datetime | None
+    created_at: dt.datetime
+    metadata: dict[str, Any]
+    captions: list[Caption]
+    model: str
+    embedded: bool
+    queue_state: str | None
+    last_error: str | None
+    thumbnail_url: str | None
+    original_url: str
+
+
+class UploadResponse(msgspec.Struct):
+    id: int
+    created: bool
+    queue_state: str | None
+    url: str
+
+
+class ErrorBody(msgspec.Struct):
+    status_code: int
+    detail: str

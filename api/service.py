@@ -1,0 +1,254 @@
+"""What the API does, as plain synchronous functions over a connection pool.
+
+Handlers stay two lines: they call these through ``asyncio.to_thread`` so that
+neither the model nor the database ever blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from pgclip.db import images as db_images
+from pgclip.db import queue
+from pgclip.db import search as db_search
+from pgclip.db.engine import application_name, configure_vector
+from pgclip.db.models import require_active_model
+from pgclip.errors import InvalidInput, NotFound
+from pgclip.settings import Settings
+from pgclip.workers.decode import ImageRejected, decode, probe
+from pgclip.workers.encoder import ClipEncoder
+
+TEXT_CACHE_SIZE = 100  # recent query texts kept as vectors (Immich keeps an LRU of 100 too)
+POOL_MAX = 8  # connections per API process
+
+
+def _read_file(path: str) -> bytes:
+    from pathlib import Path
+
+    try:
+        return Path(path).expanduser().read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read image {path}: {exc.strerror or exc}") from None
+
+
+class VectorCache:
+    """A small thread-safe LRU of query-text vectors, keyed by model and text."""
+
+    def __init__(self, size: int = TEXT_CACHE_SIZE) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str]) -> np.ndarray | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: tuple[str, str], value: np.ndarray) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+
+class Service:
+    """The API's state: settings, a pool, the warmed encoder and the query cache."""
+
+    def __init__(self, settings: Settings, url: str, encoder: ClipEncoder) -> None:
+        self.settings = settings
+        self.url = url
+        self.encoder = encoder
+        self.cache = VectorCache()
+        self.pool = ConnectionPool(
+            url, min_size=1, max_size=POOL_MAX, open=False, configure=configure_vector,
+            kwargs={"application_name": application_name("api")}, name="pgclip-api",
+        )
+
+    def open(self) -> None:
+        self.pool.open(wait=True, timeout=30)
+        self.encoder.load()
+        # Warm both towers so the first real query does not pay for lazy initialisation.
+        self.encoder.encode_texts(["warm-up"])
+
+    def close(self) -> None:
+        self.pool.close()
+
+    # --- query vectors ----------------------------------------------------------
+
+    def text_vector(self, text: str) -> np.ndarray:
+        key = (self.encoder.model_name, text)
+        cached = self.cache.get(key)
+        if cached is None:
+            cached = self.encoder.encode_texts([text])[0]
+            self.cache.put(key, cached)
+        return cached
+
+    def image_vector(self, data: bytes) -> np.ndarray:
+        image = decode(data)  # raises ImageRejected (a 400) for anything that is not a usable image
+        return self.encoder.encode_images([image])[0]
+
+    def stored_vector(self, conn: psycopg.Connection, image_id: int) -> np.ndarray:
+        model = require_active_model(conn)
+        row = conn.execute(
+            "SELECT embedding FROM pgclip.embeddings WHERE image_id = %s AND model_id = %s", [image_id, model.id]
+        ).fetchone()
+        if row is None:
+            if conn.execute("SELECT 1 FROM pgclip.images WHERE id = %s", [image_id]).fetchone() is None:
+                raise NotFound(f"no image with id {image_id}")
+            raise db_search.NotReady(f"image {image_id} has no vector yet (is a worker running?)")
+        return row[0].to_numpy()
+
+    def query_vector(self, conn: psycopg.Connection, text: str | None, raw: list[float] | None,
+                     image: bytes | None = None, *, local_files: bool = False) -> np.ndarray | None:
+        """The query's vector from text (plain or composed), an uploaded image and/or a raw vector.
+
+        Image paths inside a composed query are read only with ``local_files`` (the CLI);
+        over HTTP they would expose the server's files.
+        """
+        from pgclip.workers.compose import combine, is_composite, parse_query
+
+        parts: list[tuple[float, np.ndarray]] = []
+        if text and text.strip():
+            if is_composite(text):
+                terms = parse_query(text)
+                vectors = []
+                for term in terms:
+                    if term.kind == "text":
+                        vectors.append(self.text_vector(str(term.value)))
+                    elif term.kind == "id":
+                        vectors.append(self.stored_vector(conn, int(term.value)))
+                    elif local_files:
+                        vectors.append(self.image_vector(_read_file(str(term.value))))
+                    else:
+                        raise InvalidInput(
+                            f"image paths ({term.value}) work in the CLI only; upload the image to /api/search/image"
+                        )
+                parts.append((1.0, combine(terms, vectors)))
+            else:
+                parts.append((1.0, self.text_vector(text.strip())))
+        if image is not None:
+            parts.append((1.0, self.image_vector(image)))
+        if raw is not None:
+            v = np.asarray(raw, dtype=np.float32)
+            if v.ndim != 1 or not np.all(np.isfinite(v)) or float(np.linalg.norm(v)) == 0.0:
+                raise InvalidInput("vector must be a non-zero list of finite numbers")
+            if len(v) != self.encoder.dimension:
+                raise InvalidInput(f"vector has {len(v)} dimensions, the model {self.encoder.model_name} has {self.encoder.dimension}")
+            parts.append((1.0, v / np.linalg.norm(v)))
+        if not parts:
+            return None
+        total = sum(w * v for w, v in parts)
+        norm = float(np.linalg.norm(total))
+        if norm < 1e-6:
+            raise InvalidInput("the query's parts cancel out")
+        return (total / norm).astype(np.float32)
+
+    # --- search ------------------------------------------------------------------
+
+    def search(self, *, text: str | None, raw: list[float] | None, image: bytes | None,
+               options: dict[str, Any], local_files: bool = False) -> db_search.Page:
+        with self.pool.connection() as conn:
+            vector = self.query_vector(conn, text, raw, image, local_files=local_files)
+            params = db_search.SearchParams(vector=vector, ts_config=self.settings.text_search_config, **options)
+            return db_search.search(conn, params)
+
+    def similar(self, image_id: int, options: dict[str, Any]) -> db_search.Page:
+        with self.pool.connection() as conn:
+            params = db_search.SearchParams(ts_config=self.settings.text_search_config, **options)
+            return db_search.similar(conn, image_id, params)
+
+    # --- images ------------------------------------------------------------------
+
+    def image(self, image_id: int) -> dict[str, Any]:
+        with self.pool.connection() as conn, conn.transaction():
+            model = require_active_model(conn)
+            row = conn.execute(
+                """
+                SELECT i.id, i.sha256, i.source, i.width, i.height, i.format, i.mime, i.byte_size, i.taken_at,
+                       i.created_at, i.metadata,
+                       EXISTS (SELECT 1 FROM pgclip.embeddings e WHERE e.image_id = i.id AND e.model_id = %(m)s),
+                       (SELECT j.state FROM pgclip.embedding_jobs j WHERE j.image_id = i.id AND j.model_id = %(m)s
+                        ORDER BY j.id DESC LIMIT 1),
+                       (SELECT j.last_error FROM pgclip.embedding_jobs j WHERE j.image_id = i.id AND j.model_id = %(m)s
+                        ORDER BY j.id DESC LIMIT 1),
+                       EXISTS (SELECT 1 FROM pgclip.thumbnails t WHERE t.image_id = i.id)
+                FROM pgclip.images i WHERE i.id = %(id)s
+                """,
+                {"id": image_id, "m": model.id},
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no image with id {image_id}")
+            captions = conn.execute(
+                "SELECT id, text FROM pgclip.captions WHERE image_id = %s ORDER BY id", [image_id]
+            ).fetchall()
+        keys = ("id", "sha256", "source", "width", "height", "format", "mime", "byte_size", "taken_at", "created_at",
+                "metadata", "embedded", "queue_state", "last_error", "has_thumbnail")
+        detail = dict(zip(keys, row, strict=True))
+        detail["captions"] = [{"id": c[0], "text": c[1]} for c in captions]
+        detail["model"] = model.name
+        return detail
+
+    def blob(self, image_id: int, table: str) -> tuple[bytes, str]:
+        """The original bytes (``image_blobs``) or the thumbnail (``thumbnails``) with its MIME type."""
+        query = {
+            "image_blobs": "SELECT b.data, i.mime FROM pgclip.image_blobs b JOIN pgclip.images i ON i.id = b.image_id"
+                           " WHERE b.image_id = %s",
+            "thumbnails": "SELECT data, mime FROM pgclip.thumbnails WHERE image_id = %s",
+        }[table]
+        with self.pool.connection() as conn:
+            row = conn.execute(query, [image_id]).fetchone()
+            if row is None:
+                exists = conn.execute("SELECT 1 FROM pgclip.images WHERE id = %s", [image_id]).fetchone()
+                what = "thumbnail (not embedded yet)" if exists and table == "thumbnails" else "image"
+                raise NotFound(f"no {what} with id {image_id}" if not exists else f"image {image_id} has no {what}")
+        return bytes(row[0]), row[1]
+
+    def add_image(self, data: bytes, *, filename: str | None, captions: list[str],
+                  metadata: dict[str, Any]) -> tuple[int, bool, str | None]:
+        """Store an uploaded image (or find it by its bytes) and queue it; (id, created, queue state)."""
+        from pgclip.workers.ingest import new_image
+        from pgclip.workers.manifest import clean_caption
+
+        try:
+            info = probe(data)
+        except ImageRejected as exc:
+            raise InvalidInput(f"the upload is not a usable image: {exc}") from exc
+        texts = [t for t in (clean_caption(c) for c in captions) if t]
+        image = new_image(data, info, source=filename, metadata=metadata)
+        with self.pool.connection() as conn, conn.transaction():
+            model = require_active_model(conn)
+            added, existing = db_images.insert_images(conn, [image])
+            image_id = (added or existing)[info.sha256]
+            if existing:
+                db_images.merge_metadata(conn, {image_id: metadata})
+            db_images.add_captions(conn, [(image_id, t) for t in texts], ts_config=self.settings.text_search_config)
+            queue.enqueue(conn, list(added.values()), model.id)
+            state = conn.execute(
+                "SELECT state FROM pgclip.embedding_jobs WHERE image_id = %s AND model_id = %s ORDER BY id DESC LIMIT 1",
+                [image_id, model.id],
+            ).fetchone()
+        return image_id, bool(added), state[0] if state else None
+
+    def status(self) -> dict[str, Any]:
+        with self.pool.connection() as conn:
+            st = queue.status(conn)
+        data = dataclasses.asdict(st)
+        for m, model in zip(data["models"], st.models, strict=True):
+            m["eta_seconds"] = model.eta_seconds
+        return data
+
+    def ready(self) -> None:
+        from pgclip.db.migrate import require_head
+
+        with self.pool.connection(timeout=5) as conn:
+            require_head(conn)

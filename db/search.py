@@ -1,0 +1,213 @@
+"""Calling ``pgclip.search`` (created by migration 0002) and reading its rows with image details.
+
+The search itself is SQL, written once; this module only validates what it
+can before any SQL runs, manages the paging cursor, and translates the
+function's errors into pgclip's.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+from typing import Any, Literal
+
+import numpy as np
+import psycopg
+from psycopg.rows import class_row
+from psycopg.types.json import Jsonb
+
+from pgclip.db.models import ModelRow, require_active_model
+from pgclip.errors import InvalidInput, NotFound, PgclipError
+
+MAX_K = 100
+DEFAULT_K = 10
+RRF_K = 60  # reciprocal rank fusion's constant, as in the RRF paper and pgvector's example
+FILTER_KEYS = frozenset(
+    {"taken_after", "taken_before", "min_width", "min_height", "orientation", "format", "metadata", "has_caption",
+     "exclude_ids"}
+)
+
+Fusion = Literal["rrf", "weighted"]
+Order = Literal["relevance", "newest", "oldest"]
+
+
+class NotReady(PgclipError):
+    """The search cannot run yet (no active model, or the image has no vector yet)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchParams:
+    """One search. ``vector`` is unit-length (text, image, id or composed); ``caption_query``
+    is websearch syntax over captions; both may be given (hybrid) or either alone."""
+
+    vector: np.ndarray | None = None
+    caption_query: str | None = None
+    filters: dict[str, Any] = dataclasses.field(default_factory=dict)
+    k: int = DEFAULT_K
+    fusion: Fusion = "rrf"
+    weight: float = 0.5
+    min_similarity: float | None = None
+    max_drop: float | None = None
+    order: Order = "relevance"
+    cursor: str | None = None
+    ts_config: str = "english"
+
+    def validate(self) -> None:
+        if not 1 <= self.k <= MAX_K:
+            raise InvalidInput(f"k must be between 1 and {MAX_K}, got {self.k}")
+        if self.fusion not in ("rrf", "weighted"):
+            raise InvalidInput(f"fusion must be rrf or weighted, got {self.fusion!r}")
+        if not 0.0 <= self.weight <= 1.0:
+            raise InvalidInput(f"weight must be between 0 and 1, got {self.weight}")
+        if self.order not in ("relevance", "newest", "oldest"):
+            raise InvalidInput(f"order must be relevance, newest or oldest, got {self.order!r}")
+        if self.min_similarity is not None and not -1.0 <= self.min_similarity <= 1.0:
+            raise InvalidInput(f"min_similarity must be between -1 and 1, got {self.min_similarity}")
+        if self.max_drop is not None and not 0.0 <= self.max_drop <= 2.0:
+            raise InvalidInput(f"max_drop must be between 0 and 2, got {self.max_drop}")
+        unknown = set(self.filters) - FILTER_KEYS
+        if unknown:
+            raise InvalidInput(f"unknown filter {sorted(unknown)[0]!r} (known: {', '.join(sorted(FILTER_KEYS))})")
+        if self.vector is None and not (self.caption_query or "").strip():
+            raise InvalidInput("give a text, an image, an image id or a caption query to search for")
+        if self.vector is not None and not np.all(np.isfinite(self.vector)):
+            raise InvalidInput("the query vector has non-finite values")
+
+    def fingerprint(self) -> str:
+        """Identifies the query a cursor belongs to (everything but the page)."""
+        h = hashlib.sha256()
+        if self.vector is not None:
+            h.update(np.asarray(self.vector, dtype=np.float32).tobytes())
+        h.update(json.dumps([self.caption_query, self.filters, self.fusion, self.weight, self.min_similarity,
+                             self.max_drop, self.order, self.ts_config], sort_keys=True, default=str).encode())
+        return h.hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class Hit:
+    """One result with every score that explains it (None where a component did not apply)."""
+
+    image_id: int
+    score: float
+    similarity: float | None
+    text_rank: float | None
+    vector_rank: int | None
+    text_rank_position: int | None
+    source: str | None
+    width: int
+    height: int
+    format: str
+    taken_at: dt.datetime | None
+    metadata: dict[str, Any]
+    caption: str | None
+    has_thumbnail: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Page:
+    hits: list[Hit]
+    next_cursor: str | None
+    model: str
+
+
+def _encode_cursor(offset: int, window: int, fingerprint: str) -> str:
+    raw = json.dumps({"o": offset, "w": window, "q": fingerprint}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, fingerprint: str) -> tuple[int, int]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        data = json.loads(raw)
+        offset, window, q = int(data["o"]), int(data["w"]), str(data["q"])
+    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise InvalidInput("malformed cursor: pass back the next_cursor of a previous page unchanged") from None
+    if q != fingerprint:
+        raise InvalidInput("this cursor belongs to a different query")
+    if offset < 0 or not 1 <= window <= 10_000:
+        raise InvalidInput("malformed cursor: pass back the next_cursor of a previous page unchanged")
+    return offset, window
+
+
+_SEARCH = """
+SELECT s.image_id, s.score, s.similarity, s.text_rank, s.vector_rank, s.text_rank_position,
+       i.source, i.width, i.height, i.format, i.taken_at, i.metadata,
+       (SELECT c.text FROM pgclip.captions c WHERE c.image_id = s.image_id ORDER BY c.id LIMIT 1) AS caption,
+       EXISTS (SELECT 1 FROM pgclip.thumbnails t WHERE t.image_id = s.image_id) AS has_thumbnail
+FROM pgclip.search(%(vector)s, %(caption_query)s, %(filters)s, %(k)s, %(offset)s, %(options)s)
+     WITH ORDINALITY AS s(image_id, score, similarity, text_rank, vector_rank, text_rank_position, n)
+JOIN pgclip.images i ON i.id = s.image_id
+ORDER BY s.n
+"""
+
+
+def search(conn: psycopg.Connection, params: SearchParams, *, model: ModelRow | None = None) -> Page:
+    """Run one page of a search with the active model (read in the same transaction)."""
+    params.validate()
+    fingerprint = params.fingerprint()
+    window = max(200, 4 * params.k)
+    offset = 0
+    if params.cursor:
+        offset, window = _decode_cursor(params.cursor, fingerprint)
+    options = {
+        "fusion": params.fusion, "weight": params.weight, "rrf_k": RRF_K, "order": params.order,
+        "window": window, "ts_config": params.ts_config,
+    }
+    if params.min_similarity is not None:
+        options["min_similarity"] = params.min_similarity
+    if params.max_drop is not None:
+        options["max_drop"] = params.max_drop
+    with conn.transaction():
+        model = model or require_active_model(conn)
+        if params.vector is not None and len(params.vector) != model.dimension:
+            raise InvalidInput(f"query vector has {len(params.vector)} dimensions, the active model has {model.dimension}")
+        try:
+            with conn.cursor(row_factory=class_row(Hit)) as cur:
+                hits = cur.execute(
+                    _SEARCH,
+                    {"vector": None if params.vector is None else np.asarray(params.vector, dtype=np.float32),
+                     "caption_query": params.caption_query, "filters": Jsonb(params.filters), "k": params.k,
+                     "offset": offset, "options": Jsonb(options)},
+                ).fetchall()
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+    more = len(hits) == params.k and offset + params.k < window
+    return Page(hits, _encode_cursor(offset + params.k, window, fingerprint) if more else None, model.name)
+
+
+def translate(exc: psycopg.Error) -> PgclipError | psycopg.Error:
+    """The search functions' SQLSTATEs as pgclip errors; anything else is a bug and stays itself."""
+    state = exc.sqlstate or ""
+    message = exc.diag.message_primary or str(exc)
+    if state == "P0002":
+        return NotFound(message)
+    if state == "55000":
+        return NotReady(message)
+    # 22xxx: data exceptions (invalid parameter values, bad casts of filter values).
+    if state.startswith("22"):
+        return InvalidInput(message)
+    return exc
+
+
+def similar(conn: psycopg.Connection, image_id: int, params: SearchParams) -> Page:
+    """"More like this": search with an image's own vector, excluding the image."""
+    with conn.transaction():
+        model = require_active_model(conn)
+        row = conn.execute(
+            "SELECT e.embedding FROM pgclip.embeddings e WHERE e.image_id = %s AND e.model_id = %s",
+            [image_id, model.id],
+        ).fetchone()
+        if row is None:
+            exists = conn.execute("SELECT 1 FROM pgclip.images WHERE id = %s", [image_id]).fetchone()
+            if not exists:
+                raise NotFound(f"no image with id {image_id}")
+            raise NotReady(f"image {image_id} has no vector for the active model yet (is a worker running?)")
+    exclude = list(params.filters.get("exclude_ids") or []) + [image_id]
+    return search(
+        conn, dataclasses.replace(params, vector=row[0].to_numpy(), filters={**params.filters, "exclude_ids": exclude}),
+        model=model,
+    )

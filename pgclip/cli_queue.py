@@ -1,0 +1,137 @@
+"""CLI commands of the write path: ingest, worker, status, retry-failed."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pgclip.cli_common import out as _out
+from pgclip.cli_common import progress as _progress
+from pgclip.settings import Settings
+
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from pgclip.bootstrap import ready_url, register_configured_model
+    from pgclip.db.engine import connection
+    from pgclip.workers.ingest import ingest, require_paths
+    from pgclip.workers.manifest import load_manifest
+
+    paths = [Path(p) for p in args.paths]
+    manifest = load_manifest(Path(args.captions)) if args.captions else None
+    require_paths(paths, manifest)
+    url = ready_url(settings)
+    model = register_configured_model(url, settings)
+    bar = _progress(None, "file", "ingest")
+    with bar, connection(url, role="ingest") as conn:
+        report = ingest(
+            conn, paths, model_id=model.id, manifest=manifest, ts_config=settings.text_search_config,
+            progress=bar.update, on_total=lambda n: setattr(bar, "total", n),
+        )
+    if args.json:
+        import json
+
+        _out(json.dumps({k: v for k, v in report.as_dict().items() if k != "image_ids"}, indent=2))
+        return 0
+    _out(
+        f"added {report.added}, already present {report.present}, skipped {report.skipped} (not images), "
+        f"rejected {len(report.rejected)}; {report.captions_added} captions added, {report.enqueued} queued"
+    )
+    for path, reason in report.rejected:
+        _out(f"  rejected {path}: {reason}")
+    if report.manifest_missing:
+        _out(f"{len(report.manifest_missing)} manifest entries name no ingested image, e.g.:")
+        for key in report.manifest_missing[:10]:
+            _out(f"  {key}")
+    if report.manifest_problem_count:
+        _out(f"{report.manifest_problem_count} manifest rows skipped, e.g.:")
+        for problem in report.manifest_problems[:10]:
+            _out(f"  {problem}")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    import logging
+    import os
+
+    from pgclip.bootstrap import ready_url, register_configured_model
+    from pgclip.db.engine import connection
+    from pgclip.db.queue import open_jobs
+    from pgclip.workers.encoder import ClipEncoder
+    from pgclip.workers.loop import Worker
+    from pgclip.workers.supervisor import install_signal_handlers, run_children
+
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr,
+        format=f"%(asctime)s pgclip-worker[{os.getpid()}] %(levelname)s %(message)s",
+    )
+    logging.getLogger("pgclip").setLevel(logging.INFO)
+    if args.concurrency > 1:
+        child_args = ["--until-empty"] if args.until_empty else []
+        threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // args.concurrency)
+        return run_children(args.concurrency, child_args, threads_per_child=threads)
+    url = ready_url(settings)
+    model = register_configured_model(url, settings)
+    encoder = ClipEncoder(settings.model, settings.pretrained, device=settings.device, torch_threads=settings.torch_threads)
+    encoder.load()  # fail fast, before claiming anything
+    with connection(url, role="worker") as conn:
+        total = open_jobs(conn, model.id)[0]
+    bar = _progress(total if args.until_empty else None, "img", "embed")
+    worker = Worker(
+        url, encoder=encoder, model=model, batch_size=settings.batch_size, lease_seconds=settings.lease_seconds,
+        max_attempts=settings.max_attempts, on_done=bar.update,
+    )
+    install_signal_handlers(worker.stop)
+    logging.getLogger("pgclip.worker").info("worker %s on %s, model %s", worker.id, encoder.device, model.label)
+    with bar:
+        stats = worker.run(until_empty=args.until_empty)
+    _out(f"worker {worker.id}: {stats.done} done, {stats.failed} failed, {stats.retried} to retry, "
+         f"{stats.released} released, {stats.lost} lost leases")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    import dataclasses
+    import json
+
+    from pgclip.bootstrap import ready_url
+    from pgclip.db import queue
+    from pgclip.db.engine import connection
+
+    with connection(ready_url(settings)) as conn:
+        status = queue.status(conn, failures=args.failures)
+    if args.json:
+        data = dataclasses.asdict(status)
+        for m, model in zip(data["models"], status.models, strict=True):
+            m["eta_seconds"] = model.eta_seconds
+        _out(json.dumps(data, indent=2, default=str))
+        return 0
+    for m in status.models:
+        c = m.counts
+        _out(f"model {m.model} ({m.pretrained}) [{m.model_state}]")
+        _out(f"  pending {c['pending']}  leased {c['leased']}  done {c['done']}  failed {c['failed']}")
+        eta = m.eta_seconds
+        eta_text = "-" if eta is None else f"{eta:.0f}s"
+        _out(f"  last minute: {m.done_last_minute} done ({m.done_last_minute / 60:.1f}/s), ETA {eta_text}")
+        if m.oldest_pending:
+            _out(f"  oldest pending job enqueued {m.oldest_pending:%Y-%m-%d %H:%M:%S %Z}")
+    if status.failures:
+        _out(f"failures (most recent {len(status.failures)}):")
+        for f in status.failures:
+            _out(f"  job {f.job_id} image {f.image_id} {f.source or ''} [{f.model}, {f.attempts} attempts]: {f.last_error}")
+    return 0
+
+
+def cmd_retry_failed(args: argparse.Namespace, settings: Settings) -> int:
+    from pgclip.bootstrap import ready_url
+    from pgclip.db import queue
+    from pgclip.db.engine import connection
+
+    with connection(ready_url(settings)) as conn:
+        count = queue.retry_failed(conn)
+        conn.commit()
+    _out(f"re-queued {count} failed jobs")
+    return 0
+
+
