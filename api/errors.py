@@ -43,6 +43,11 @@ def validation_error(request: Request, exc: msgspec.ValidationError | msgspec.De
     return _body(400, f"invalid request: {exc}")
 
 
+def undecodable_form(request: Request, exc: UnicodeDecodeError) -> Response:
+    # Litestar decodes multipart parts without a filename as text; raw bytes there are a client error.
+    return _body(400, "malformed request: a form field is not UTF-8 text (send images as file parts with a filename)")
+
+
 def unexpected_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, HTTPException):  # Litestar's own 4xx (validation, 404 route, 405, 413)
         body = {"status_code": exc.status_code, "detail": exc.detail}
@@ -57,5 +62,6 @@ HANDLERS = {
     PgclipError: pgclip_error,
     msgspec.ValidationError: validation_error,
     msgspec.DecodeError: validation_error,
+    UnicodeDecodeError: undecodable_form,
     Exception: unexpected_error,
 }

@@ -20,7 +20,7 @@ Handler = Callable[[argparse.Namespace, Settings], int | None]
 from pgclip.cli_common import out as _out
 from pgclip.cli_common import positive as _positive
 from pgclip.cli_queue import cmd_ingest, cmd_retry_failed, cmd_status, cmd_worker
-from pgclip.cli_search import cmd_search, cmd_serve
+from pgclip.cli_search import cmd_demo, cmd_search, cmd_serve
 
 
 # --- pgclip db ---------------------------------------------------------------
@@ -69,7 +69,7 @@ def _masked(url: str) -> str:
     return mask_url(url)
 
 
-# --- pgclip migrate / config / demo ------------------------------------------------
+# --- pgclip migrate / config ------------------------------------------------------
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -89,17 +89,6 @@ def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
         _out(f"{env:<{width}}  {value}")
         if args.verbose:
             _out(f"{'':<{width}}  # {help}")
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from pgclip.bootstrap import migrate
-    from pgclip.db.migrate import head_revision
-
-    url, model = migrate(settings)
-    _out(f"database ready at {_masked(url)} (schema {head_revision()})")
-    _out(f"model {model.label} registered, dimension {model.dimension}")
-    _out(f'try: psql "{url}" -c "\\dt pgclip.*"')
     return 0
 
 
@@ -162,7 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--json", action="store_true")
     se.set_defaults(handler=cmd_search)
 
-    demo = sub.add_parser("demo", help="set up the database and run the demo")
+    from pgclip.evaluate import add_eval_parser
+
+    add_eval_parser(sub)
+
+    demo = sub.add_parser("demo", help="database + demo collection + embeddings, then serve the page")
+    demo.add_argument("--test-model", action="store_true",
+                      help="use the random-weight test model (when real CLIP weights cannot be loaded)")
+    demo.add_argument("--no-serve", action="store_true", help="stop once every demo image is embedded")
     demo.set_defaults(handler=cmd_demo)
     return parser
 

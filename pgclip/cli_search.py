@@ -93,3 +93,61 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    """Database, demo collection, embeddings, then the API and page on a printed URL."""
+    import dataclasses
+
+    from pgclip.api.app import build_service, create_app
+    from pgclip.bootstrap import migrate
+    from pgclip.cli_common import progress
+    from pgclip.db.engine import connection
+    from pgclip.db.models import activate_if_unused
+    from pgclip.db.queue import open_jobs
+    from pgclip.demo import materialize_demo
+    from pgclip.errors import ModelLoadError
+    from pgclip.workers.encoder import ClipEncoder, is_test_model
+    from pgclip.workers.ingest import ingest
+    from pgclip.workers.loop import Worker
+    from pgclip.workers.manifest import load_manifest
+
+    if args.test_model:
+        settings = dataclasses.replace(settings, model="test-tiny", pretrained="random")
+    encoder = ClipEncoder(settings.model, settings.pretrained, device=settings.device,
+                          torch_threads=settings.torch_threads)
+    try:
+        encoder.load()
+    except ModelLoadError as exc:
+        raise ModelLoadError(
+            f"{exc}. To see the pipeline without real weights: `pgclip demo --test-model` "
+            "(random weights: its search results mean nothing)"
+        ) from exc
+    if is_test_model(settings.model):
+        _out("note: the test model has random weights; the demo's search results mean nothing")
+    url, model = migrate(settings)
+    with connection(url) as conn:
+        if activate_if_unused(conn, model):
+            _out(f"model {model.label} is now the active model (the previous one had no vectors)")
+    manifest = load_manifest(materialize_demo(settings.data_dir / "demo"))
+    with connection(url, role="ingest") as conn, progress(len(manifest.entries), "file", "ingest") as bar:
+        report = ingest(conn, [], model_id=model.id, manifest=manifest, ts_config=settings.text_search_config,
+                        progress=bar.update)
+    _out(f"demo collection: {report.added} added, {report.present} already present, "
+         f"{report.captions_added} captions added")
+    with connection(url) as conn:
+        pending = open_jobs(conn, model.id)[0]
+    with progress(pending, "img", "embed") as bar:
+        worker = Worker(url, encoder=encoder, model=model, batch_size=settings.batch_size,
+                        lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts, on_done=bar.update)
+        stats = worker.run(until_empty=True)
+    _out(f"embedded {stats.done} images ({stats.failed} failed) with {model.label}")
+    if args.no_serve:
+        return 0
+    service = build_service(settings)
+    host, port = settings.host, settings.port
+    _out(f"pgclip demo is running: open http://{host}:{port}/ (Ctrl+C to stop)")
+    import uvicorn
+
+    uvicorn.run(create_app(settings, service=service), host=host, port=port, log_level="warning")
+    return 0

@@ -1,0 +1,207 @@
+"""``pgclip eval`` on a real PostgreSQL: the harness finds known answers, and can fail.
+
+An oracle encoder gives each image a known direction (read from its pixels) plus
+a little noise, so the right answers are known; the searches still run through
+``pgclip.db.search`` (SQL) on vectors the in-process worker stored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pgclip import evaluate
+from pgclip.db.models import active_model
+from pgclip.errors import InvalidInput, NotFound
+from pgclip.workers.ingest import ingest
+from pgclip.workers.loop import Worker
+from pgclip.workers.manifest import load_manifest
+
+DIM = 64  # test-tiny's dimension, the active model of the fixtures' database
+
+
+class Oracle:
+    """Image vector = direction of the tag in pixel (0, 0)'s red value + small noise; text "thing N" = direction N."""
+
+    model_name = "oracle"
+    dimension = DIM
+
+    def __init__(self, noise: float = 0.03) -> None:
+        rng = np.random.default_rng(1234)
+        self.directions = rng.normal(size=(256, DIM))
+        self.directions /= np.linalg.norm(self.directions, axis=1, keepdims=True)
+        self.noise = noise
+
+    def load(self) -> None:
+        pass
+
+    def _unit(self, v: np.ndarray) -> np.ndarray:
+        return (v / np.linalg.norm(v)).astype(np.float32)
+
+    def encode_images(self, images) -> np.ndarray:
+        out = []
+        for im in images:
+            tag = im.convert("RGB").getpixel((0, 0))[0]
+            seed = int.from_bytes(hashlib.sha256(im.tobytes()).digest()[:8], "little")
+            noise = np.random.default_rng(seed).normal(size=DIM) * self.noise
+            out.append(self._unit(self.directions[tag] + noise))
+        return np.stack(out) if out else np.empty((0, DIM), np.float32)
+
+    def encode_texts(self, texts) -> np.ndarray:
+        return np.stack([self._unit(self.directions[int(t.split()[-1])]) for t in texts])
+
+
+def tagged_png(path: Path, tag: int, seed: int) -> Path:
+    """A 32x32 PNG: pixel (0, 0) red = tag, the rest noise (every image distinct bytes)."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    pixels[0, 0, 0] = tag
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, format="PNG")
+    return path
+
+
+def make_classes(root: Path, labels: list[str]) -> list[bytes]:
+    """Image i gets class labels[i] as its folder; its tag (true direction) is its original class index."""
+    datas = []
+    for i, label in enumerate(labels):
+        tag = i // 8  # 8 images per true class
+        path = tagged_png(root / label / f"{i:03d}.png", tag, seed=i)
+        datas.append(path.read_bytes())
+    return datas
+
+
+def test_oracle_classes_score_perfectly_and_shuffled_labels_score_chance(conn, db_url, tmp_path):
+    oracle = Oracle()
+    n_classes = 5
+    labels = [f"c{i // 8}" for i in range(8 * n_classes)]
+    datas = make_classes(tmp_path / "true", labels)
+    # An image filed under two classes has no label; a repeat within a class counts once.
+    (tmp_path / "true" / "c1" / "copy-of-000.png").write_bytes(datas[0])
+    (tmp_path / "true" / "c4" / "copy-of-039.png").write_bytes(datas[39])
+
+    result = evaluate.eval_classes(conn, db_url, oracle, evaluate.folder_dataset(tmp_path / "true"))
+    assert result.skipped == {"same_image_in_two_classes": 2, "duplicate_in_class": 1}
+    assert (result.classes, result.embedded, len(result.queries)) == (n_classes, 39, 39)
+    assert result.top(1) >= 0.95
+    assert result.top(5) == 1.0
+    # Chance: class c0 kept 7 images, the others 8; a random other image shares the class.
+    assert result.chance[1] == pytest.approx((7 * 6 / 38 + 32 * 7 / 38) / 39)
+
+    # The same images (same bytes, so the same stored rows and vectors), labels shuffled.
+    shuffled = labels[:]
+    random.Random(7).shuffle(shuffled)
+    for i, label in enumerate(shuffled):
+        (tmp_path / "shuffled" / label).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "shuffled" / label / f"{i:03d}.png").write_bytes(datas[i])
+    bad = evaluate.eval_classes(conn, db_url, oracle, evaluate.folder_dataset(tmp_path / "shuffled"))
+    assert bad.retagged == 39  # every stored image moved from dataset "true" to "shuffled" (image 0 is new)
+    assert len(bad.queries) == 40
+    assert bad.top(1) <= 1 / n_classes + 0.15, bad.top(1)
+    assert bad.top(1) < result.top(1) - 0.5
+
+    with pytest.raises(InvalidInput, match="no usable images"):
+        evaluate.eval_classes(conn, db_url, oracle, evaluate.LabeledImages("empty", tmp_path, [], "nothing"))
+
+
+def test_caption_protocol_counts_exactly_one_wrong_caption(conn, db_url, tmp_path):
+    oracle = Oracle()
+    n = 8
+    images = tmp_path / "images"
+    for i in range(n):
+        tagged_png(images / f"{1000 + i}.png", tag=i, seed=100 + i)
+    rows = ["image_name| comment_number| comment"]
+    for i in range(n):
+        wrong = 5 if i == 3 else i  # image 3's first caption points at image 5
+        rows += [f"{1000 + i}.png| 0| thing {wrong}", f"{1000 + i}.png| 1| thing {i}"]
+    rows += ["9999.png| 0| thing 9"]  # named in the manifest, never ingested
+    manifest_path = tmp_path / "elsewhere" / "results.csv"  # bare names: matched by file name
+    manifest_path.parent.mkdir()
+    manifest_path.write_text("\n".join(rows) + "\n")
+    manifest = load_manifest(manifest_path)
+
+    model = active_model(conn)
+    conn.commit()
+    report = ingest(conn, [images], model_id=model.id, manifest=manifest)
+    assert report.added == n
+    Worker(db_url, encoder=oracle, model=model, batch_size=16, lease_seconds=30, max_attempts=2).run(until_empty=True)
+
+    result = evaluate.eval_captions(conn, oracle, manifest, n=500, seed=0, k=10, caption="first")
+    assert (result.eligible, result.missing, result.not_embedded, result.corpus) == (n, 1, 0, n)
+    assert len(result.queries) == n
+    recall = result.recall
+    assert recall[1] == pytest.approx((n - 1) / n)
+    assert recall[10] == 1.0  # all 8 images are returned
+    (miss,) = [q for q in result.queries if q.rank != 1]
+    assert miss.key == "1003.png" and miss.caption == "thing 5" and miss.rank > 1
+
+    # A seeded random caption: deterministic for a seed.
+    again = evaluate.eval_captions(conn, oracle, manifest, n=4, seed=3, caption="random")
+    assert [q.caption for q in again.queries] == [
+        q.caption for q in evaluate.eval_captions(conn, oracle, manifest, n=4, seed=3, caption="random").queries]
+    assert len(again.queries) == 4
+
+    md, png = evaluate.write_report(result, tmp_path / "report")
+    assert "top-1" in md.read_text() and "1003.png" in md.read_text()
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = result.as_dict()
+    assert data["top"]["1"] == pytest.approx(7 / 8) and data["paper"]["top"]["10"] == 0.94
+
+    # Filters that leave none of the manifest's images: an error, not a 0 %.
+    with pytest.raises(NotFound, match="none of the"):
+        evaluate.eval_captions(conn, oracle, manifest, filters={"metadata": {"no": "such"}})
+
+
+def cli(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="pgclip")
+    evaluate.add_eval_parser(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(argv)
+
+
+def test_digits_end_to_end_through_the_command_with_a_report(settings, tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    cache = tmp_path / "cache"
+    args = cli(["eval", "classes", "digits", "--max-images", "40", "--limit", "30", "--cache-dir", str(cache),
+                "--json", "--report", str(tmp_path / "report")])
+    assert args.handler(args, settings) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["dataset"] == "digits" and data["queries_run"] == 30 and data["embedded"] == 40
+    assert 0 <= data["top"]["1"] <= data["top"]["5"] <= 1
+    pngs = sorted(cache.glob("digits-224-bicubic/*/*.png"))
+    assert len(pngs) == 40
+    with Image.open(pngs[0]) as im:
+        assert im.size == (224, 224) and im.mode == "L"
+    report = tmp_path / "report"
+    assert "MNIST" in (report / "report.md").read_text()
+    assert (report / "top_k.png").stat().st_size > 1000
+
+    # Again: the same files, nothing new stored; the table is printed.
+    args = cli(["eval", "classes", "digits", "--max-images", "40", "--limit", "5", "--cache-dir", str(cache)])
+    assert args.handler(args, settings) == 0
+    text = capsys.readouterr().out
+    assert "top-1" in text and "93.8 %" in text and "28.0 %" in text
+
+
+def test_user_mistakes_are_one_line_errors(tmp_path, settings):
+    with pytest.raises(NotFound, match="no captions manifest"):
+        args = cli(["eval", "captions", str(tmp_path / "missing.csv")])
+        args.handler(args, settings)
+    with pytest.raises(NotFound, match="no dataset"):
+        args = cli(["eval", "classes", "mnist-please"])
+        args.handler(args, settings)
+    (tmp_path / "empty" / "cats").mkdir(parents=True)
+    with pytest.raises(InvalidInput, match="no class sub-folders with images"):
+        args = cli(["eval", "classes", str(tmp_path / "empty")])
+        args.handler(args, settings)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"path": "nowhere.jpg", "captions": ["a cat"]}\n')
+    with pytest.raises(NotFound, match="none of the 1 captioned images"):
+        args = cli(["eval", "captions", str(manifest)])
+        args.handler(args, settings)
