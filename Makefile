@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.pgclip-installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean browser-deps
 
 install: $(STAMP)
 
@@ -14,11 +14,30 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
 
-demo: $(STAMP)
-	$(VENV)/bin/pgclip demo
+# Without network or cached CLIP weights: make demo DEMO_FLAGS=--test-model
+DEMO_FLAGS ?=
 
-test: $(STAMP)
+demo: $(STAMP)
+	$(VENV)/bin/pgclip demo $(DEMO_FLAGS)
+
+test: $(STAMP) browser-deps
 	$(VENV)/bin/python -m pytest
+
+# The browser tests (tests/browser) drive Debian's Chromium through Playwright, which never
+# downloads a browser. Install it when missing and we can (root or password-less sudo, apt);
+# otherwise those tests skip and say why.
+CHROMIUM := /usr/bin/chromium
+browser-deps:
+	@test -x $(CHROMIUM) || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi; \
+	  if [ "$$SUDO" != none ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium for the browser tests (apt-get)"; \
+	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null || \
+	    echo "WARNING: could not install chromium: the browser tests will be skipped"; \
+	  else \
+	    echo "WARNING: $(CHROMIUM) is missing and cannot be installed here (needs root and apt-get): the browser tests will be skipped"; \
+	  fi; }
 
 clean:
 	rm -rf $(VENV)

@@ -114,6 +114,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.test_model:
         settings = dataclasses.replace(settings, model="test-tiny", pretrained="random")
+    url, model = migrate(settings)
+    _out(f"database ready: {url}")
     encoder = ClipEncoder(settings.model, settings.pretrained, device=settings.device,
                           torch_threads=settings.torch_threads)
     try:
@@ -125,7 +127,6 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         ) from exc
     if is_test_model(settings.model):
         _out("note: the test model has random weights; the demo's search results mean nothing")
-    url, model = migrate(settings)
     with connection(url) as conn:
         if activate_if_unused(conn, model):
             _out(f"model {model.label} is now the active model (the previous one had no vectors)")
