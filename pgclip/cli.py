@@ -7,6 +7,7 @@ status 1; tracebacks are for bugs only.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable, Sequence
 
@@ -167,6 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler = args.handler
+    # Library warnings (open_clip announces random test weights on the root logger) are
+    # not the user's business; `pgclip worker` sets up its own logging.
+    logging.getLogger().setLevel(logging.ERROR)
     try:
         settings = Settings.from_env()
         return handler(args, settings) or 0
