@@ -8,14 +8,16 @@ import json
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, MediaType, Response, get, post
+from litestar import Controller, MediaType, Response, delete, get, patch, post
 from litestar.datastructures import UploadFile
-from litestar.enums import RequestEncodingType
-from litestar.params import Body, Parameter
+from litestar.di import NamedDependency
+from litestar.params import JSONBody, MultipartBody, Parameter
 
+from pgclip.api.auth import require_write_key
 from pgclip.api.schemas import (
     Filters,
     ImageDetail,
+    ImageEdit,
     Result,
     SearchOptions,
     SearchRequest,
@@ -23,9 +25,11 @@ from pgclip.api.schemas import (
     UploadResponse,
 )
 from pgclip.api.service import Service
+from pgclip.db.images import UNSET
 from pgclip.db.search import Page
 from pgclip.errors import InvalidInput
 
+ServiceDep = NamedDependency[Service]  # provided by create_app
 ImageId = Annotated[int, Parameter(ge=1, le=2**62, description="image id")]
 
 
@@ -91,18 +95,30 @@ class UploadForm:
     metadata: str | None = None
 
 
+async def _detail(service: Service, image_id: int) -> ImageDetail:
+    d = await asyncio.to_thread(service.image, image_id)
+    return ImageDetail(
+        id=d["id"], sha256=d["sha256"], source=d["source"], width=d["width"], height=d["height"],
+        format=d["format"], mime=d["mime"], byte_size=d["byte_size"], taken_at=d["taken_at"],
+        created_at=d["created_at"], metadata=d["metadata"], captions=d["captions"], model=d["model"],
+        embedded=d["embedded"], queue_state=d["queue_state"], last_error=d["last_error"],
+        thumbnail_url=f"/api/images/{image_id}/thumbnail" if d["has_thumbnail"] else None,
+        original_url=f"/api/images/{image_id}/original",
+    )
+
+
 class SearchController(Controller):
     path = "/api/search"
     tags = ["search"]
 
     @post("/", status_code=200, summary="Search by text, caption words, a vector, or any mix")
-    async def search(self, data: SearchRequest, service: Service) -> SearchResponse:
+    async def search(self, data: JSONBody[SearchRequest], service: ServiceDep) -> SearchResponse:
         page = await asyncio.to_thread(service.search, text=data.text, raw=data.vector, image=None, options=_options(data))
         return _page(page)
 
     @post("/image", status_code=200, summary="Search by an uploaded image (plus the same options)")
     async def search_image(
-        self, data: Annotated[ImageSearchForm, Body(media_type=RequestEncodingType.MULTI_PART)], service: Service
+        self, data: MultipartBody[ImageSearchForm], service: ServiceDep
     ) -> SearchResponse:
         image = await _read_upload(data.file)
         opts = _json_field(data.options, SearchOptions, "options") or SearchOptions()
@@ -115,22 +131,28 @@ class ImageController(Controller):
     tags = ["images"]
 
     @get("/{image_id:int}", summary="An image's metadata, captions and embedding state")
-    async def detail(self, image_id: ImageId, service: Service) -> ImageDetail:
-        d = await asyncio.to_thread(service.image, image_id)
-        return ImageDetail(
-            id=d["id"], sha256=d["sha256"], source=d["source"], width=d["width"], height=d["height"],
-            format=d["format"], mime=d["mime"], byte_size=d["byte_size"], taken_at=d["taken_at"],
-            created_at=d["created_at"], metadata=d["metadata"], captions=d["captions"], model=d["model"],
-            embedded=d["embedded"], queue_state=d["queue_state"], last_error=d["last_error"],
-            thumbnail_url=f"/api/images/{image_id}/thumbnail" if d["has_thumbnail"] else None,
-            original_url=f"/api/images/{image_id}/original",
+    async def detail(self, image_id: ImageId, service: ServiceDep) -> ImageDetail:
+        return await _detail(service, image_id)
+
+    @patch("/{image_id:int}", guards=[require_write_key], summary="Edit metadata, date and captions (no re-embed)")
+    async def edit(self, image_id: ImageId, data: JSONBody[ImageEdit], service: ServiceDep) -> ImageDetail:
+        taken_at = data.taken_at if data.taken_at is not msgspec.UNSET else UNSET
+        await asyncio.to_thread(
+            service.edit_image, image_id, metadata=data.metadata, replace=data.metadata_mode == "replace",
+            unset=data.unset_metadata, taken_at=taken_at, add=data.captions_add, remove=data.captions_remove,
         )
+        return await _detail(service, image_id)
+
+    @delete("/{image_id:int}", guards=[require_write_key], status_code=204, summary="Delete an image and all it has")
+    async def remove(self, image_id: ImageId, service: ServiceDep) -> None:
+        await asyncio.to_thread(service.delete_image, image_id)
+
 
     @get("/{image_id:int}/similar", summary="More like this: the nearest images to one image")
     async def similar(
         self,
         image_id: ImageId,
-        service: Service,
+        service: ServiceDep,
         k: Annotated[int, Parameter(ge=1, le=100)] = 10,
         cursor: Annotated[str | None, Parameter(max_length=512)] = None,
         filters: Annotated[str | None, Parameter(description="filters as a JSON object", max_length=20000)] = None,
@@ -141,19 +163,19 @@ class ImageController(Controller):
         return _page(await asyncio.to_thread(service.similar, image_id, options))
 
     @get("/{image_id:int}/thumbnail", summary="The WebP thumbnail (once embedded)", media_type="image/webp")
-    async def thumbnail(self, image_id: ImageId, service: Service) -> Response[bytes]:
+    async def thumbnail(self, image_id: ImageId, service: ServiceDep) -> Response[bytes]:
         data, mime = await asyncio.to_thread(service.blob, image_id, "thumbnails")
         return Response(data, media_type=mime, headers={"Cache-Control": "public, max-age=3600"})
 
     @get("/{image_id:int}/original", summary="The original bytes as uploaded", media_type="application/octet-stream")
-    async def original(self, image_id: ImageId, service: Service) -> Response[bytes]:
+    async def original(self, image_id: ImageId, service: ServiceDep) -> Response[bytes]:
         data, mime = await asyncio.to_thread(service.blob, image_id, "image_blobs")
         # The bytes never change for an id (the id is tied to their sha256).
         return Response(data, media_type=mime, headers={"Cache-Control": "public, max-age=31536000, immutable"})
 
-    @post("/", status_code=202, summary="Upload an image (queued for embedding)")
+    @post("/", status_code=202, guards=[require_write_key], summary="Upload an image (queued for embedding)")
     async def upload(
-        self, data: Annotated[UploadForm, Body(media_type=RequestEncodingType.MULTI_PART)], service: Service
+        self, data: MultipartBody[UploadForm], service: ServiceDep
     ) -> UploadResponse:
         image = await _read_upload(data.file)
         captions = _captions(data.captions)
@@ -183,7 +205,7 @@ class SystemController(Controller):
     tags = ["system"]
 
     @get("/api/status", summary="Queue figures: counts by state, throughput, ETA, failures")
-    async def status(self, service: Service) -> dict[str, Any]:
+    async def status(self, service: ServiceDep) -> dict[str, Any]:
         return await asyncio.to_thread(service.status)
 
     @get("/healthz", summary="The process is up", media_type=MediaType.JSON)
@@ -191,6 +213,6 @@ class SystemController(Controller):
         return {"status": "ok"}
 
     @get("/readyz", summary="The database is reachable and migrated to head", media_type=MediaType.JSON)
-    async def readyz(self, service: Service) -> dict[str, str]:
+    async def readyz(self, service: ServiceDep) -> dict[str, str]:
         await asyncio.to_thread(service.ready)
         return {"status": "ready"}

@@ -114,3 +114,14 @@ class UploadResponse(msgspec.Struct):
 class ErrorBody(msgspec.Struct):
     status_code: int
     detail: str
+
+
+class ImageEdit(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Changes to one image. Vectors are untouched: edits never re-embed."""
+
+    metadata: dict[str, Any] | None = None
+    metadata_mode: Literal["merge", "replace"] = "merge"
+    unset_metadata: Annotated[list[Annotated[str, msgspec.Meta(max_length=200)]], msgspec.Meta(max_length=100)] = []
+    taken_at: dt.datetime | None | msgspec.UnsetType = msgspec.UNSET
+    captions_add: Annotated[list[Annotated[str, msgspec.Meta(min_length=1, max_length=10_000)]], msgspec.Meta(max_length=100)] = []
+    captions_remove: Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=2**62)]], msgspec.Meta(max_length=1000)] = []

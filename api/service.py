@@ -239,6 +239,22 @@ class Service:
             ).fetchone()
         return image_id, bool(added), state[0] if state else None
 
+    def edit_image(self, image_id: int, *, metadata: dict[str, Any] | None, replace: bool, unset: list[str],
+                   taken_at: Any, add: list[str], remove: list[int]) -> None:
+        from pgclip.workers.manifest import clean_caption
+
+        texts = [t for t in (clean_caption(c) for c in add) if t]
+        with self.pool.connection() as conn, conn.transaction():
+            db_images.edit_image(
+                conn, image_id, metadata=metadata, replace_metadata=replace, unset_keys=unset, taken_at=taken_at,
+                new_captions=texts, remove_caption_ids=remove, ts_config=self.settings.text_search_config,
+            )
+
+    def delete_image(self, image_id: int) -> None:
+        with self.pool.connection() as conn, conn.transaction():
+            if not db_images.delete_images(conn, [image_id]):
+                raise NotFound(f"no image with id {image_id}")
+
     def status(self) -> dict[str, Any]:
         with self.pool.connection() as conn:
             st = queue.status(conn)

@@ -85,3 +85,49 @@ def add_captions(conn: psycopg.Connection, captions: Sequence[tuple[int, str]], 
         {"image_ids": [c[0] for c in captions], "texts": [c[1] for c in captions], "ts_config": ts_config},
     ).fetchall()
     return len(rows)
+
+
+UNSET: Any = object()
+
+
+def edit_image(
+    conn: psycopg.Connection,
+    image_id: int,
+    *,
+    metadata: dict[str, Any] | None = None,
+    replace_metadata: bool = False,
+    unset_keys: Sequence[str] = (),
+    taken_at: dt.datetime | None | Any = UNSET,
+    new_captions: Sequence[str] = (),
+    remove_caption_ids: Sequence[int] = (),
+    ts_config: str = "english",
+) -> None:
+    """Change an image's metadata, date and captions in the caller's transaction.
+
+    Raises NotFound for an unknown image or a caption id that is not the image's.
+    """
+    from pgclip.errors import NotFound
+
+    if conn.execute("SELECT 1 FROM pgclip.images WHERE id = %s FOR UPDATE", [image_id]).fetchone() is None:
+        raise NotFound(f"no image with id {image_id}")
+    if metadata is not None or replace_metadata:
+        conn.execute(IMAGES["set_metadata"],
+                     {"image_id": image_id, "metadata": Jsonb(metadata or {}), "replace": replace_metadata})
+    if unset_keys:
+        conn.execute(IMAGES["unset_metadata"], {"image_id": image_id, "keys": list(unset_keys)})
+    if taken_at is not UNSET:
+        conn.execute(IMAGES["set_taken_at"], {"image_id": image_id, "taken_at": taken_at})
+    if remove_caption_ids:
+        removed = {r[0] for r in conn.execute(
+            IMAGES["remove_captions"], {"image_id": image_id, "caption_ids": list(remove_caption_ids)})}
+        missing = sorted(set(remove_caption_ids) - removed)
+        if missing:
+            raise NotFound(f"image {image_id} has no caption with id {missing[0]}")
+    if new_captions:
+        add_captions(conn, [(image_id, text) for text in new_captions], ts_config=ts_config)
+
+
+def delete_images(conn: psycopg.Connection, image_ids: Sequence[int]) -> set[int]:
+    """Delete images and everything hanging off them; returns the ids that existed."""
+    rows = conn.execute(IMAGES["delete_images"], {"image_ids": list(image_ids)}).fetchall()
+    return {r[0] for r in rows}

@@ -20,7 +20,7 @@ Handler = Callable[[argparse.Namespace, Settings], int | None]
 
 from pgclip.cli_common import out as _out
 from pgclip.cli_common import positive as _positive
-from pgclip.cli_queue import cmd_ingest, cmd_retry_failed, cmd_status, cmd_worker
+from pgclip.cli_queue import cmd_edit, cmd_ingest, cmd_retry_failed, cmd_rm, cmd_status, cmd_worker
 from pgclip.cli_search import cmd_demo, cmd_search, cmd_serve
 
 
@@ -133,6 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     rf = sub.add_parser("retry-failed", help="re-queue failed jobs")
     rf.set_defaults(handler=cmd_retry_failed)
+
+    rm = sub.add_parser("rm", help="delete images (and their captions, vectors, queue rows)")
+    rm.add_argument("ids", nargs="+", type=_positive, metavar="ID")
+    rm.set_defaults(handler=cmd_rm)
+
+    ed = sub.add_parser("edit", help="change an image's metadata, date or captions (vectors untouched)")
+    ed.add_argument("id", type=_positive, metavar="ID")
+    ed.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="set a metadata key (JSON values allowed)")
+    ed.add_argument("--unset", action="append", default=[], metavar="KEY", help="remove a metadata key")
+    ed.add_argument("--taken-at", metavar="ISO", help="set the date taken ('' clears it)")
+    ed.add_argument("--caption-add", action="append", default=[], metavar="TEXT")
+    ed.add_argument("--caption-rm", action="append", default=[], type=_positive, metavar="N", help="caption id to remove")
+    ed.set_defaults(handler=cmd_edit)
 
     srv = sub.add_parser("serve", help="serve the HTTP API and web page")
     srv.add_argument("--host", help="address to listen on (default PGCLIP_HOST, 127.0.0.1)")

@@ -135,3 +135,52 @@ def cmd_retry_failed(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+
+
+def cmd_rm(args: argparse.Namespace, settings: Settings) -> int:
+    from pgclip.bootstrap import ready_url
+    from pgclip.db.engine import connection
+    from pgclip.db.images import delete_images
+
+    with connection(ready_url(settings)) as conn, conn.transaction():
+        deleted = delete_images(conn, args.ids)
+    for image_id in args.ids:
+        _out(f"deleted {image_id}" if image_id in deleted else f"no image with id {image_id}")
+    return 0 if len(deleted) == len(set(args.ids)) else 1
+
+
+def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
+    import datetime as dt
+    import json
+
+    from pgclip.bootstrap import ready_url
+    from pgclip.db.engine import connection
+    from pgclip.db.images import UNSET, edit_image
+    from pgclip.errors import InvalidInput
+    from pgclip.workers.manifest import clean_caption
+
+    metadata = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InvalidInput(f"--set expects key=value, got {item!r}")
+        try:
+            metadata[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            metadata[key.strip()] = value
+    taken_at = UNSET
+    if args.taken_at is not None:
+        try:
+            taken_at = None if args.taken_at == "" else dt.datetime.fromisoformat(args.taken_at)
+        except ValueError:
+            raise InvalidInput(f"--taken-at expects an ISO date/time, got {args.taken_at!r}") from None
+    captions = [t for t in (clean_caption(c) for c in args.caption_add) if t]
+    with connection(ready_url(settings)) as conn, conn.transaction():
+        edit_image(conn, args.id, metadata=metadata or None, unset_keys=args.unset, taken_at=taken_at,
+                   new_captions=captions, remove_caption_ids=args.caption_rm, ts_config=settings.text_search_config)
+        row = conn.execute("SELECT metadata, taken_at FROM pgclip.images WHERE id = %s", [args.id]).fetchone()
+        caps = conn.execute("SELECT id, text FROM pgclip.captions WHERE image_id = %s ORDER BY id", [args.id]).fetchall()
+    _out(f"image {args.id}: taken_at {row[1] or '-'}, metadata {json.dumps(row[0], ensure_ascii=False)}")
+    for caption_id, text in caps:
+        _out(f"  caption {caption_id}: {text}")
+    return 0

@@ -14,8 +14,15 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     from pgclip.api.app import build_service, create_app
 
+    from pgclip.api.auth import is_loopback
+
     host = args.host or settings.host
     port = args.port or settings.port
+    if not settings.write_keys and not is_loopback(host):
+        raise InvalidInput(
+            f"refusing to listen on {host} without PGCLIP_API_KEYS: anyone who reaches it could upload and "
+            "delete images; set PGCLIP_API_KEYS or listen on 127.0.0.1"
+        )
     service = build_service(settings)  # fails here, in one line, if the database or model is not usable
     _out(f"pgclip serving on http://{host}:{port}/ (API schema: http://{host}:{port}/schema), model {service.encoder.model_name}")
     uvicorn.run(create_app(settings, service=service), host=host, port=port, log_level="warning")

@@ -65,6 +65,11 @@ class Settings:
     hnsw_ef_construction: int = _field(64, "PGCLIP_HNSW_EF_CONSTRUCTION", "HNSW ef_construction for new vector indexes.")
     host: str = _field("127.0.0.1", "PGCLIP_HOST", "Address `pgclip serve` listens on.")
     port: int = _field(8000, "PGCLIP_PORT", "Port `pgclip serve` listens on.")
+    api_keys: str | None = _field(
+        None, "PGCLIP_API_KEYS",
+        "Comma-separated keys that allow writes over HTTP (Authorization: Bearer KEY). Unset: writes only on loopback.",
+        secret=True,
+    )
     upload_max_bytes: int = _field(25_000_000, "PGCLIP_UPLOAD_MAX_BYTES", "Largest request body (image upload) the API accepts, in bytes.")
 
     @classmethod
@@ -95,6 +100,11 @@ class Settings:
         if self.database_url is not None and not re.match(r"postgres(ql)?(\+\w+)?://", self.database_url):
             raise ConfigError("PGCLIP_DATABASE_URL must start with postgresql:// (got something else)")
 
+    @property
+    def write_keys(self) -> tuple[str, ...]:
+        """The API keys that allow writes (empty: none configured)."""
+        return tuple(k.strip() for k in (self.api_keys or "").split(",") if k.strip())
+
     def _env(self, name: str) -> str:
         return next(f.metadata["setting"].env for f in dataclasses.fields(self) if f.name == name)
 
@@ -106,8 +116,10 @@ class Settings:
             value = getattr(self, f.name)
             if value is None:
                 shown = "(unset)"
-            elif setting.secret:
+            elif setting.secret and f.name == "database_url":
                 shown = mask_url(str(value))
+            elif setting.secret:
+                shown = f"({len(self.write_keys)} keys, hidden)"
             else:
                 shown = str(value)
             rows.append((setting.env, shown, setting.help))

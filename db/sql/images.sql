@@ -35,3 +35,25 @@ SELECT image_id, text, %(ts_config)s::regconfig
 FROM unnest(%(image_ids)s::bigint[], %(texts)s::text[]) AS t(image_id, text)
 ON CONFLICT (image_id, md5(text)) DO NOTHING
 RETURNING id;
+
+-- set_metadata --
+-- Replace or merge an image's metadata. Vectors live in another table, so an
+-- edit never touches the HNSW index (and never rewrites a vector row).
+UPDATE pgclip.images
+SET metadata = CASE WHEN %(replace)s THEN %(metadata)s::jsonb ELSE metadata || %(metadata)s::jsonb END
+WHERE id = %(image_id)s
+RETURNING id;
+
+-- unset_metadata --
+UPDATE pgclip.images SET metadata = metadata - %(keys)s::text[] WHERE id = %(image_id)s RETURNING id;
+
+-- set_taken_at --
+UPDATE pgclip.images SET taken_at = %(taken_at)s WHERE id = %(image_id)s RETURNING id;
+
+-- remove_captions --
+DELETE FROM pgclip.captions WHERE image_id = %(image_id)s AND id = ANY(%(caption_ids)s::bigint[]) RETURNING id;
+
+-- delete_images --
+-- Everything that hangs off an image (bytes, thumbnail, captions, vectors, queue
+-- rows) goes with it through ON DELETE CASCADE, in this one statement.
+DELETE FROM pgclip.images WHERE id = ANY(%(image_ids)s::bigint[]) RETURNING id;
