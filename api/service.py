@@ -19,11 +19,11 @@ from pgclip.db import images as db_images
 from pgclip.db import queue
 from pgclip.db import search as db_search
 from pgclip.db.engine import application_name, configure_vector
-from pgclip.db.models import require_active_model
+from pgclip.db.models import ModelRow, require_active_model
 from pgclip.errors import InvalidInput, NotFound
 from pgclip.settings import Settings
 from pgclip.workers.decode import ImageRejected, decode, probe
-from pgclip.workers.encoder import ClipEncoder
+from pgclip.workers.encoder import ClipEncoder, is_test_model
 
 TEXT_CACHE_SIZE = 100  # recent query texts kept as vectors (Immich keeps an LRU of 100 too)
 POOL_MAX = 8  # connections per API process
@@ -43,17 +43,17 @@ class VectorCache:
 
     def __init__(self, size: int = TEXT_CACHE_SIZE) -> None:
         self.size = size
-        self._items: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._items: OrderedDict[tuple[str, ...], np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[str, str]) -> np.ndarray | None:
+    def get(self, key: tuple[str, ...]) -> np.ndarray | None:
         with self._lock:
             value = self._items.get(key)
             if value is not None:
                 self._items.move_to_end(key)
             return value
 
-    def put(self, key: tuple[str, str], value: np.ndarray) -> None:
+    def put(self, key: tuple[str, ...], value: np.ndarray) -> None:
         with self._lock:
             self._items[key] = value
             self._items.move_to_end(key)
@@ -67,7 +67,9 @@ class Service:
     def __init__(self, settings: Settings, url: str, encoder: ClipEncoder) -> None:
         self.settings = settings
         self.url = url
-        self.encoder = encoder
+        self.encoder = encoder  # the configured model's; others are loaded when they become active
+        self._encoders: dict[tuple[str, str], ClipEncoder] = {(encoder.model_name, encoder.pretrained_identity): encoder}
+        self._encoders_lock = threading.Lock()
         self.cache = VectorCache()
         self.pool = ConnectionPool(
             url, min_size=1, max_size=POOL_MAX, open=False, configure=configure_vector,
@@ -83,22 +85,52 @@ class Service:
     def close(self) -> None:
         self.pool.close()
 
+    # --- the model that answers ----------------------------------------------------
+
+    def encoder_for(self, model: ModelRow) -> ClipEncoder:
+        """The encoder of ``model``, loaded on first use: when `pgclip models activate` switches
+        the active model, running API processes follow without a restart."""
+        key = (model.name, model.pretrained)
+        with self._encoders_lock:
+            encoder = self._encoders.get(key)
+            if encoder is None:
+                encoder = ClipEncoder(model.name, self._pretrained_for(model), device=self.settings.device,
+                                      torch_threads=self.settings.torch_threads)
+                encoder.load()
+                self._encoders[key] = encoder
+        return encoder
+
+    def _pretrained_for(self, model: ModelRow) -> str:
+        if is_test_model(model.name) or not model.pretrained.startswith("sha256:"):
+            return model.pretrained  # a tag (test models ignore it)
+        configured = self.encoder
+        if configured.model_name == model.name and configured.pretrained_identity == model.pretrained:
+            return configured.pretrained
+        raise db_search.NotReady(
+            f"the active model {model.label} uses a local checkpoint this API process does not have: "
+            "set PGCLIP_PRETRAINED to that file and restart it"
+        )
+
+    def _current(self, conn: psycopg.Connection) -> tuple[ModelRow, ClipEncoder]:
+        with conn.transaction():
+            model = require_active_model(conn)
+        return model, self.encoder_for(model)
+
     # --- query vectors ----------------------------------------------------------
 
-    def text_vector(self, text: str) -> np.ndarray:
-        key = (self.encoder.model_name, text)
+    def text_vector(self, encoder: ClipEncoder, text: str) -> np.ndarray:
+        key = (encoder.model_name, encoder.pretrained_identity, text)
         cached = self.cache.get(key)
         if cached is None:
-            cached = self.encoder.encode_texts([text])[0]
+            cached = encoder.encode_texts([text])[0]
             self.cache.put(key, cached)
         return cached
 
-    def image_vector(self, data: bytes) -> np.ndarray:
+    def image_vector(self, encoder: ClipEncoder, data: bytes) -> np.ndarray:
         image = decode(data)  # raises ImageRejected (a 400) for anything that is not a usable image
-        return self.encoder.encode_images([image])[0]
+        return encoder.encode_images([image])[0]
 
-    def stored_vector(self, conn: psycopg.Connection, image_id: int) -> np.ndarray:
-        model = require_active_model(conn)
+    def stored_vector(self, conn: psycopg.Connection, model: ModelRow, image_id: int) -> np.ndarray:
         row = conn.execute(
             "SELECT embedding FROM pgclip.embeddings WHERE image_id = %s AND model_id = %s", [image_id, model.id]
         ).fetchone()
@@ -108,8 +140,9 @@ class Service:
             raise db_search.NotReady(f"image {image_id} has no vector yet (is a worker running?)")
         return row[0].to_numpy()
 
-    def query_vector(self, conn: psycopg.Connection, text: str | None, raw: list[float] | None,
-                     image: bytes | None = None, *, local_files: bool = False) -> np.ndarray | None:
+    def query_vector(self, conn: psycopg.Connection, model: ModelRow, encoder: ClipEncoder, text: str | None,
+                     raw: list[float] | None, image: bytes | None = None, *,
+                     local_files: bool = False) -> np.ndarray | None:
         """The query's vector from text (plain or composed), an uploaded image and/or a raw vector.
 
         Image paths inside a composed query are read only with ``local_files`` (the CLI);
@@ -117,37 +150,37 @@ class Service:
         """
         from pgclip.workers.compose import combine, is_composite, parse_query
 
-        parts: list[tuple[float, np.ndarray]] = []
+        parts: list[np.ndarray] = []
         if text and text.strip():
             if is_composite(text):
                 terms = parse_query(text)
                 vectors = []
                 for term in terms:
                     if term.kind == "text":
-                        vectors.append(self.text_vector(str(term.value)))
+                        vectors.append(self.text_vector(encoder, str(term.value)))
                     elif term.kind == "id":
-                        vectors.append(self.stored_vector(conn, int(term.value)))
+                        vectors.append(self.stored_vector(conn, model, int(term.value)))
                     elif local_files:
-                        vectors.append(self.image_vector(_read_file(str(term.value))))
+                        vectors.append(self.image_vector(encoder, _read_file(str(term.value))))
                     else:
                         raise InvalidInput(
                             f"image paths ({term.value}) work in the CLI only; upload the image to /api/search/image"
                         )
-                parts.append((1.0, combine(terms, vectors)))
+                parts.append(combine(terms, vectors))
             else:
-                parts.append((1.0, self.text_vector(text.strip())))
+                parts.append(self.text_vector(encoder, text.strip()))
         if image is not None:
-            parts.append((1.0, self.image_vector(image)))
+            parts.append(self.image_vector(encoder, image))
         if raw is not None:
             v = np.asarray(raw, dtype=np.float32)
             if v.ndim != 1 or not np.all(np.isfinite(v)) or float(np.linalg.norm(v)) == 0.0:
                 raise InvalidInput("vector must be a non-zero list of finite numbers")
-            if len(v) != self.encoder.dimension:
-                raise InvalidInput(f"vector has {len(v)} dimensions, the model {self.encoder.model_name} has {self.encoder.dimension}")
-            parts.append((1.0, v / np.linalg.norm(v)))
+            if len(v) != model.dimension:
+                raise InvalidInput(f"vector has {len(v)} dimensions, the model {model.name} has {model.dimension}")
+            parts.append(v / np.linalg.norm(v))
         if not parts:
             return None
-        total = sum(w * v for w, v in parts)
+        total = np.sum(parts, axis=0)
         norm = float(np.linalg.norm(total))
         if norm < 1e-6:
             raise InvalidInput("the query's parts cancel out")
@@ -158,9 +191,10 @@ class Service:
     def search(self, *, text: str | None, raw: list[float] | None, image: bytes | None,
                options: dict[str, Any], local_files: bool = False) -> db_search.Page:
         with self.pool.connection() as conn:
-            vector = self.query_vector(conn, text, raw, image, local_files=local_files)
+            model, encoder = self._current(conn)
+            vector = self.query_vector(conn, model, encoder, text, raw, image, local_files=local_files)
             params = db_search.SearchParams(vector=vector, ts_config=self.settings.text_search_config, **options)
-            return db_search.search(conn, params)
+            return db_search.search(conn, params, model=model)
 
     def similar(self, image_id: int, options: dict[str, Any]) -> db_search.Page:
         with self.pool.connection() as conn:

@@ -90,11 +90,10 @@ def configure_vector(conn: psycopg.Connection) -> None:
 
 @contextmanager
 def connection(url: str, *, role: str = "cli") -> Iterator[psycopg.Connection[Row]]:
-    conn = connect(url, role=role)
-    try:
+    """A connection that commits what is pending when the block succeeds (rolls back if not)."""
+    # psycopg's own context manager does exactly that, and closes the connection.
+    with connect(url, role=role) as conn:
         yield conn
-    finally:
-        conn.close()
 
 
 def require_pgvector(conn: psycopg.Connection, url: str) -> None:

@@ -151,3 +151,84 @@ def activate_if_unused(conn: psycopg.Connection, model: ModelRow) -> bool:
         conn.execute("UPDATE pgclip.models SET state = 'building' WHERE id = %s", [current[0]])
         conn.execute("UPDATE pgclip.models SET state = 'active' WHERE id = %s", [model.id])
     return True
+
+
+@dataclasses.dataclass(frozen=True)
+class Coverage:
+    model: ModelRow
+    vectors: int
+    images: int
+
+    @property
+    def fraction(self) -> float:
+        return 1.0 if self.images == 0 else self.vectors / self.images
+
+
+def coverage(conn: psycopg.Connection) -> list[Coverage]:
+    """Every model with how many of the collection's images have its vector."""
+    images = conn.execute("SELECT count(*) FROM pgclip.images").fetchone()[0]
+    counts = dict(conn.execute("SELECT model_id, count(*) FROM pgclip.embeddings GROUP BY model_id").fetchall())
+    return [Coverage(m, counts.get(m.id, 0), images) for m in list_models(conn)]
+
+
+def find_model(conn: psycopg.Connection, name: str, pretrained: str | None = None) -> ModelRow:
+    """The model called ``name`` (and ``pretrained``, needed only when several share the name)."""
+    rows = [m for m in list_models(conn) if m.name == name and (pretrained is None or m.pretrained == pretrained)]
+    if not rows:
+        raise NotFound(f"no model {name!r} is registered: `pgclip models` lists them")
+    if len(rows) > 1:
+        tags = ", ".join(m.pretrained for m in rows)
+        raise ConfigError(f"several {name} models are registered ({tags}): name the weights with --pretrained")
+    return rows[0]
+
+
+def activate(conn: psycopg.Connection, model: ModelRow, *, force: bool = False) -> ModelRow | None:
+    """Make ``model`` answer searches, in one transaction; returns the model it replaced.
+
+    Refuses (ConfigError) while some images have no vector for it, unless forced.
+    """
+    with conn.transaction():
+        # Serialise concurrent activations on the row of the model being replaced.
+        current = conn.execute("SELECT id FROM pgclip.models WHERE state = 'active' FOR UPDATE").fetchone()
+        if current and current[0] == model.id:
+            return None
+        cov = next(c for c in coverage(conn) if c.model.id == model.id)
+        if cov.fraction < 1.0 and not force:
+            raise ConfigError(
+                f"{model.label} has vectors for {cov.vectors} of {cov.images} images ({cov.fraction:.0%}): "
+                "let its workers finish (`pgclip status`), or activate anyway with --force"
+            )
+        conn.execute("UPDATE pgclip.models SET state = 'retired' WHERE state = 'active'")
+        conn.execute("UPDATE pgclip.models SET state = 'active' WHERE id = %s", [model.id])
+    return model_by_id(conn, current[0]) if current else None
+
+
+def drop(conn: psycopg.Connection, model: ModelRow) -> int:
+    """Remove a model that is not active: its vectors, queue rows and index. Returns the vectors removed."""
+    with conn.transaction():
+        state = conn.execute("SELECT state FROM pgclip.models WHERE id = %s FOR UPDATE", [model.id]).fetchone()
+        if state is None:
+            raise NotFound(f"no model with id {model.id}")
+        if state[0] == "active":
+            raise ConfigError(f"{model.label} is the active model: activate another one before dropping it")
+        removed = conn.execute("SELECT count(*) FROM pgclip.embeddings WHERE model_id = %s", [model.id]).fetchone()[0]
+        conn.execute(sql.SQL("DROP INDEX IF EXISTS pgclip.{}").format(sql.Identifier(model.index_name)))
+        conn.execute("DELETE FROM pgclip.models WHERE id = %s", [model.id])  # cascades to vectors and jobs
+    return removed
+
+
+def enqueue_all(conn: psycopg.Connection, model: ModelRow) -> int:
+    """Queue every image that has no vector and no open job for ``model`` (a re-embed)."""
+    rows = conn.execute(
+        """
+        INSERT INTO pgclip.embedding_jobs (image_id, model_id)
+        SELECT i.id, %(m)s FROM pgclip.images i
+        WHERE NOT EXISTS (SELECT 1 FROM pgclip.embeddings e WHERE e.image_id = i.id AND e.model_id = %(m)s)
+        ON CONFLICT (image_id, model_id) WHERE state IN ('pending', 'leased') DO NOTHING
+        RETURNING id
+        """,
+        {"m": model.id},
+    ).fetchall()
+    if rows:
+        conn.execute("SELECT pg_notify('pgclip_jobs', %s::text)", [model.id])
+    return len(rows)

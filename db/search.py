@@ -128,7 +128,7 @@ def _decode_cursor(cursor: str, fingerprint: str) -> tuple[int, int]:
         raise InvalidInput("malformed cursor: pass back the next_cursor of a previous page unchanged") from None
     if q != fingerprint:
         raise InvalidInput("this cursor belongs to a different query")
-    if offset < 0 or not 1 <= window <= 10_000:
+    if not 1 <= window <= 10_000 or not 0 <= offset < window:
         raise InvalidInput("malformed cursor: pass back the next_cursor of a previous page unchanged")
     return offset, window
 
@@ -138,7 +138,7 @@ SELECT s.image_id, s.score, s.similarity, s.text_rank, s.vector_rank, s.text_ran
        i.source, i.width, i.height, i.format, i.taken_at, i.metadata,
        (SELECT c.text FROM pgclip.captions c WHERE c.image_id = s.image_id ORDER BY c.id LIMIT 1) AS caption,
        EXISTS (SELECT 1 FROM pgclip.thumbnails t WHERE t.image_id = s.image_id) AS has_thumbnail
-FROM pgclip.search(%(vector)s, %(caption_query)s, %(filters)s, %(k)s, %(offset)s, %(options)s)
+FROM pgclip.search(%(vector)s, %(caption_query)s, %(filters)s, %(k)s, %(offset)s::int, %(options)s)
      WITH ORDINALITY AS s(image_id, score, similarity, text_rank, vector_rank, text_rank_position, n)
 JOIN pgclip.images i ON i.id = s.image_id
 ORDER BY s.n
@@ -163,6 +163,7 @@ def search(conn: psycopg.Connection, params: SearchParams, *, model: ModelRow | 
         options["max_drop"] = params.max_drop
     with conn.transaction():
         model = model or require_active_model(conn)
+        options["model_id"] = model.id
         if params.vector is not None and len(params.vector) != model.dimension:
             raise InvalidInput(f"query vector has {len(params.vector)} dimensions, the active model has {model.dimension}")
         try:

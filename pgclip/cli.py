@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     wrk = sub.add_parser("worker", help="embed queued images (run as many as you like, on any host)")
     wrk.add_argument("--concurrency", type=_positive, default=1, metavar="N", help="run N worker processes")
     wrk.add_argument("--until-empty", action="store_true", help="exit when no job is left to do")
+    wrk.add_argument("--model", metavar="NAME", help="embed for this model instead of PGCLIP_MODEL (a re-embed)")
+    wrk.add_argument("--pretrained", metavar="TAG_OR_PATH", help="its weights, instead of PGCLIP_PRETRAINED")
     wrk.set_defaults(handler=cmd_worker)
 
     st = sub.add_parser("status", help="queue counts, throughput, ETA and failures")
@@ -165,8 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--json", action="store_true")
     se.set_defaults(handler=cmd_search)
 
+    from pgclip.cli_models import add_model_parsers
     from pgclip.evaluate import add_eval_parser
 
+    add_model_parsers(sub, _positive)
     add_eval_parser(sub)
 
     demo = sub.add_parser("demo", help="database + demo collection + embeddings, then serve the page")

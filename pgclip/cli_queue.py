@@ -67,8 +67,14 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         format=f"%(asctime)s pgclip-worker[{os.getpid()}] %(levelname)s %(message)s",
     )
     logging.getLogger("pgclip").setLevel(logging.INFO)
+    if args.model or args.pretrained:
+        import dataclasses
+
+        settings = dataclasses.replace(settings, model=args.model or settings.model,
+                                       pretrained=args.pretrained or settings.pretrained)
     if args.concurrency > 1:
         child_args = ["--until-empty"] if args.until_empty else []
+        child_args += ["--model", settings.model, "--pretrained", settings.pretrained]
         threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // args.concurrency)
         return run_children(args.concurrency, child_args, threads_per_child=threads)
     url = ready_url(settings)

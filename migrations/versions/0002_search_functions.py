@@ -44,6 +44,9 @@ BEGIN
     IF filters IS NULL OR filters = 'null'::jsonb THEN
         RETURN 'true';
     END IF;
+    IF jsonb_typeof(filters) = 'object' THEN
+        filters := jsonb_strip_nulls(filters);  -- a filter given as null is no filter
+    END IF;
     IF jsonb_typeof(filters) <> 'object' THEN
         RAISE EXCEPTION 'filters must be a JSON object, got %', jsonb_typeof(filters) USING ERRCODE = '22023';
     END IF;
@@ -125,7 +128,8 @@ AS $$
 -- rrf_k (default 60), min_similarity, max_drop (drop hits more than this below the
 -- best similarity), order ('relevance' | 'newest' | 'oldest'), window (candidates
 -- per ranking, fixed across the pages of one query), ts_config (default 'english'),
--- exact_threshold (filters leaving fewer rows than this are ranked exactly; default 10000).
+-- exact_threshold (filters leaving fewer rows than this are ranked exactly; default 10000),
+-- model_id (search this model's vectors instead of the active model's).
 DECLARE
     model_id int;
     dim int;
@@ -165,7 +169,16 @@ BEGIN
         RAISE EXCEPTION 'order must be relevance, newest or oldest, got %', result_order USING ERRCODE = '22023';
     END IF;
 
-    SELECT m.id, m.dimension INTO model_id, dim FROM pgclip.models m WHERE m.state = 'active';
+    IF options ? 'model_id' THEN
+        -- A caller that made its query vector with a given model pins it, so a switch of
+        -- the active model between encoding and searching cannot mix two models.
+        SELECT m.id, m.dimension INTO model_id, dim FROM pgclip.models m WHERE m.id = (options->>'model_id')::int;
+        IF model_id IS NULL THEN
+            RAISE EXCEPTION 'no model with id %', options->>'model_id' USING ERRCODE = '22023';
+        END IF;
+    ELSE
+        SELECT m.id, m.dimension INTO model_id, dim FROM pgclip.models m WHERE m.state = 'active';
+    END IF;
     IF model_id IS NULL THEN
         RAISE EXCEPTION 'no active model: run pgclip migrate' USING ERRCODE = '55000';
     END IF;
@@ -251,8 +264,9 @@ BEGIN
                        ELSE coalesce(1.0 / ($7 + x.vector_rank), 0) + coalesce(1.0 / ($7 + x.text_rank_position), 0)
                    END AS score
             FROM explained x
-            WHERE ($8::double precision IS NULL OR x.similarity >= $8)
-              AND ($9::double precision IS NULL OR x.similarity >= x.best_similarity - $9)
+            -- The similarity cut-offs apply when there is a query vector to be similar to.
+            WHERE (NOT $4 OR $8::double precision IS NULL OR x.similarity >= $8)
+              AND (NOT $4 OR $9::double precision IS NULL OR x.similarity >= x.best_similarity - $9)
         )
         SELECT s.image_id, s.score, s.similarity, s.text_rank, s.vector_rank, s.text_rank_position
         FROM scored s JOIN pgclip.images i ON i.id = s.image_id

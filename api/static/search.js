@@ -1,0 +1,349 @@
+// The search page: the form <-> the URL's query string <-> POST /api/search (or /api/search/image).
+import { $, api, el, emptyBox, errorBox, parseMetadata, resultCard, setTitle } from "/static/common.js";
+
+const PAGE_SIZE = 24;
+const IMAGE_KEY = "pgclip.queryImage"; // the query image survives a reload of this tab (a URL cannot carry it)
+const IMAGE_KEEP_MAX = 4_000_000; // characters of data URL kept in sessionStorage
+const MODE_HINTS = {
+  vector: "CLIP similarity between your text and each picture",
+  text: "caption words only",
+  hybrid: "CLIP similarity and caption words, fused",
+};
+
+const form = $("#search-form");
+const results = $("#results");
+const more = $("#more");
+const moreButton = $("#more-button");
+const notice = $("#notice");
+
+let queryImage = null; // {name, blob}
+let cursor = null;
+let loading = false;
+let generation = 0; // a newer search makes older answers stale
+let shownIds = [];
+let model = "";
+let current = null; // the query whose pages are on screen ("More" continues it, not the edited form)
+
+// --- the form and the URL -------------------------------------------------------------
+
+function readForm() {
+  return {
+    q: $("#q").value.trim(),
+    mode: form.elements.mode.value || "hybrid",
+    order: $("#order").value,
+    after: $("#after").value,
+    before: $("#before").value,
+    orientation: $("#orientation").value,
+    formats: [...document.querySelectorAll("#formats input:checked")].map((c) => c.value),
+    meta: $("#meta").value.trim(),
+    words: $("#words").value.trim(),
+    image: queryImage ? queryImage.name : "",
+  };
+}
+
+function writeForm(query) {
+  $("#q").value = query.q;
+  for (const radio of form.elements.mode) radio.checked = radio.value === query.mode;
+  $("#order").value = query.order;
+  $("#after").value = query.after;
+  $("#before").value = query.before;
+  $("#orientation").value = query.orientation;
+  for (const box of document.querySelectorAll("#formats input")) box.checked = query.formats.includes(box.value);
+  $("#meta").value = query.meta;
+  $("#words").value = query.words;
+  updateChrome();
+}
+
+function toParams(query) {
+  const p = new URLSearchParams();
+  if (query.q) p.set("q", query.q);
+  if (query.mode !== "hybrid") p.set("mode", query.mode);
+  if (query.order !== "relevance") p.set("order", query.order);
+  if (query.after) p.set("after", query.after);
+  if (query.before) p.set("before", query.before);
+  if (query.orientation) p.set("orientation", query.orientation);
+  if (query.formats.length) p.set("format", query.formats.join(","));
+  if (query.meta) p.set("meta", query.meta);
+  if (query.words) p.set("words", query.words);
+  if (query.image) p.set("image", query.image);
+  return p;
+}
+
+function fromParams(p) {
+  const pick = (name, allowed, fallback) => (allowed.includes(p.get(name)) ? p.get(name) : fallback);
+  return {
+    q: p.get("q") || "",
+    mode: pick("mode", ["vector", "text", "hybrid"], "hybrid"),
+    order: pick("order", ["relevance", "newest", "oldest"], "relevance"),
+    after: p.get("after") || "",
+    before: p.get("before") || "",
+    orientation: pick("orientation", ["landscape", "portrait", "square"], ""),
+    formats: (p.get("format") || "").split(",").filter(Boolean),
+    meta: p.get("meta") || "",
+    words: p.get("words") || "",
+    image: p.get("image") || "",
+  };
+}
+
+function activeFilters(query) {
+  return [query.after, query.before, query.orientation, query.formats.length, query.meta, query.words].filter(Boolean).length;
+}
+
+function updateChrome() {
+  const query = readForm();
+  $("#mode-hint").textContent = MODE_HINTS[query.mode];
+  const n = activeFilters(query);
+  $("#filter-count").textContent = n ? `(${n} active)` : "";
+  const chosen = Boolean(queryImage);
+  $("#drop-empty").classList.toggle("hidden", chosen);
+  $("#choose-file").classList.toggle("hidden", chosen);
+  $("#drop-chosen").classList.toggle("hidden", !chosen);
+  if (chosen) $("#drop-name").textContent = queryImage.name;
+}
+
+// --- the request ------------------------------------------------------------------------
+
+function nextDay(date) {
+  const d = new Date(`${date}T00:00:00Z`);
+  d.setUTCDate(d.getUTCDate() + 1);
+  return d.toISOString().slice(0, 10);
+}
+
+/** The API request for a query: {text, caption_query, filters, order, k}. Throws on bad metadata. */
+function buildRequest(query) {
+  const filters = {};
+  if (query.after) filters.taken_after = `${query.after}T00:00:00`;
+  if (query.before) filters.taken_before = `${nextDay(query.before)}T00:00:00`; // "on or before": the whole day
+  if (query.orientation) filters.orientation = query.orientation;
+  if (query.formats.length) filters.format = query.formats;
+  const metadata = parseMetadata(query.meta);
+  if (Object.keys(metadata).length) filters.metadata = metadata;
+  // Vector only: the text is a CLIP query. Text only: caption words. Hybrid: the text is both.
+  const text = query.mode !== "text" && query.q ? query.q : null;
+  const captionParts = [query.mode !== "vector" ? query.q : "", query.words].filter(Boolean);
+  const request = { filters, order: query.order, k: PAGE_SIZE };
+  if (captionParts.length) request.caption_query = captionParts.join(" ");
+  return { text, request };
+}
+
+function hasQuery(query) {
+  return Boolean(query.q || query.words || queryImage);
+}
+
+async function fetchPage(query, pageCursor) {
+  const { text, request } = buildRequest(query);
+  if (pageCursor) request.cursor = pageCursor;
+  if (queryImage) {
+    const body = new FormData();
+    body.append("file", queryImage.blob, queryImage.name);
+    if (text) body.append("text", text);
+    body.append("options", JSON.stringify(request));
+    return api("/api/search/image", { method: "POST", body });
+  }
+  if (text) request.text = text;
+  return api("/api/search", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(request) });
+}
+
+function renderSummary(count) {
+  results.querySelector(".summary").replaceChildren(...[
+    el("span", { id: "result-count", text: `${count} result${count === 1 ? "" : "s"}${cursor ? " so far" : ""}` }),
+    el("span", { text: `model ${model}` }),
+    count > 1 ? el("a", { href: `/similarity?ids=${shownIds.slice(0, 25).join(",")}`, text: `Similarity heat-map of the first ${Math.min(count, 25)}` }) : null,
+  ].filter(Boolean));
+}
+
+async function run(query, { append = false } = {}) {
+  const mine = append ? generation : ++generation;
+  if (!append) {
+    current = query;
+    cursor = null;
+    shownIds = [];
+    notice.replaceChildren();
+  }
+  if (!hasQuery(query)) {
+    results.replaceChildren(emptyBox("Find pictures by what they show", "Type a description or drop a picture to search."));
+    more.classList.add("hidden");
+    return;
+  }
+  loading = true;
+  results.setAttribute("aria-busy", "true");
+  moreButton.disabled = true;
+  try {
+    const page = await fetchPage(query, append ? cursor : null);
+    if (mine !== generation) return;
+    model = page.model;
+    cursor = page.next_cursor;
+    let grid = results.querySelector(".grid");
+    if (!append || !grid) {
+      grid = el("div", { class: "grid", id: "grid" });
+      results.replaceChildren(el("div", { class: "summary" }), grid);
+    }
+    for (const r of page.results) {
+      shownIds.push(r.id);
+      grid.append(resultCard(r));
+    }
+    if (!shownIds.length) {
+      results.replaceChildren(emptyBox("No results", "Try other words, fewer filters, or another mode."));
+    } else {
+      renderSummary(shownIds.length);
+    }
+    more.classList.toggle("hidden", !cursor);
+  } catch (err) {
+    if (mine !== generation) return;
+    const box = errorBox(err, "The search failed");
+    if (append) notice.replaceChildren(box);
+    else results.replaceChildren(box);
+    more.classList.add("hidden");
+  } finally {
+    if (mine === generation) {
+      loading = false;
+      results.setAttribute("aria-busy", "false");
+      moreButton.disabled = false;
+    }
+  }
+}
+
+function titleFor(query) {
+  if (query.q) return `“${query.q}” · Search`;
+  if (queryImage) return `${queryImage.name} · Search`;
+  if (query.words) return `“${query.words}” · Search`;
+  return "Search";
+}
+
+/** Put the form's query in the URL (a new history entry) and run it. */
+function submit() {
+  const query = readForm();
+  try {
+    buildRequest(query); // a malformed metadata filter is reported before anything else
+  } catch (err) {
+    results.replaceChildren(errorBox(err, "Check the filters"));
+    more.classList.add("hidden");
+    return;
+  }
+  const params = toParams(query).toString();
+  const url = `${location.pathname}${params ? `?${params}` : ""}`;
+  if (url !== `${location.pathname}${location.search}`) history.pushState(null, "", url);
+  setTitle(titleFor(query));
+  run(query);
+}
+
+// --- the query image --------------------------------------------------------------------
+
+function dataUrlToBlob(dataUrl) {
+  const [head, data] = dataUrl.split(",", 2);
+  const type = (head.match(/^data:([^;]+)/) || [])[1] || "application/octet-stream";
+  const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+  return new Blob([bytes], { type });
+}
+
+function setImage(file) {
+  if (!file) return;
+  if (file.type && !file.type.startsWith("image/")) {
+    results.replaceChildren(errorBox(new Error(`${file.name} is not an image`), "Cannot search by this file"));
+    return;
+  }
+  queryImage = { name: file.name || "image", blob: file };
+  const reader = new FileReader();
+  reader.onload = () => {
+    $("#drop-preview").src = reader.result;
+    try {
+      if (reader.result.length <= IMAGE_KEEP_MAX) sessionStorage.setItem(IMAGE_KEY, JSON.stringify({ name: queryImage.name, data: reader.result }));
+      else sessionStorage.removeItem(IMAGE_KEY);
+    } catch {
+      sessionStorage.removeItem(IMAGE_KEY);
+    }
+  };
+  reader.readAsDataURL(file);
+  updateChrome();
+  submit();
+}
+
+function clearImage() {
+  queryImage = null;
+  $("#file").value = "";
+  $("#drop-preview").removeAttribute("src");
+  sessionStorage.removeItem(IMAGE_KEY);
+  updateChrome();
+  submit();
+}
+
+/** An image named in the URL comes back from this tab's sessionStorage, if it is there. */
+function restoreImage(name) {
+  queryImage = null;
+  if (!name) return;
+  try {
+    const kept = JSON.parse(sessionStorage.getItem(IMAGE_KEY) || "null");
+    if (kept && kept.name === name) {
+      queryImage = { name, blob: dataUrlToBlob(kept.data) };
+      $("#drop-preview").src = kept.data;
+      return;
+    }
+  } catch {
+    /* fall through to the notice */
+  }
+  notice.replaceChildren(el("div", { class: "notice", role: "status" },
+    `This link searched by a picture (${name}) that links cannot carry: drop it again to repeat that search.`));
+}
+
+function loadFromUrl() {
+  const query = fromParams(new URLSearchParams(location.search));
+  restoreImage(query.image);
+  writeForm(query);
+  if (activeFilters(query)) $("#filters").open = true;
+  setTitle(titleFor(query));
+  if (hasQuery(query)) run(query);
+}
+
+// --- wiring -------------------------------------------------------------------------------
+
+form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  submit();
+});
+// Toggles and pickers apply at once when there is something to search for; text fields wait for Enter.
+for (const control of form.querySelectorAll('input[type="radio"], input[type="checkbox"], input[type="date"], select')) {
+  control.addEventListener("change", () => {
+    updateChrome();
+    if (hasQuery(readForm())) submit();
+  });
+}
+form.addEventListener("input", updateChrome);
+$("#clear-filters").addEventListener("click", () => {
+  writeForm({ ...readForm(), after: "", before: "", orientation: "", formats: [], meta: "", words: "" });
+  if (hasQuery(readForm())) submit();
+});
+$("#choose-file").addEventListener("click", () => $("#file").click());
+$("#file").addEventListener("change", () => setImage($("#file").files[0]));
+$("#clear-file").addEventListener("click", clearImage);
+
+const zone = $("#dropzone");
+for (const name of ["dragenter", "dragover"]) {
+  zone.addEventListener(name, (event) => {
+    event.preventDefault();
+    zone.classList.add("over");
+  });
+}
+for (const name of ["dragleave", "drop"]) zone.addEventListener(name, () => zone.classList.remove("over"));
+zone.addEventListener("drop", (event) => {
+  event.preventDefault();
+  event.stopPropagation();
+  setImage(event.dataTransfer.files[0]);
+});
+// A picture dropped anywhere else on the page would open it in place of the page: route it here.
+window.addEventListener("dragover", (event) => event.preventDefault());
+window.addEventListener("drop", (event) => {
+  event.preventDefault();
+  if (event.dataTransfer && event.dataTransfer.files[0]) setImage(event.dataTransfer.files[0]);
+});
+
+function loadMore() {
+  if (!loading && cursor && current) run(current, { append: true });
+}
+moreButton.addEventListener("click", loadMore);
+// Infinite scroll: the "More" button loads by itself when it scrolls into view.
+new IntersectionObserver((entries) => {
+  if (entries.some((e) => e.isIntersecting)) loadMore();
+}, { rootMargin: "400px" }).observe(more);
+
+window.addEventListener("popstate", loadFromUrl);
+loadFromUrl();

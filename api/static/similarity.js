@@ -1,0 +1,97 @@
+// The heat-map: GET /api/similarity?ids=… as a colour grid with thumbnails on both axes.
+// Images of one kind form bright blocks along the diagonal (the figure of "CLIP on a personal computer").
+import { $, api, el, emptyBox, errorBox, setTitle } from "/static/common.js";
+
+// Viridis, sampled: dark = least similar of this set, yellow = most similar.
+const RAMP = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
+const root = $("#heat-root");
+const form = $("#ids-form");
+let data = null;
+
+function colour(t) {
+  const x = Math.min(1, Math.max(0, t)) * (RAMP.length - 1);
+  const i = Math.min(RAMP.length - 2, Math.floor(x)), f = x - i;
+  const c = RAMP[i].map((a, j) => Math.round(a + (RAMP[i + 1][j] - a) * f));
+  return `rgb(${c.join(",")})`;
+}
+
+/** A greedy chain: start at the image with the most similar neighbours, then always step to the
+ *  most similar image not yet placed. Enough to bring each group's rows together. */
+function grouped(matrix) {
+  const n = matrix.length;
+  const left = new Set(matrix.keys());
+  let current = [...left].reduce((best, i) => (matrix[i].reduce((a, b) => a + b) > matrix[best].reduce((a, b) => a + b) ? i : best), 0);
+  const order = [current];
+  left.delete(current);
+  while (order.length < n) {
+    let next = -1;
+    for (const j of left) if (next < 0 || matrix[current][j] > matrix[current][next]) next = j;
+    order.push(next);
+    left.delete(next);
+    current = next;
+  }
+  return order;
+}
+
+function thumb(id) {
+  return el("a", { class: "axis", href: `/images/${id}`, title: `Image ${id}` },
+    el("img", { src: `/api/images/${id}/thumbnail`, alt: `Image ${id}`, loading: "lazy" }));
+}
+
+function render() {
+  const { ids, matrix, model } = data;
+  const n = ids.length;
+  const order = form.elements.order.value === "grouped" ? grouped(matrix) : [...ids.keys()];
+  const off = [];
+  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) if (i !== j) off.push(matrix[i][j]);
+  const lo = off.length ? Math.min(...off) : 0, hi = off.length ? Math.max(...off) : 1;
+  const scale = (v) => (hi > lo ? (v - lo) / (hi - lo) : 1);
+  const grid = el("div", { class: "heat", id: "heat", role: "table", "aria-label": "Cosine similarity of each pair of images",
+    style: `grid-template-columns: repeat(${n + 1}, 44px)` });
+  grid.append(el("div", { class: "axis", role: "presentation" }));
+  for (const i of order) grid.append(thumb(ids[i]));
+  for (const i of order) {
+    grid.append(thumb(ids[i]));
+    for (const j of order) {
+      const v = matrix[i][j];
+      grid.append(el("div", { class: "cell", role: "cell", style: `background:${colour(scale(v))}`,
+        title: `#${ids[i]} × #${ids[j]}: ${v.toFixed(3)}`, dataset: { value: v.toFixed(4) } }));
+    }
+  }
+  const ramp = `linear-gradient(to right, ${RAMP.map((c, k) => `rgb(${c.join(",")}) ${(100 * k) / (RAMP.length - 1)}%`).join(", ")})`;
+  root.replaceChildren(
+    el("div", { class: "legend" },
+      el("span", { text: lo.toFixed(3) }), el("span", { class: "ramp", style: `background:${ramp}` }), el("span", { text: hi.toFixed(3) }),
+      el("span", { text: `cosine similarity between different images · ${n} images · model ${model} · hover a cell for its value` })),
+    el("div", { class: "panel heat-wrap" }, grid));
+}
+
+async function load() {
+  const raw = new URLSearchParams(location.search).get("ids") || "";
+  $("#ids").value = raw;
+  if (!raw.trim()) {
+    setTitle("Similarity heat-map");
+    root.replaceChildren(emptyBox("Choose images to compare",
+      "Give up to 25 image ids above, or select points on the map, or follow the link under a search's results."));
+    return;
+  }
+  root.replaceChildren(el("p", { class: "muted", text: "Loading…" }));
+  try {
+    data = await api(`/api/similarity?ids=${encodeURIComponent(raw)}`);
+    setTitle(`Similarity of ${data.ids.length} images`);
+    render();
+  } catch (err) {
+    setTitle("Similarity heat-map");
+    root.replaceChildren(errorBox(err, "Could not compare these images"));
+  }
+}
+
+form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const ids = $("#ids").value.replace(/\s+/g, "");
+  history.pushState(null, "", ids ? `/similarity?ids=${ids}` : "/similarity");
+  load();
+});
+for (const radio of form.elements.order) radio.addEventListener("change", () => data && render());
+window.addEventListener("popstate", load);
+load();

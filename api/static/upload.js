@@ -1,0 +1,109 @@
+// The upload page: POST /api/images per file, then follow each image until a worker has embedded it.
+import { $, api, el, errorBox, parseMetadata } from "/static/common.js";
+
+const POLL_MS = 2000; // while any upload still waits for a worker
+let files = [];
+const watching = new Map(); // image id -> its <li>
+let timer = null;
+
+function setFiles(list) {
+  files = [...list].filter((f) => !f.type || f.type.startsWith("image/"));
+  $("#drop-text").textContent = files.length
+    ? `${files.length} picture${files.length === 1 ? "" : "s"} chosen: ${files.map((f) => f.name).join(", ")}`
+    : "Drop pictures here, or";
+  $("#choose-files").textContent = files.length ? "Choose other files…" : "Choose files…";
+  $("#upload-button").disabled = files.length === 0;
+}
+
+function badge(state, embedded) {
+  const label = embedded ? "embedded" : state || "not queued";
+  return el("span", { class: `badge ${embedded ? "done" : state || ""}`, text: label });
+}
+
+function row(file, answer) {
+  const li = el("li", { dataset: { id: answer.id } },
+    el("span", { class: "thumb" }),
+    el("div", { class: "what" },
+      el("div", { class: "name", text: file.name }),
+      el("div", { class: "small muted" },
+        el("a", { href: `/images/${answer.id}`, text: `image ${answer.id}` }),
+        answer.created ? " · added" : " · already in the collection")),
+    el("span", { class: "state" }, badge(answer.queue_state, answer.queue_state === "done")));
+  return li;
+}
+
+async function upload(event) {
+  event.preventDefault();
+  $("#upload-error").replaceChildren();
+  let metadata;
+  try {
+    metadata = parseMetadata($("#metadata").value);
+  } catch (err) {
+    $("#upload-error").replaceChildren(errorBox(err, "Check the metadata"));
+    return;
+  }
+  const captions = $("#captions").value.split("\n").map((c) => c.trim()).filter(Boolean);
+  $("#upload-button").disabled = true;
+  $("#uploads-title").classList.remove("hidden");
+  for (const file of files) {
+    const body = new FormData();
+    body.append("file", file, file.name);
+    body.append("captions", JSON.stringify(captions));
+    body.append("metadata", JSON.stringify(metadata));
+    try {
+      const answer = await api("/api/images", { method: "POST", body });
+      const li = row(file, answer);
+      $("#uploads").prepend(li);
+      watching.set(answer.id, li);
+    } catch (err) {
+      $("#uploads").prepend(el("li", {}, el("div", { class: "what" }, el("div", { class: "name", text: file.name }), errorBox(err, "Not added"))));
+    }
+  }
+  setFiles([]);
+  $("#files").value = "";
+  poll();
+}
+
+async function poll() {
+  clearTimeout(timer);
+  for (const [id, li] of watching) {
+    try {
+      const d = await api(`/api/images/${id}`);
+      li.querySelector(".state").replaceChildren(badge(d.queue_state, d.embedded));
+      if (d.embedded || d.queue_state === "failed") {
+        if (d.thumbnail_url) li.querySelector(".thumb").replaceWith(el("img", { class: "thumb", src: d.thumbnail_url, alt: "" }));
+        if (d.last_error) li.querySelector(".what").append(el("pre", { class: "last-error", text: d.last_error }));
+        watching.delete(id);
+      }
+    } catch {
+      watching.delete(id);
+    }
+  }
+  await queueLine();
+  if (watching.size) timer = setTimeout(poll, POLL_MS);
+}
+
+async function queueLine() {
+  try {
+    const status = await api("/api/status");
+    const active = status.models.find((m) => m.model_state === "active") || status.models[0];
+    if (!active) return;
+    const c = active.counts;
+    $("#queue-line").textContent = `Queue for ${active.model}: ${c.pending} pending, ${c.leased} being embedded, ${c.done} done, ${c.failed} failed.`;
+  } catch (err) {
+    $("#queue-line").textContent = `The queue could not be read: ${err.message}`;
+  }
+}
+
+$("#upload-form").addEventListener("submit", upload);
+$("#choose-files").addEventListener("click", () => $("#files").click());
+$("#files").addEventListener("change", () => setFiles($("#files").files));
+const zone = $("#dropzone");
+for (const name of ["dragenter", "dragover"]) zone.addEventListener(name, (e) => { e.preventDefault(); zone.classList.add("over"); });
+for (const name of ["dragleave", "drop"]) zone.addEventListener(name, () => zone.classList.remove("over"));
+window.addEventListener("dragover", (e) => e.preventDefault());
+window.addEventListener("drop", (e) => {
+  e.preventDefault();
+  if (e.dataTransfer) setFiles(e.dataTransfer.files);
+});
+queueLine();

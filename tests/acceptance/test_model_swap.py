@@ -1,0 +1,92 @@
+"""Re-embedding with another model while search keeps answering, then switching without a restart."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import psycopg
+import pytest
+
+from tests.acceptance.test_api import free_port
+from tests.acceptance.test_cli_db import assert_one_line_error, run
+from tests.images import write_jpegs
+
+pytestmark = pytest.mark.slow
+
+
+def test_reembed_and_activate_while_searches_run_over_http(db_url, tmp_path):
+    port = free_port()
+    env = {"PGCLIP_DATABASE_URL": db_url, "PGCLIP_DATA_DIR": str(tmp_path / "data"), "PGCLIP_MODEL": "test-tiny",
+           "PGCLIP_PORT": str(port)}
+    write_jpegs(tmp_path / "photos", 24)
+    run("ingest", str(tmp_path / "photos"), env=env, check=True)
+    run("worker", "--until-empty", env=env, check=True, timeout=300)
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PGCLIP_")}
+    server = subprocess.Popen([sys.executable, "-m", "pgclip.cli", "serve"], env={**base, **env},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    responses: list[tuple[float, int, str | None, int]] = []
+    stop = threading.Event()
+
+    def search_forever():
+        with httpx.Client(base_url=url, timeout=30) as client:
+            while not stop.is_set():
+                r = client.post("/api/search", json={"text": "a photo", "k": 5})
+                body = r.json()
+                responses.append((time.monotonic(), r.status_code, body.get("model"), len(body.get("results", []))))
+
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, "pgclip serve did not start"
+            time.sleep(0.2)
+        searcher = threading.Thread(target=search_forever, daemon=True)
+        searcher.start()
+
+        queued = run("reembed", "test-tiny-alt", env=env, check=True)
+        assert "24 images queued" in queued.stdout
+        # Not every image has its vector yet: activation refuses and says how far along it is.
+        assert_one_line_error(run("models", "activate", "test-tiny-alt", env=env), "0 of 24", "--force")
+        run("worker", "--model", "test-tiny-alt", "--until-empty", env=env, check=True, timeout=300)
+        listing = run("models", env=env, check=True).stdout
+        assert "24/24 (100%)" in listing
+
+        switch_started = time.monotonic()
+        run("models", "activate", "test-tiny-alt", env=env, check=True)
+        switch_done = time.monotonic()
+        time.sleep(2)
+        stop.set()
+        searcher.join(timeout=30)
+    finally:
+        stop.set()
+        server.terminate()
+        server.wait(timeout=10)
+
+    assert responses, "no searches ran"
+    assert {status for _, status, _, _ in responses} == {200}  # zero errors throughout
+    assert all(n == 5 for *_, n in responses)
+    models = [m for _, _, m, _ in responses]
+    assert all(m == "test-tiny" for t, _, m, _ in responses if t < switch_started)
+    late = [(round(t - switch_done, 3), m) for t, _, m, _ in responses if t > switch_done + 0.5 and m != "test-tiny-alt"]
+    assert not late, late[:10]
+    first_new = models.index("test-tiny-alt")
+    assert set(models[first_new:]) == {"test-tiny-alt"}  # never back to the old model
+    assert models[0] == "test-tiny"
+
+    dropped = run("models", "drop", "test-tiny", env=env, check=True)
+    assert "24 vectors" in dropped.stdout
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT count(*) FROM pgclip.embeddings").fetchone()[0] == 24
+        assert conn.execute("SELECT name FROM pgclip.models").fetchall() == [("test-tiny-alt",)]
+    assert_one_line_error(run("models", "drop", "test-tiny-alt", env=env), "active model")

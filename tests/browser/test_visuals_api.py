@@ -1,0 +1,144 @@
+"""The JSON behind the map and the heat-map (``GET /api/map``, ``GET /api/similarity``); no browser needed."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import psycopg
+import pytest
+
+from pgclip.api.pages import SIMILARITY_MAX_IDS, parse_ids, pca_2d
+from pgclip.errors import InvalidInput
+
+
+def test_pca_puts_the_widest_spread_on_x_and_is_deterministic():
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(500, 8)) * np.array([10.0, 3.0, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1])
+    coords = pca_2d(data.astype(np.float32))
+    assert coords.shape == (500, 2)
+    assert coords[:, 0].std() == pytest.approx(10.0, rel=0.1) and coords[:, 1].std() == pytest.approx(3.0, rel=0.1)
+    assert np.array_equal(coords, pca_2d(data.astype(np.float32)))
+    # The sign is pinned: the same data, flipped, gives the same picture up to that flip's effect.
+    assert np.allclose(np.abs(pca_2d(-data)), np.abs(coords), atol=1e-6)
+    assert pca_2d(np.ones((1, 8))).tolist() == [[0.0, 0.0]]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("3,1,2", [3, 1, 2]), (" 4 , 4,5 ", [4, 5]), ("7,", [7])],
+)
+def test_ids_parse_in_order_without_repeats(raw, expected):
+    assert parse_ids(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [("", "give 1 to 25"), ("1,x", "'x' is not an image id"), ("0", "'0' is not"), ("-3", "'-3' is not"),
+     (",".join(map(str, range(1, SIMILARITY_MAX_IDS + 2))), "at most 25")],
+)
+def test_bad_ids_are_refused_with_the_reason(raw, fragment):
+    with pytest.raises(InvalidInput, match=fragment):
+        parse_ids(raw)
+
+
+@pytest.mark.slow
+def test_the_map_has_one_point_per_vector_and_is_stable(served):
+    client = served.client
+    first = client.get("/api/map")
+    assert first.status_code == 200, first.text
+    points = first.json()
+    embedded = {i for name, i in served.ids.items() if name != "broken.jpg"}
+    assert {p["id"] for p in points} >= embedded and served.ids["broken.jpg"] not in {p["id"] for p in points}
+    assert all(isinstance(p["x"], float) and isinstance(p["y"], float) for p in points)
+    assert client.get("/api/map").json() == points  # cached, and the same picture every time
+    schema = client.get("/schema/openapi.json").json()
+    assert {"/api/map", "/api/similarity"} <= set(schema["paths"])
+    assert "/" not in schema["paths"] and "/map" not in schema["paths"]  # pages are not API
+
+
+@pytest.mark.slow
+def test_the_similarity_matrix_is_cosine_and_symmetric(served):
+    ids = served.ids
+    chosen = [ids["family0-0.jpg"], ids["family0-1.jpg"], ids["family1-0.jpg"], ids["img0003.jpg"]]
+    body = served.client.get("/api/similarity", params={"ids": ",".join(map(str, chosen))}).json()
+    assert body["ids"] == chosen and body["model"] == "test-tiny"
+    m = np.array(body["matrix"])
+    assert m.shape == (4, 4) and np.allclose(m, m.T) and np.allclose(np.diag(m), 1.0)
+    # Two pictures of one family are closer than pictures of different families.
+    assert m[0, 1] > m[0, 2]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("ids", "status", "fragment"),
+    [
+        ("1,abc", 400, "'abc' is not an image id"),
+        (",".join(str(i) for i in range(1, 27)), 400, "at most 25"),
+        ("", 400, "give 1 to 25"),
+        (None, 400, "ids"),
+        ("999999", 404, "no image with id 999999"),
+    ],
+)
+def test_bad_similarity_requests_are_4xx_with_a_json_reason(served, ids, status, fragment):
+    response = served.client.get("/api/similarity", params={} if ids is None else {"ids": ids})
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["status_code"] == status and fragment in json.dumps(body)
+
+
+@pytest.mark.slow
+def test_an_image_without_a_vector_cannot_be_compared_yet(served):
+    ids = f"{served.ids['img0000.jpg']},{served.ids['broken.jpg']}"
+    response = served.client.get("/api/similarity", params={"ids": ids})
+    assert response.status_code == 409 and "has no vector yet" in response.json()["detail"]
+
+
+class _Holder:
+    """What :func:`projection` needs of a Service: its pool (and to be a cache key)."""
+
+    def __init__(self, db_url: str) -> None:
+        from psycopg_pool import ConnectionPool
+
+        from pgclip.db.engine import configure_vector
+
+        self.pool = ConnectionPool(db_url, min_size=1, max_size=2, configure=configure_vector, open=True)
+
+
+def _add_vectors(db_url: str, start: int, n: int) -> None:
+    from pgvector.psycopg import register_vector
+
+    with psycopg.connect(db_url) as conn:
+        register_vector(conn)
+        model_id, dim = conn.execute("SELECT id, dimension FROM pgclip.models WHERE state = 'active'").fetchone()
+        ids = [r[0] for r in conn.execute(
+            "INSERT INTO pgclip.images (sha256, source, byte_size, width, height, format, mime)"
+            " SELECT encode(sha256(g::text::bytea), 'hex'), 'synthetic', 1, 10, 10, 'JPEG', 'image/jpeg'"
+            " FROM generate_series(%s::int, %s::int) g RETURNING id", [start, start + n - 1])]
+        rng = np.random.default_rng(start)
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO pgclip.embeddings (image_id, model_id, embedding) VALUES (%s, %s, %s)",
+                            [(i, model_id, rng.normal(size=dim).astype(np.float32)) for i in ids])
+
+
+@pytest.mark.slow
+def test_a_large_collection_is_sampled_the_same_way_and_recomputed_only_when_vectors_change(db_url, monkeypatch):
+    from pgclip.api import pages
+
+    _add_vectors(db_url, 1, 60)
+    holder = _Holder(db_url)
+    try:
+        everything = pages.projection(holder)
+        assert len(everything) == 60
+        xs, ys = np.array([p.x for p in everything]), np.array([p.y for p in everything])
+        assert xs.var() >= ys.var()  # the first component carries the most spread
+
+        monkeypatch.setattr(pages, "MAP_MAX_POINTS", 25)
+        _add_vectors(db_url, 61, 1)  # the key changes: recomputed, now sampled
+        sampled = pages.projection(holder)
+        assert len(sampled) == 25 and pages.projection(holder) is sampled  # cached while nothing changes
+        pages._projections.clear()
+        again = pages.projection(holder)
+        assert [p.id for p in again] == [p.id for p in sampled]  # the sample is deterministic
+    finally:
+        holder.pool.close()
