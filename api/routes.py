@@ -208,6 +208,13 @@ class SystemController(Controller):
     async def status(self, service: ServiceDep) -> dict[str, Any]:
         return await asyncio.to_thread(service.status)
 
+    @get("/api/duplicates", summary="Groups of near-identical images (resized, re-encoded, cropped copies)")
+    async def duplicates(
+        self, service: ServiceDep,
+        threshold: Annotated[float, Parameter(ge=0.5, le=1.0, description="cosine similarity, 0.5-1")] = 0.95,
+    ) -> dict[str, Any]:
+        return await asyncio.to_thread(service.duplicates, threshold)
+
     @get("/healthz", summary="The process is up", media_type=MediaType.JSON)
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}

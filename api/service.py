@@ -289,6 +289,13 @@ class Service:
             if not db_images.delete_images(conn, [image_id]):
                 raise NotFound(f"no image with id {image_id}")
 
+    def duplicates(self, threshold: float) -> dict[str, Any]:
+        from pgclip.db.duplicates import near_duplicates
+
+        with self.pool.connection() as conn:
+            model, groups = near_duplicates(conn, threshold)
+        return {"threshold": threshold, "model": model.name, "groups": [dataclasses.asdict(g) for g in groups]}
+
     def status(self) -> dict[str, Any]:
         with self.pool.connection() as conn:
             st = queue.status(conn)

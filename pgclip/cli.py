@@ -21,7 +21,7 @@ Handler = Callable[[argparse.Namespace, Settings], int | None]
 from pgclip.cli_common import out as _out
 from pgclip.cli_common import positive as _positive
 from pgclip.cli_queue import cmd_edit, cmd_ingest, cmd_retry_failed, cmd_rm, cmd_status, cmd_worker
-from pgclip.cli_search import cmd_demo, cmd_search, cmd_serve
+from pgclip.cli_search import cmd_demo, cmd_duplicates, cmd_search, cmd_serve
 
 
 # --- pgclip db ---------------------------------------------------------------
@@ -148,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--caption-add", action="append", default=[], metavar="TEXT")
     ed.add_argument("--caption-rm", action="append", default=[], type=_positive, metavar="N", help="caption id to remove")
     ed.set_defaults(handler=cmd_edit)
+
+    dup = sub.add_parser("duplicates", help="groups of near-identical images (resized, re-encoded copies)")
+    dup.add_argument("--threshold", type=float, default=0.95, help="cosine similarity, 0.5-1 (default 0.95)")
+    dup.add_argument("--json", action="store_true")
+    dup.set_defaults(handler=cmd_duplicates)
 
     srv = sub.add_parser("serve", help="serve the HTTP API and web page")
     srv.add_argument("--host", help="address to listen on (default PGCLIP_HOST, 127.0.0.1)")

@@ -159,3 +159,29 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
     uvicorn.run(create_app(settings, service=service), host=host, port=port, log_level="warning")
     return 0
+
+
+def cmd_duplicates(args: argparse.Namespace, settings: Settings) -> int:
+    import dataclasses
+    import json
+
+    from pgclip.bootstrap import ready_url
+    from pgclip.db.duplicates import near_duplicates
+    from pgclip.db.engine import connection
+
+    with connection(ready_url(settings)) as conn:
+        model, groups = near_duplicates(conn, args.threshold)
+        sources = dict(conn.execute(
+            "SELECT id, source FROM pgclip.images WHERE id = ANY(%s)", [[i for g in groups for i in g.ids]]
+        ).fetchall()) if groups else {}
+    if args.json:
+        _out(json.dumps({"threshold": args.threshold, "model": model.name,
+                         "groups": [dataclasses.asdict(g) for g in groups]}, indent=2))
+        return 0
+    if not groups:
+        _out(f"no near-duplicates at similarity >= {args.threshold} ({model.name})")
+    for n, g in enumerate(groups, start=1):
+        _out(f"group {n}: {len(g.ids)} images, similarity {g.min_similarity:.3f}-{g.max_similarity:.3f}")
+        for image_id in g.ids:
+            _out(f"  #{image_id} {sources.get(image_id) or ''}")
+    return 0

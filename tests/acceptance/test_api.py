@@ -182,6 +182,7 @@ def test_upload_queues_a_new_image_and_recognises_a_known_one(served):
         ("post", "/api/search", {"json": {"text": "dog", "cursor": "garbage!"}}, 400, "cursor"),
         ("post", "/api/search", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, ""),
         ("get", "/api/images/999999", {}, 404, "no image"),
+        ("get", "/api/duplicates", {"params": {"threshold": 2}}, 400, "threshold"),
         ("get", "/api/images/999999/similar", {}, 404, "no image"),
         ("get", "/api/images/1/similar", {"params": {"filters": "{oops"}}, 400, "filters"),
         ("get", "/api/images/1/similar", {"params": {"filters": '{"colour": 1}'}}, 400, "colour"),
@@ -213,3 +214,16 @@ def test_health_readiness_and_schema(served):
     schema = client.get("/schema/openapi.json").json()
     assert {"/api/search", "/api/search/image", "/api/images/{image_id}", "/api/images/{image_id}/similar",
             "/api/images", "/api/status"} <= set(schema["paths"])
+
+
+def test_near_duplicates_find_a_resized_copy(served, tmp_path):
+    client, _, ids, photos = served
+    from PIL import Image
+
+    copy = tmp_path / "copy.jpg"
+    Image.open(photos[7]).resize((80, 60)).save(copy, quality=70)
+    uploaded = client.post("/api/images", files={"file": ("copy.jpg", copy.read_bytes(), "image/jpeg")}).json()
+    run("worker", "--until-empty", env=served[1], check=True, timeout=300)
+    body = client.get("/api/duplicates", params={"threshold": 0.9}).json()
+    assert body["model"] == "test-tiny"
+    assert any({ids["img0007.jpg"], uploaded["id"]} <= set(g["ids"]) for g in body["groups"]), body

@@ -1,0 +1,80 @@
+"""Near-duplicate images: pairs whose vectors are almost the same, grouped transitively.
+
+Byte-identical files are already one row (sha256). This finds the resized,
+re-encoded and lightly cropped copies: each image's few nearest neighbours by
+the model's HNSW index, kept above a similarity threshold, then joined into
+groups (if a ~ b and b ~ c, then a, b and c are one group).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import psycopg
+from psycopg import sql
+
+from pgclip.db.models import ModelRow, require_active_model, vector_sql
+from pgclip.errors import InvalidInput
+
+NEIGHBOURS = 5  # per image: copies beyond the 5th nearest are still found through the others
+MIN_THRESHOLD = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    ids: list[int]
+    max_similarity: float
+    min_similarity: float
+
+
+def _pairs(conn: psycopg.Connection, model: ModelRow, threshold: float) -> list[tuple[int, int, float]]:
+    f = vector_sql(model)
+    query = sql.SQL(
+        """
+        SELECT a.image_id, n.image_id, 1 - n.distance
+        FROM pgclip.embeddings a
+        CROSS JOIN LATERAL (
+            SELECT e.image_id, {vec} <=> a.embedding::{qcast} AS distance
+            FROM pgclip.embeddings e
+            WHERE {model_pred} AND e.image_id <> a.image_id
+            ORDER BY {vec} <=> a.embedding::{qcast}
+            LIMIT %(neighbours)s
+        ) n
+        WHERE a.model_id = {model_id} AND n.distance <= %(max_distance)s
+        """
+    ).format(model_id=sql.Literal(int(model.id)), **f)
+    return conn.execute(query, {"neighbours": NEIGHBOURS, "max_distance": 1 - threshold}).fetchall()
+
+
+def near_duplicates(conn: psycopg.Connection, threshold: float = 0.95) -> tuple[ModelRow, list[Group]]:
+    """Groups of near-identical images under the active model, largest first."""
+    if not MIN_THRESHOLD <= threshold <= 1.0:
+        raise InvalidInput(f"threshold must be between {MIN_THRESHOLD} and 1, got {threshold}")
+    with conn.transaction():
+        model = require_active_model(conn)
+        pairs = _pairs(conn, model, threshold)
+    parent: dict[int, int] = {}
+
+    def find(x: int) -> int:
+        root = x
+        while parent.setdefault(root, root) != root:
+            root = parent[root]
+        while parent[x] != root:  # path compression
+            parent[x], x = root, parent[x]
+        return root
+
+    for a, b, _ in pairs:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    members: dict[int, list[int]] = {}
+    for x in parent:
+        members.setdefault(find(x), []).append(x)
+    sims: dict[int, list[float]] = {}
+    for a, _, s in pairs:
+        sims.setdefault(find(a), []).append(float(s))
+    groups = [
+        Group(sorted(ids), max(sims[root]), min(sims[root])) for root, ids in members.items() if len(ids) > 1
+    ]
+    groups.sort(key=lambda g: (-len(g.ids), -g.max_similarity, g.ids[0]))
+    return model, groups
