@@ -37,7 +37,7 @@ MAP_MAX_POINTS = 20_000  # points in the map; a larger collection is sampled (de
 SIMILARITY_MAX_IDS = 25  # images in one heat-map: 625 cells still read as a picture
 MAX_ID = 2**62
 
-NAV = (("/", "Search"), ("/map", "Map"), ("/status", "Status"), ("/upload", "Upload"))
+NAV = (("/", "Search"), ("/map", "Map"), ("/duplicates", "Duplicates"), ("/status", "Status"), ("/upload", "Upload"))
 
 
 # --- JSON: the map -----------------------------------------------------------------
@@ -226,6 +226,10 @@ class PageController(Controller):
     @get("/similarity", sync_to_thread=False)
     def similarity(self) -> Response[str]:
         return _html("similarity", None)
+
+    @get("/duplicates", sync_to_thread=False)
+    def duplicates(self) -> Response[str]:
+        return _html("duplicates", "/duplicates")
 
     @get("/upload", sync_to_thread=False)
     def upload(self) -> Response[str]:

@@ -132,3 +132,159 @@ export function parseMetadata(text) {
 export function setTitle(text) {
   document.title = `${text} · pgclip`;
 }
+
+// --- writes and the API key ------------------------------------------------------------
+
+const KEY_STORE = "pgclip-api-key";
+let pageKey = ""; // where storage is disabled, the key lasts as long as this page
+
+/** The API key this browser keeps for writes, or "" for none. */
+export function storedApiKey() {
+  try {
+    return localStorage.getItem(KEY_STORE) || "";
+  } catch {
+    return pageKey;
+  }
+}
+
+export function storeApiKey(key) {
+  pageKey = key;
+  try {
+    localStorage.setItem(KEY_STORE, key);
+  } catch {
+    /* storage disabled: pageKey holds it */
+  }
+  refreshKeyControl();
+}
+
+export function forgetApiKey() {
+  pageKey = "";
+  try {
+    localStorage.removeItem(KEY_STORE);
+  } catch {
+    /* nothing kept */
+  }
+  refreshKeyControl();
+}
+
+/**
+ * A modal dialog (native <dialog>: focus stays inside, Esc cancels, focus comes back after).
+ * `fields` are elements placed in its form; resolves with the form's FormData on submit, or
+ * null when cancelled.
+ */
+export function openDialog({ id, title, message, fields = [], submitLabel, danger = false, focus = null }) {
+  document.getElementById(id)?.remove();
+  return new Promise((resolve) => {
+    const previous = document.activeElement;
+    const cancel = el("button", { type: "button", class: "cancel", text: "Cancel" });
+    const submit = el("button", { type: "submit", class: danger ? "danger" : "primary", text: submitLabel });
+    const form = el("form", { method: "dialog", class: "modal-form" },
+      el("h2", { id: `${id}-title`, text: title }),
+      message ? el("p", { id: `${id}-message`, class: "modal-message" }, message) : null,
+      ...fields,
+      el("div", { class: "modal-buttons" }, submit, cancel));
+    const dialog = el("dialog", { id, class: "modal", "aria-labelledby": `${id}-title`,
+      "aria-describedby": message ? `${id}-message` : null }, form);
+    let result = null;
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      result = new FormData(form);
+      dialog.close();
+    });
+    cancel.addEventListener("click", () => dialog.close());
+    dialog.addEventListener("close", () => {
+      dialog.remove();
+      if (previous && previous.isConnected && typeof previous.focus === "function") previous.focus();
+      resolve(result);
+    });
+    document.body.append(dialog);
+    dialog.showModal();
+    const first = focus === "cancel" ? cancel : form.querySelector("input, textarea, select") || submit;
+    first.focus();
+  });
+}
+
+let asking = null; // one key dialog at a time, however many writes were refused
+
+/** Ask for an API key (`reason`: why); resolves with it, stored, or "" when cancelled. */
+export function askApiKey(reason) {
+  if (!asking) {
+    const input = el("input", { type: "password", id: "api-key-input", name: "key", required: true,
+      autocomplete: "off", spellcheck: "false" });
+    asking = openDialog({
+      id: "api-key-dialog",
+      title: "API key needed",
+      message: [el("span", { class: "detail", text: reason }),
+        " Enter one of the server's API keys (PGCLIP_API_KEYS). This browser keeps it until you forget it."],
+      fields: [el("label", {}, "API key", input)],
+      submitLabel: "Use this key",
+    }).then((form) => {
+      asking = null;
+      const key = form ? String(form.get("key") || "").trim() : "";
+      if (key) storeApiKey(key);
+      return key;
+    });
+  }
+  return asking;
+}
+
+function withKey(options) {
+  const key = storedApiKey();
+  const headers = { Accept: "application/json", ...(options.headers || {}) };
+  if (key) headers.Authorization = `Bearer ${key}`;
+  return { ...options, headers };
+}
+
+/**
+ * A request that changes data (upload, edit, delete): sends the stored API key; on 401 asks
+ * for a key, stores it and tries once more. A key refused on that retry is forgotten.
+ */
+export async function write(path, options = {}) {
+  try {
+    return await api(path, withKey(options));
+  } catch (err) {
+    if (!(err instanceof ApiError) || err.status !== 401) throw err;
+    if (storedApiKey()) forgetApiKey(); // the server refused it
+    const key = await askApiKey(`The server refused this change: ${err.detail}.`);
+    if (!key) throw err;
+    try {
+      return await api(path, withKey(options));
+    } catch (again) {
+      if (again instanceof ApiError && again.status === 401) forgetApiKey();
+      throw again;
+    }
+  }
+}
+
+/** The header's key button: "Set API key" (asks now) or "Forget API key". */
+function refreshKeyControl() {
+  const button = document.getElementById("key-button");
+  if (!button) return;
+  const has = Boolean(storedApiKey());
+  button.textContent = has ? "Forget API key" : "Set API key";
+  button.dataset.state = has ? "set" : "none";
+  button.title = has ? "Remove the API key this browser sends with changes" : "Enter an API key for changes (uploads, edits, deletions)";
+}
+
+function installKeyControl() {
+  const header = document.querySelector("header.top");
+  if (!header || document.getElementById("key-button")) return;
+  const status = el("span", { id: "key-status", class: "visually-hidden", role: "status" });
+  const button = el("button", { type: "button", id: "key-button", class: "key-button small" });
+  button.addEventListener("click", async () => {
+    if (storedApiKey()) {
+      forgetApiKey();
+      status.textContent = "API key forgotten.";
+      return;
+    }
+    const key = await askApiKey("A server with PGCLIP_API_KEYS set accepts uploads, edits and deletions only with a key.");
+    status.textContent = key ? "API key kept for changes." : "";
+  });
+  header.append(button, status);
+  refreshKeyControl();
+}
+
+installKeyControl();
+window.addEventListener("storage", (event) => {
+  if (event.key === KEY_STORE || event.key === null) refreshKeyControl(); // another tab set or forgot it
+});

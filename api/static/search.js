@@ -15,6 +15,7 @@ const results = $("#results");
 const more = $("#more");
 const moreButton = $("#more-button");
 const notice = $("#notice");
+const flash = $("#flash"); // what the previous page did ("Image 12 was deleted"), until the next search
 
 let queryImage = null; // {name, blob}
 let cursor = null;
@@ -212,6 +213,7 @@ function titleFor(query) {
 
 /** Put the form's query in the URL (a new history entry) and run it. */
 function submit() {
+  flash.replaceChildren();
   const query = readForm();
   try {
     buildRequest(query); // a malformed metadata filter is reported before anything else
@@ -345,5 +347,20 @@ new IntersectionObserver((entries) => {
   if (entries.some((e) => e.isIntersecting)) loadMore();
 }, { rootMargin: "400px" }).observe(more);
 
+/** The image page sends here with ?deleted=ID after a deletion: say so once, and drop it from the URL. */
+function showDeletion() {
+  const params = new URLSearchParams(location.search);
+  const id = params.get("deleted");
+  if (id === null) return;
+  params.delete("deleted");
+  const rest = params.toString();
+  history.replaceState(history.state, "", `${location.pathname}${rest ? `?${rest}` : ""}`);
+  if (/^\d+$/.test(id)) {
+    flash.replaceChildren(el("div", { class: "notice success", role: "status", id: "deleted-notice" },
+      `Image ${id} was deleted.`));
+  }
+}
+
 window.addEventListener("popstate", loadFromUrl);
+showDeletion();
 loadFromUrl();

@@ -1,5 +1,5 @@
-// The upload page: POST /api/images per file, then follow each image until a worker has embedded it.
-import { $, api, el, errorBox, parseMetadata } from "/static/common.js";
+// The upload page: POST /api/images per file (with the API key when one is kept), then follow each image until a worker has embedded it.
+import { $, api, ApiError, el, errorBox, parseMetadata, write } from "/static/common.js";
 
 const POLL_MS = 2000; // while any upload still waits for a worker
 let files = [];
@@ -45,22 +45,29 @@ async function upload(event) {
   const captions = $("#captions").value.split("\n").map((c) => c.trim()).filter(Boolean);
   $("#upload-button").disabled = true;
   $("#uploads-title").classList.remove("hidden");
-  for (const file of files) {
+  let left = [];
+  for (const [index, file] of files.entries()) {
     const body = new FormData();
     body.append("file", file, file.name);
     body.append("captions", JSON.stringify(captions));
     body.append("metadata", JSON.stringify(metadata));
     try {
-      const answer = await api("/api/images", { method: "POST", body });
+      const answer = await write("/api/images", { method: "POST", body });
       const li = row(file, answer);
       $("#uploads").prepend(li);
       watching.set(answer.id, li);
     } catch (err) {
+      if (err instanceof ApiError && err.status === 401) {
+        // No (valid) key: every other file would be refused too. Keep them chosen for another try.
+        $("#upload-error").replaceChildren(errorBox(err, "Not uploaded: this server needs an API key"));
+        left = files.slice(index);
+        break;
+      }
       $("#uploads").prepend(el("li", {}, el("div", { class: "what" }, el("div", { class: "name", text: file.name }), errorBox(err, "Not added"))));
     }
   }
-  setFiles([]);
-  $("#files").value = "";
+  setFiles(left);
+  if (!left.length) $("#files").value = "";
   poll();
 }
 

@@ -44,20 +44,7 @@ def served(databases, tmp_path_factory):
     ]) + "\n")
     run("ingest", str(tmp / "photos"), "--captions", str(manifest), env=env, check=True)
     run("worker", "--until-empty", env=env, check=True, timeout=300)
-    base = {k: v for k, v in os.environ.items() if not k.startswith("PGCLIP_")}
-    proc = subprocess.Popen([sys.executable, "-m", "pgclip.cli", "serve"], env={**base, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"pgclip serve did not come up:\n{proc.stdout.read() if proc.stdout else ''}")
-        time.sleep(0.2)
+    proc, url = start_server(env, port)
     with httpx.Client(base_url=url, timeout=30) as client:
         ids = {Path(r["source"]).name: r["id"] for r in client.post("/api/search", json={"caption_query": "dog soup", "k": 3}).json()["results"]}
         listing = client.post("/api/search", json={"vector": [1.0] * 64, "k": 100}).json()["results"]
@@ -66,6 +53,25 @@ def served(databases, tmp_path_factory):
     proc.terminate()
     proc.wait(timeout=10)
     databases.drop(db_url)
+
+
+def start_server(env: dict[str, str], port: int) -> tuple[subprocess.Popen, str]:
+    """Start `pgclip serve` and wait until /readyz answers 200."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PGCLIP_")}
+    proc = subprocess.Popen([sys.executable, "-m", "pgclip.cli", "serve"], env={**base, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"pgclip serve did not come up:\n{proc.stdout.read() if proc.stdout else ''}")
+        time.sleep(0.2)
 
 
 def assert_error(response: httpx.Response, status: int, *fragments: str) -> None:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 import time
 
@@ -12,7 +9,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.acceptance.test_api import free_port
+from tests.acceptance.test_api import free_port, start_server
 from tests.acceptance.test_cli_db import assert_one_line_error, run
 from tests.images import write_jpegs
 
@@ -27,10 +24,7 @@ def test_reembed_and_activate_while_searches_run_over_http(db_url, tmp_path):
     run("ingest", str(tmp_path / "photos"), env=env, check=True)
     run("worker", "--until-empty", env=env, check=True, timeout=300)
 
-    base = {k: v for k, v in os.environ.items() if not k.startswith("PGCLIP_")}
-    server = subprocess.Popen([sys.executable, "-m", "pgclip.cli", "serve"], env={**base, **env},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_server(env, port)
     responses: list[tuple[float, int, str | None, int]] = []
     stop = threading.Event()
 
@@ -42,15 +36,6 @@ def test_reembed_and_activate_while_searches_run_over_http(db_url, tmp_path):
                 responses.append((time.monotonic(), r.status_code, body.get("model"), len(body.get("results", []))))
 
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, "pgclip serve did not start"
-            time.sleep(0.2)
         searcher = threading.Thread(target=search_forever, daemon=True)
         searcher.start()
 

@@ -79,14 +79,22 @@ CAPTIONS = [
 ]
 
 
-class Served:
-    """The running server: its URL, the pgclip environment, image ids by file name, the photo files."""
+API_KEY = "browser-test-key-5d1f"  # the one key of the second ("keyed") server
 
-    def __init__(self, url: str, env: dict[str, str], ids: dict[str, int], photos: Path) -> None:
+
+class Served:
+    """The running server: its URL, the pgclip environment, image ids by file name, the photo files.
+
+    ``keyed_url`` is a second ``pgclip serve`` over the same database, also on 127.0.0.1 but with
+    ``PGCLIP_API_KEYS`` set, so its writes need ``Authorization: Bearer API_KEY``.
+    """
+
+    def __init__(self, url: str, env: dict[str, str], ids: dict[str, int], photos: Path, keyed_url: str = "") -> None:
         self.url = url
         self.env = env
         self.ids = ids
         self.photos = photos
+        self.keyed_url = keyed_url
         self.client = httpx.Client(base_url=url, timeout=30)
 
 
@@ -156,14 +164,19 @@ def served(databases, tmp_path_factory) -> Iterator[Served]:
             (photos / f"family{family}-{member}.jpg").write_bytes(family_jpeg(family, member))
     (tmp / "captions.jsonl").write_text("\n".join(json.dumps(row) for row in CAPTIONS) + "\n")
     url = f"http://127.0.0.1:{port}"
+    keyed_port = free_port()
+    keyed_url = f"http://127.0.0.1:{keyed_port}"
     server = _pgclip(["serve"], env)
+    # Started alongside (it costs no wall time): same database, but writes need the key.
+    keyed = _pgclip(["serve"], {**env, "PGCLIP_PORT": str(keyed_port), "PGCLIP_API_KEYS": API_KEY})
     worker = None
     try:
         run("ingest", str(photos), "--captions", str(tmp / "captions.jsonl"), env=env, check=True)
         _add_broken_image(db_url, jpeg_bytes(7, (160, 120)))
         worker = _pgclip(["worker"], env)
         _wait(lambda: _answers(f"{url}/readyz"), 90, "pgclip serve did not come up", server)
-        served = Served(url, env, {}, photos)
+        _wait(lambda: _answers(f"{keyed_url}/readyz"), 90, "pgclip serve (with PGCLIP_API_KEYS) did not come up", keyed)
+        served = Served(url, env, {}, photos, keyed_url)
         _wait(lambda: _queue_empty(served.client), 120, "the worker did not embed the collection", worker, server)
         with psycopg.connect(db_url) as conn:
             served.ids = {Path(source).name: image_id
@@ -171,7 +184,7 @@ def served(databases, tmp_path_factory) -> Iterator[Served]:
         yield served
         served.client.close()
     finally:
-        running = [p for p in (worker, server) if p is not None and p.poll() is None]
+        running = [p for p in (worker, server, keyed) if p is not None and p.poll() is None]
         for proc in running:  # both at once: the worker takes a moment to finish its batch
             proc.terminate()
         for proc in running:
@@ -217,10 +230,9 @@ def console() -> Console:
     return Console()
 
 
-@pytest.fixture
-def page(browser, served, console):
-    """A fresh page (its own context: no shared storage) whose console goes to ``console``."""
-    context = browser.new_context(base_url=served.url, viewport={"width": 1280, "height": 860})
+def _context(browser, base_url: str, console: Console):
+    """A fresh context (no shared storage) whose console, in every tab, goes to ``console``."""
+    context = browser.new_context(base_url=base_url, viewport={"width": 1280, "height": 860})
     context.set_default_timeout(PAGE_TIMEOUT_MS)
 
     def on_console(message) -> None:
@@ -230,6 +242,21 @@ def page(browser, served, console):
 
     context.on("console", on_console)  # every tab a test opens in this context
     context.on("weberror", lambda err: console.errors.append(f"uncaught: {err.error}"))
+    return context
+
+
+@pytest.fixture
+def page(browser, served, console):
+    """A fresh page (its own context: no shared storage) whose console goes to ``console``."""
+    context = _context(browser, served.url, console)
+    yield context.new_page()
+    context.close()
+
+
+@pytest.fixture
+def keyed_page(browser, served, console):
+    """A fresh page on the server whose writes need an API key (``served.keyed_url``)."""
+    context = _context(browser, served.keyed_url, console)
     yield context.new_page()
     context.close()
 
