@@ -241,3 +241,15 @@ def test_the_orm_sees_the_same_images(db_url, conn):
         image = session.scalars(select(Image)).one()
         assert image.source == "orm.jpg"
         assert image.metadata_ == {"camera_make": "Canon"}
+
+
+def test_vectors_are_stored_inline_even_at_the_largest_dimension(conn):
+    storage = conn.execute(
+        "SELECT attstorage FROM pg_attribute WHERE attrelid = 'pgclip.embeddings'::regclass AND attname = 'embedding'"
+    ).fetchone()[0]
+    assert storage == "p"  # plain: no TOAST fetch per distance
+    big = ensure_model(conn, "dim-2000", "none", 2000)
+    image = add_image(conn, "big.png")
+    conn.execute("INSERT INTO pgclip.embeddings (image_id, model_id, embedding) VALUES (%s, %s, %s)",
+                 [image, big.id, unit(np.ones(2000))])
+    assert conn.execute("SELECT vector_dims(embedding) FROM pgclip.embeddings WHERE model_id = %s", [big.id]).fetchone()[0] == 2000
