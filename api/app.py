@@ -27,7 +27,7 @@ def build_service(settings: Settings) -> Service:
 
     url = ready_url(settings)
     register_configured_model(url, settings)
-    encoder = ClipEncoder(settings.model, settings.pretrained, device=settings.device, torch_threads=settings.torch_threads)
+    encoder = ClipEncoder.from_settings(settings)
     service = Service(settings, url, encoder)
     service.open()
     return service

@@ -130,16 +130,6 @@ class Service:
         image = decode(data)  # raises ImageRejected (a 400) for anything that is not a usable image
         return encoder.encode_images([image])[0]
 
-    def stored_vector(self, conn: psycopg.Connection, model: ModelRow, image_id: int) -> np.ndarray:
-        row = conn.execute(
-            "SELECT embedding FROM pgclip.embeddings WHERE image_id = %s AND model_id = %s", [image_id, model.id]
-        ).fetchone()
-        if row is None:
-            if conn.execute("SELECT 1 FROM pgclip.images WHERE id = %s", [image_id]).fetchone() is None:
-                raise NotFound(f"no image with id {image_id}")
-            raise db_search.NotReady(f"image {image_id} has no vector yet (is a worker running?)")
-        return row[0].to_numpy()
-
     def query_vector(self, conn: psycopg.Connection, model: ModelRow, encoder: ClipEncoder, text: str | None,
                      raw: list[float] | None, image: bytes | None = None, *,
                      local_files: bool = False) -> np.ndarray | None:
@@ -159,7 +149,7 @@ class Service:
                     if term.kind == "text":
                         vectors.append(self.text_vector(encoder, str(term.value)))
                     elif term.kind == "id":
-                        vectors.append(self.stored_vector(conn, model, int(term.value)))
+                        vectors.append(db_search.stored_vector(conn, model, int(term.value)))
                     elif local_files:
                         vectors.append(self.image_vector(encoder, _read_file(str(term.value))))
                     else:

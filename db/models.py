@@ -101,6 +101,19 @@ def ensure_model(
     return get_model(conn, name, pretrained)  # type: ignore[return-value]
 
 
+def registered_model(conn: psycopg.Connection, name: str, pretrained: str) -> ModelRow | None:
+    """The model if :func:`ensure_model` would have nothing to do: row and index exist, and
+    some model is active. None otherwise (then call ensure_model)."""
+    model = get_model(conn, name, pretrained)
+    if model is None:
+        return None
+    ready = conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL AND EXISTS (SELECT 1 FROM pgclip.models WHERE state = 'active')",
+        [f"pgclip.{model.index_name}"],
+    ).fetchone()[0]
+    return model if ready else None
+
+
 def index_ddl(model: ModelRow, *, hnsw_m: int, hnsw_ef_construction: int) -> sql.Composed:
     return sql.SQL(
         "CREATE INDEX IF NOT EXISTS {index} ON pgclip.embeddings"
@@ -215,20 +228,3 @@ def drop(conn: psycopg.Connection, model: ModelRow) -> int:
         conn.execute(sql.SQL("DROP INDEX IF EXISTS pgclip.{}").format(sql.Identifier(model.index_name)))
         conn.execute("DELETE FROM pgclip.models WHERE id = %s", [model.id])  # cascades to vectors and jobs
     return removed
-
-
-def enqueue_all(conn: psycopg.Connection, model: ModelRow) -> int:
-    """Queue every image that has no vector and no open job for ``model`` (a re-embed)."""
-    rows = conn.execute(
-        """
-        INSERT INTO pgclip.embedding_jobs (image_id, model_id)
-        SELECT i.id, %(m)s FROM pgclip.images i
-        WHERE NOT EXISTS (SELECT 1 FROM pgclip.embeddings e WHERE e.image_id = i.id AND e.model_id = %(m)s)
-        ON CONFLICT (image_id, model_id) WHERE state IN ('pending', 'leased') DO NOTHING
-        RETURNING id
-        """,
-        {"m": model.id},
-    ).fetchall()
-    if rows:
-        conn.execute("SELECT pg_notify('pgclip_jobs', %s::text)", [model.id])
-    return len(rows)

@@ -57,6 +57,14 @@ def enqueue(conn: psycopg.Connection, image_ids: Sequence[int], model_id: int, *
     return len(added)
 
 
+def enqueue_model(conn: psycopg.Connection, model_id: int) -> int:
+    """Queue every image without a vector or an open job for the model (a re-embed); notifies."""
+    added = conn.execute(QUEUE["enqueue_model"], {"model_id": model_id}).fetchall()
+    if added:
+        conn.execute(QUEUE["notify"], {"model_id": model_id})
+    return len(added)
+
+
 def claim(
     conn: psycopg.Connection, *, model_id: int, worker: str, limit: int, lease_seconds: float, max_attempts: int
 ) -> list[ClaimedJob]:

@@ -194,21 +194,26 @@ def translate(exc: psycopg.Error) -> PgclipError | psycopg.Error:
     return exc
 
 
+def stored_vector(conn: psycopg.Connection, model: ModelRow, image_id: int) -> np.ndarray:
+    """An image's vector under ``model``; NotFound for an unknown image, NotReady before it is embedded."""
+    row = conn.execute(
+        "SELECT e.embedding FROM pgclip.embeddings e WHERE e.image_id = %s AND e.model_id = %s",
+        [image_id, model.id],
+    ).fetchone()
+    if row is None:
+        if conn.execute("SELECT 1 FROM pgclip.images WHERE id = %s", [image_id]).fetchone() is None:
+            raise NotFound(f"no image with id {image_id}")
+        raise NotReady(f"image {image_id} has no vector for the active model yet (is a worker running?)")
+    return row[0].to_numpy()
+
+
 def similar(conn: psycopg.Connection, image_id: int, params: SearchParams) -> Page:
     """"More like this": search with an image's own vector, excluding the image."""
     with conn.transaction():
         model = require_active_model(conn)
-        row = conn.execute(
-            "SELECT e.embedding FROM pgclip.embeddings e WHERE e.image_id = %s AND e.model_id = %s",
-            [image_id, model.id],
-        ).fetchone()
-        if row is None:
-            exists = conn.execute("SELECT 1 FROM pgclip.images WHERE id = %s", [image_id]).fetchone()
-            if not exists:
-                raise NotFound(f"no image with id {image_id}")
-            raise NotReady(f"image {image_id} has no vector for the active model yet (is a worker running?)")
+        vector = stored_vector(conn, model, image_id)
     exclude = list(params.filters.get("exclude_ids") or []) + [image_id]
     return search(
-        conn, dataclasses.replace(params, vector=row[0].to_numpy(), filters={**params.filters, "exclude_ids": exclude}),
+        conn, dataclasses.replace(params, vector=vector, filters={**params.filters, "exclude_ids": exclude}),
         model=model,
     )

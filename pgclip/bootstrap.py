@@ -10,7 +10,7 @@ import sqlalchemy.exc
 
 from pgclip.db import migrate as migrations
 from pgclip.db.engine import connect, database_url, describe_target, require_pgvector
-from pgclip.db.models import ModelRow, ensure_model
+from pgclip.db.models import ModelRow, ensure_model, registered_model
 from pgclip.errors import DatabaseUnavailable
 from pgclip.settings import Settings
 
@@ -36,13 +36,20 @@ def migrate(settings: Settings) -> tuple[str, ModelRow]:
     return url, register_configured_model(url, settings)
 
 
-def register_configured_model(url: str, settings: Settings) -> ModelRow:
-    """Make sure the model named by PGCLIP_MODEL / PGCLIP_PRETRAINED has its row and index."""
+def register_configured_model(url: str, settings: Settings, *, quick: bool = False) -> ModelRow:
+    """Make sure the model named by PGCLIP_MODEL / PGCLIP_PRETRAINED has its row and index.
+
+    ``quick``: for callers that never encode (ingest), accept an already registered model
+    without re-checking its dimension against open_clip's config, which imports torch.
+    """
     # The encoder module imports torch lazily; its config lookups do not load weights.
     from pgclip.workers.encoder import model_dimension, pretrained_identity
 
     identity = pretrained_identity(settings.model, settings.pretrained)
     with connect(url, role="migrate") as conn:
+        known = registered_model(conn, settings.model, identity) if quick else None
+        if known is not None:
+            return known  # seconds of torch import saved; whoever encodes still checks
         return ensure_model(
             conn, settings.model, identity, model_dimension(settings.model),
             hnsw_m=settings.hnsw_m, hnsw_ef_construction=settings.hnsw_ef_construction,

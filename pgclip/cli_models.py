@@ -37,14 +37,14 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_reembed(args: argparse.Namespace, settings: Settings) -> int:
     from pgclip.bootstrap import ready_url, register_configured_model
     from pgclip.db.engine import connection
-    from pgclip.db.models import enqueue_all
+    from pgclip.db.queue import enqueue_model
 
     pretrained = args.checkpoint or args.pretrained or settings.pretrained
     target = dataclasses.replace(settings, model=args.name, pretrained=pretrained)
     url = ready_url(settings)
     model = register_configured_model(url, target)  # the row and its vector index
     with connection(url) as conn, conn.transaction():
-        queued = enqueue_all(conn, model)
+        queued = enqueue_model(conn, model.id)
     out(f"{model.label} registered ({model.state}); {queued} images queued for it")
     out(f"run workers for it: PGCLIP_PRETRAINED={pretrained} pgclip worker --model {args.name}; "
         f"then `pgclip models activate {args.name}`")

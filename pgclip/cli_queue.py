@@ -22,7 +22,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     manifest = load_manifest(Path(args.captions)) if args.captions else None
     require_paths(paths, manifest)
     url = ready_url(settings)
-    model = register_configured_model(url, settings)
+    model = register_configured_model(url, settings, quick=True)
     bar = _progress(None, "file", "ingest")
     with bar, connection(url, role="ingest") as conn:
         report = ingest(
@@ -79,7 +79,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         return run_children(args.concurrency, child_args, threads_per_child=threads)
     url = ready_url(settings)
     model = register_configured_model(url, settings)
-    encoder = ClipEncoder(settings.model, settings.pretrained, device=settings.device, torch_threads=settings.torch_threads)
+    encoder = ClipEncoder.from_settings(settings)
     encoder.load()  # fail fast, before claiming anything
     with connection(url, role="worker") as conn:
         total = open_jobs(conn, model.id)[0]

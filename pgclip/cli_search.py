@@ -123,8 +123,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         settings = dataclasses.replace(settings, model="test-tiny", pretrained="random")
     url, model = migrate(settings)
     _out(f"database ready: {url}")
-    encoder = ClipEncoder(settings.model, settings.pretrained, device=settings.device,
-                          torch_threads=settings.torch_threads)
+    encoder = ClipEncoder.from_settings(settings)
     try:
         encoder.load()
     except ModelLoadError as exc:

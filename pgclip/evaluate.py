@@ -783,8 +783,7 @@ def _setup(settings: Settings):
             f"the configured model {configured.label} is not the active one ({active.label}); eval measures the "
             "active model's search: set PGCLIP_MODEL/PGCLIP_PRETRAINED to it"
         )
-    encoder = ClipEncoder(settings.model, settings.pretrained, device=settings.device,
-                          torch_threads=settings.torch_threads)
+    encoder = ClipEncoder.from_settings(settings)
     encoder.load()  # fail fast, in one line, before any work
     return url, encoder
 

@@ -14,12 +14,15 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from pgclip.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from pgclip.settings import Settings
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 TEST_WEIGHTS_IDENTITY = "random-seed-0"
@@ -156,6 +159,11 @@ class ClipEncoder:
         self._lock = threading.Lock()
         self._model: Any = None  # with _preprocess, _tokenizer, _device, _dtype: set by load()
         self._preprocess = self._tokenizer = self._device = self._dtype = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ClipEncoder:
+        """The configured model (PGCLIP_MODEL, PGCLIP_PRETRAINED, PGCLIP_DEVICE, PGCLIP_TORCH_THREADS)."""
+        return cls(settings.model, settings.pretrained, device=settings.device, torch_threads=settings.torch_threads)
 
     @functools.cached_property
     def dimension(self) -> int:

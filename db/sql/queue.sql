@@ -22,6 +22,15 @@ WHERE NOT EXISTS (
 ON CONFLICT (image_id, model_id) WHERE state IN ('pending', 'leased') DO NOTHING
 RETURNING id;
 
+-- enqueue_model --
+-- A re-embed: queue every image that has no vector and no open job for the model.
+INSERT INTO pgclip.embedding_jobs (image_id, model_id)
+SELECT i.id, %(model_id)s FROM pgclip.images i
+WHERE NOT EXISTS (
+    SELECT 1 FROM pgclip.embeddings e WHERE e.image_id = i.id AND e.model_id = %(model_id)s)
+ON CONFLICT (image_id, model_id) WHERE state IN ('pending', 'leased') DO NOTHING
+RETURNING id;
+
 -- notify --
 -- Wake idle workers. Sent once per enqueueing transaction and delivered at
 -- commit, so a worker never wakes to find rows it cannot see yet.
