@@ -289,6 +289,42 @@ def end_to_end(folder: Path, n: int, env: dict[str, str], url: str, model_id: in
     }
 
 
+def running_worker(folder: Path, n: int, env: dict[str, str], url: str, model_id: int) -> dict:
+    """How pgclip is deployed: a `pgclip worker` already running and idle, then `pgclip ingest`
+    of n new images; timed from the ingest's start to the last job `done` (NOTIFY wakes it)."""
+    from pgclip.db.engine import connection
+
+    def done_count(conn) -> int:
+        return conn.execute(
+            "SELECT count(*) FROM pgclip.embedding_jobs j JOIN pgclip.images i ON i.id = j.image_id"
+            " WHERE j.model_id = %s AND j.state = 'done' AND starts_with(i.source, %s)",
+            [model_id, f"{folder}/"],
+        ).fetchone()[0]
+
+    log_path = folder.parent / "running-worker.log"
+    with log_path.open("w") as log_file:
+        worker = subprocess.Popen([*PGCLIP, "worker"], env=env, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while " on " not in log_path.read_text():  # its start-up line: model loaded, claiming
+            if worker.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the worker did not start:\n{log_path.read_text()}")
+            time.sleep(0.1)
+        time.sleep(1.0)  # idle, waiting on LISTEN
+        with CpuMeter() as cpu, connection(url) as conn:
+            ingest = subprocess.Popen([*PGCLIP, "ingest", str(folder)], env=env, cwd=REPO,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            while done_count(conn) < n:
+                if worker.poll() is not None:
+                    raise SystemExit(f"the worker exited:\n{log_path.read_text()}")
+                time.sleep(0.05)
+            ingest.wait()
+        return {"wall_s": cpu.wall, "images_per_s": n / cpu.wall, "cpu": cpu.as_dict()}
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+
+
 # --- phase b, optional: one instrumented worker ------------------------------------------------
 
 
@@ -327,7 +363,8 @@ def profiled_worker(out_path: str) -> int:
     queue.open_jobs = timed("decode thread: open_jobs", queue.open_jobs)
     queue.complete = timed("main thread: complete (write vectors, mark done)", queue.complete)
     ClipEncoder.load = timed("main thread: model load", ClipEncoder.load)
-    ClipEncoder.encode_images = timed("main thread: encode_images (preprocess + forward)", ClipEncoder.encode_images)
+    ClipEncoder.prepare = timed("decode thread: preprocess (open_clip transform)", ClipEncoder.prepare)
+    ClipEncoder.encode_prepared = timed("main thread: encode_prepared (stack + forward)", ClipEncoder.encode_prepared)
     ClipEncoder._encode = staticmethod(timed("main thread: forward (encode_image + normalize)", ClipEncoder._encode))
     loop.Worker._process = timed("main thread: process batches (encode + write)", loop.Worker._process)
     loop.Worker.run = timed("worker.run (wall)", loop.Worker.run)
@@ -395,8 +432,11 @@ class NoopEncoder:
     def load(self) -> None:
         pass
 
-    def encode_images(self, images) -> np.ndarray:
-        return unit_vectors(self.rng, len(images), self.dimension)
+    def prepare(self, image) -> None:
+        return None
+
+    def encode_prepared(self, prepared) -> np.ndarray:
+        return unit_vectors(self.rng, len(prepared), self.dimension)
 
 
 def unit_vectors(rng, n: int, dim: int) -> np.ndarray:
@@ -526,7 +566,7 @@ def bulk_load(url: str, settings, n: int, tag: str, seed: int) -> tuple[object, 
         conn.commit()
         copy_s = time.perf_counter() - t
         t = time.perf_counter()
-        conn.execute(index_ddl(model, hnsw_m=settings.hnsw_m, hnsw_ef_construction=settings.hnsw_ef_construction))
+        conn.execute(index_ddl(model))  # as registered: PGCLIP_HNSW_M, PGCLIP_HNSW_EF_CONSTRUCTION
         conn.commit()
         index_s = time.perf_counter() - t
         size = conn.execute("SELECT pg_size_pretty(pg_relation_size(%s::regclass))",
@@ -645,6 +685,8 @@ def print_report(r: dict) -> None:
         print(f"\n(b) end to end through the CLI, {b['images']} JPEGs ({r['image_size']}, "
               f"{_f(b['jpeg_kib'])} KiB avg)")
         rows = [
+            ("ingest into a running worker (as deployed)", b["running"]["wall_s"], b["running"]["images_per_s"],
+             b["running"]["ratio"]),
             ("ingest (pgclip ingest)", b["ingest_s"], b["images"] / b["ingest_s"], None),
             ("worker (pgclip worker --until-empty)", b["worker_s"], b["worker_images_per_s"], b["ratio_worker"]),
             ("ingest + worker", b["ingest_s"] + b["worker_s"], b["e2e_images_per_s"], b["ratio_e2e"]),
@@ -657,8 +699,9 @@ def print_report(r: dict) -> None:
               f"pgclip worker --until-empty {_f(b['worker_idle_s'])} s")
         print(f"    worker process: first vectors written {_f(b['first_write_after_s'])} s after it started; "
               f"it kept {_f(b['worker_process_cores'], 2)} of {m['cores']} cores busy")
-        verdict = "MET" if b["ratio_e2e"] >= TARGET_RATIO else "NOT MET"
-        print(f"    target b/a >= {TARGET_RATIO} (ingest + worker): {verdict} ({_f(b['ratio_e2e'], 2)}); "
+        verdict = "MET" if b["running"]["ratio"] >= TARGET_RATIO else "NOT MET"
+        print(f"    target b/a >= {TARGET_RATIO}, ingest into a running worker: {verdict} "
+              f"({_f(b['running']['ratio'], 2)}); cold (ingest + worker start-up) {_f(b['ratio_e2e'], 2)}, "
               f"steady state {_f(b['ratio_steady'], 2)}")
     if "profile" in r:
         p = r["profile"]
@@ -701,7 +744,8 @@ def print_cpu(r: dict) -> None:
     if "a" in r:
         spans += [(f"(a) bare model, run {i + 1}", c) for i, c in enumerate(r["a"]["cpu"])]
     if "b" in r:
-        spans += [("(b) pgclip ingest", r["b"]["ingest_cpu"]), ("(b) pgclip worker", r["b"]["worker_cpu"])]
+        spans += [("(b) pgclip ingest", r["b"]["ingest_cpu"]), ("(b) pgclip worker", r["b"]["worker_cpu"]),
+                  ("(b) ingest into a running worker", r["b"]["running"]["cpu"])]
     for q in r.get("c", []):
         spans.append((f"(c) {q['workers']} worker(s), {'HNSW' if q['hnsw'] else 'no index'}", q["cpu"]))
     for w in r.get("d", {}).get("writes", []):
@@ -724,7 +768,7 @@ def print_cpu(r: dict) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=int, default=384, help="JPEGs for (a) and (b) (default 384)")
+    p.add_argument("--images", type=int, default=1024, help="JPEGs for (a) and (b) (default 1024)")
     p.add_argument("--size", default="640x480", help="JPEG size WxH (default 640x480)")
     p.add_argument("--jobs", type=int, default=5_000, help="jobs per run of (c) (default 5000)")
     p.add_argument("--vectors", type=int, default=100_000, help="rows bulk-loaded before (d) (default 100000)")
@@ -819,6 +863,12 @@ def main(argv=None) -> int:
                 b["jpeg_kib"] = sum(map(len, blobs)) / len(blobs) / 1024
                 results["b"] = b
                 log(f"(b) worker {args.images / b['worker_s']:.1f} img/s")
+                log("(b) pgclip ingest with a pgclip worker already running")
+                wfolder = tmp / "images-running-worker"
+                folders.append(wfolder)
+                write_jpegs(wfolder, args.images, (width, height), seed * 10 + 5 * args.images)
+                b["running"] = running_worker(wfolder, args.images, b_env, url, model_b.id)
+                log(f"(b) running worker {b['running']['images_per_s']:.1f} img/s")
             if "a" in phases:
                 runs.append(bare_model(encoder, tensors, settings.batch_size))
                 log(f"(a) again: {runs[-1][0]:.1f} img/s")
@@ -832,6 +882,7 @@ def main(argv=None) -> int:
                 b["ratio_worker"] = b["worker_images_per_s"] / a
                 b["ratio_e2e"] = b["e2e_images_per_s"] / a
                 b["ratio_steady"] = b["steady_images_per_s"] / a if b["steady_images_per_s"] else None
+                b["running"]["ratio"] = b["running"]["images_per_s"] / a
             if "a" in phases:
                 del tensors, encoder
             if args.profile:

@@ -54,6 +54,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     import logging
     import os
+    from concurrent.futures import ThreadPoolExecutor
 
     from pgclip.bootstrap import ready_url, register_configured_model
     from pgclip.db.engine import connection
@@ -78,9 +79,12 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // args.concurrency)
         return run_children(args.concurrency, child_args, threads_per_child=threads)
     url = ready_url(settings)
-    model = register_configured_model(url, settings)
     encoder = ClipEncoder.from_settings(settings)
-    encoder.load()  # fail fast, before claiming anything
+    with ThreadPoolExecutor(1) as pool:
+        # Weights load (fail fast, before claiming anything) while a checkpoint is hashed to register it.
+        loading = pool.submit(encoder.load)
+        model = register_configured_model(url, settings)
+        loading.result()
     with connection(url, role="worker") as conn:
         total = open_jobs(conn, model.id)[0]
     bar = _progress(total if args.until_empty else None, "img", "embed")

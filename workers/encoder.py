@@ -233,12 +233,21 @@ class ClipEncoder:
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Unit vectors, shape (len(images), dimension), for RGB images from ``decode.decode``."""
-        if not images:
+        return self.encode_prepared([self.prepare(image) for image in images])
+
+    def prepare(self, image: Image.Image) -> Any:
+        """open_clip's preprocessing of one RGB image: the tensor :meth:`encode_prepared` takes.
+        Separate so that a worker can prepare the next batch while the model runs this one."""
+        return self.preprocess(image)
+
+    def encode_prepared(self, tensors: Sequence[Any]) -> np.ndarray:
+        """Unit vectors, shape (len(tensors), dimension), for tensors from :meth:`prepare`."""
+        if not tensors:
             return np.empty((0, self.dimension), dtype=np.float32)
         self.load()
         import torch
 
-        batch = torch.stack([self._preprocess(image) for image in images])
+        batch = torch.stack(list(tensors))
         return self._encode(self._model.encode_image, batch.to(device=self._device, dtype=self._dtype))
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:

@@ -83,6 +83,7 @@ RETURNING id;
 -- lease was lost writes nothing (no clobbering). A deleted image's job is gone
 -- (cascade), so nothing is written for it either. Writes are upserts: running a
 -- job twice (at-least-once delivery) leaves one row per (image, model).
+-- Vectors and thumbnails are sent in binary format: far fewer bytes, no text parsing.
 WITH owned AS (
     UPDATE pgclip.embedding_jobs
     SET state = 'done', lease_until = NULL, locked_by = NULL, last_error = NULL, updated_at = now()
@@ -91,7 +92,7 @@ WITH owned AS (
 ),
 input AS (
     SELECT *
-    FROM unnest(%(job_ids)s::bigint[], %(vectors)s::vector[], %(thumbs)s::bytea[],
+    FROM unnest(%(job_ids)s::bigint[], %(vectors)b::vector[], %(thumbs)b::bytea[],
                 %(thumb_widths)s::int[], %(thumb_heights)s::int[])
          AS t(job_id, embedding, thumb, thumb_width, thumb_height)
 ),

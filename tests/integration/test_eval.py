@@ -45,6 +45,12 @@ class Oracle:
     def _unit(self, v: np.ndarray) -> np.ndarray:
         return (v / np.linalg.norm(v)).astype(np.float32)
 
+    def prepare(self, image):
+        return image
+
+    def encode_prepared(self, images) -> np.ndarray:
+        return self.encode_images(images)
+
     def encode_images(self, images) -> np.ndarray:
         out = []
         for im in images:

@@ -82,12 +82,15 @@ class FlakyEncoder:
     def load(self) -> None:
         self.inner.load()
 
-    def encode_images(self, images):
+    def prepare(self, image):
+        return image.size, self.inner.prepare(image)
+
+    def encode_prepared(self, prepared):
         with self.lock:
             self.calls += 1
-        if any(im.size == self.poison_size for im in images):
+        if any(size == self.poison_size for size, _ in prepared):
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        return self.inner.encode_images(images)
+        return self.inner.encode_prepared([tensor for _, tensor in prepared])
 
 
 def test_an_image_whose_encoding_always_raises_fails_alone_after_its_attempts(conn, db_url, encoder, tmp_path, monkeypatch):

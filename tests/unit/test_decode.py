@@ -244,7 +244,10 @@ def test_image_without_exif_has_no_metadata():
 
 
 def test_thumbnail_is_webp_within_bounds_with_aspect_kept():
-    thumb = Image.open(io.BytesIO(make_thumbnail(Image.new("RGB", (1000, 500), RED))))
-    assert thumb.format == "WEBP" and thumb.size == (256, 128)
-    small = Image.open(io.BytesIO(make_thumbnail(Image.new("RGB", (100, 300), RED), max_side=64)))
-    assert small.size == (21, 64)
+    made = make_thumbnail(Image.new("RGB", (1000, 500), RED))
+    thumb = Image.open(io.BytesIO(made.data))
+    assert thumb.format == "WEBP" and thumb.size == (made.width, made.height) == (256, 128)
+    made = make_thumbnail(Image.new("RGB", (100, 300), RED), max_side=64)
+    assert Image.open(io.BytesIO(made.data)).size == (made.width, made.height) == (21, 64)
+    made = make_thumbnail(Image.new("RGB", (30, 20), RED))  # small images keep their size
+    assert Image.open(io.BytesIO(made.data)).size == (made.width, made.height) == (30, 20)
