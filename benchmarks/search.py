@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/search.py                      # defaults: 100k vectors, 4-9 minutes on 2 cores
     .venv/bin/python benchmarks/search.py -n 20000 -q 50       # a quick look (about a minute)
     .venv/bin/python benchmarks/search.py --skip chroma,http   # leave some systems out
-    .venv/bin/python benchmarks/search.py --embedding-storage plain --skip http,faiss,chroma
-                                     # experiment: the vector column stored inline instead of TOASTed
+    .venv/bin/python benchmarks/search.py --embedding-storage extended --skip http,faiss,chroma
+                                     # experiment: the vector column TOASTed instead of inline
 
 What it does:
 
@@ -277,7 +277,7 @@ def load(url: str, model, base: np.ndarray, captions: list[str], tags: np.ndarra
         conn.commit()
         out["vectors_copy_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        conn.execute(index_ddl(model, hnsw_m=HNSW_M, hnsw_ef_construction=HNSW_EFC))
+        conn.execute(index_ddl(model))  # registered with PGCLIP_HNSW_M / PGCLIP_HNSW_EF_CONSTRUCTION
         conn.commit()
         out["index_build_s"] = time.perf_counter() - t
         out["index_size"] = conn.execute(
@@ -653,9 +653,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--iso", type=float, default=0.3, help="isotropic 512-d noise, share of the norm (default 0.3)")
     p.add_argument("--common", type=float, default=0.8, help="shared offset, share of the norm (default 0.8)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--embedding-storage", choices=["default", "plain", "main"], default="default",
+    p.add_argument("--embedding-storage", choices=["default", "extended", "main"], default="default",
                    help="experiment: ALTER the embeddings column's STORAGE before the load (default: as pgclip "
-                        "migrates it, i.e. a 512-d vector is TOASTed out of line)")
+                        "migrates it, PLAIN since migration 0003; extended puts a 512-d vector out of line)")
     p.add_argument("--skip", default="", help="comma list of: http, faiss, chroma")
     p.add_argument("--json", metavar="FILE", help="also write every figure (and the plans) to FILE as JSON")
     p.add_argument("--show-plans", action="store_true", help="print the plan of each kind's search statement")

@@ -1,26 +1,32 @@
 """The CLIP models a database knows, and each model's vector index.
 
 Vectors of every model share ``pgclip.embeddings``; each model gets its own
-partial HNSW expression index::
+partial expression index, HNSW by default::
 
-    CREATE INDEX embeddings_m1_hnsw ON pgclip.embeddings
+    CREATE INDEX embeddings_m1_vectors ON pgclip.embeddings
     USING hnsw ((embedding::vector(512)) vector_cosine_ops) WHERE model_id = 1
+
+or IVFFlat, or none (exact search), over ``vector`` or ``halfvec`` (the model's
+``index_kind``, ``storage`` and ``index_params``; ``pgclip index rebuild``
+changes them, see :mod:`pgclip.db.indexes`).
 
 The planner uses such an index only when a query repeats the expression and the
 predicate *literally*: ``model_id = $1`` as a bound parameter falls back to a
 sequential scan under a generic plan. So every vector query is composed with
-:func:`vector_sql`, which writes the model id and dimension as literals (they
-come from the ``models`` table, never from a user).
+:func:`vector_sql`, which writes the model id, dimension and storage type as
+literals (they come from the ``models`` table, never from a user).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import class_row
+from psycopg.types.json import Jsonb
 
 from pgclip.errors import ConfigError, NotFound
 
@@ -33,17 +39,20 @@ class ModelRow:
     dimension: int
     state: str
     created_at: dt.datetime
+    index_kind: str = "hnsw"  # hnsw | ivfflat | none
+    storage: str = "vector"  # vector | halfvec: the type the index compares vectors as
+    index_params: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def index_name(self) -> str:
-        return f"embeddings_m{self.id}_hnsw"
+        return f"embeddings_m{self.id}_vectors"
 
     @property
     def label(self) -> str:
         return f"{self.name} ({self.pretrained})"
 
 
-_COLUMNS = "id, name, pretrained, dimension, state, created_at"
+_COLUMNS = "id, name, pretrained, dimension, state, created_at, index_kind, storage, index_params"
 
 
 def get_model(conn: psycopg.Connection, name: str, pretrained: str) -> ModelRow | None:
@@ -81,9 +90,9 @@ def ensure_model(
     ``building`` until someone activates them.
     """
     conn.execute(
-        "INSERT INTO pgclip.models (name, pretrained, dimension) VALUES (%s, %s, %s)"
+        "INSERT INTO pgclip.models (name, pretrained, dimension, index_params) VALUES (%s, %s, %s, %s)"
         " ON CONFLICT (name, pretrained) DO NOTHING",
-        [name, pretrained, dimension],
+        [name, pretrained, dimension, Jsonb({"m": hnsw_m, "ef_construction": hnsw_ef_construction})],
     )
     model = get_model(conn, name, pretrained)
     assert model is not None
@@ -96,7 +105,8 @@ def ensure_model(
         " AND NOT EXISTS (SELECT 1 FROM pgclip.models WHERE state = 'active')",
         [model.id],
     )
-    conn.execute(index_ddl(model, hnsw_m=hnsw_m, hnsw_ef_construction=hnsw_ef_construction))
+    if (ddl := index_ddl(model)) is not None:
+        conn.execute(ddl)
     conn.commit()
     return get_model(conn, name, pretrained)  # type: ignore[return-value]
 
@@ -108,22 +118,40 @@ def registered_model(conn: psycopg.Connection, name: str, pretrained: str) -> Mo
     if model is None:
         return None
     ready = conn.execute(
-        "SELECT to_regclass(%s) IS NOT NULL AND EXISTS (SELECT 1 FROM pgclip.models WHERE state = 'active')",
-        [f"pgclip.{model.index_name}"],
+        "SELECT (%s OR to_regclass(%s) IS NOT NULL)"
+        " AND EXISTS (SELECT 1 FROM pgclip.models WHERE state = 'active')",
+        [model.index_kind == "none", f"pgclip.{model.index_name}"],
     ).fetchone()[0]
     return model if ready else None
 
 
-def index_ddl(model: ModelRow, *, hnsw_m: int, hnsw_ef_construction: int) -> sql.Composed:
+HNSW_DEFAULTS = {"m": 16, "ef_construction": 64}
+BUILD_PARAMS = {"hnsw": ("m", "ef_construction"), "ivfflat": ("lists",), "none": ()}
+
+
+def index_ddl(model: ModelRow, *, name: str | None = None, concurrently: bool = False) -> sql.Composed | None:
+    """CREATE INDEX for the model's index as its row describes it (None for kind ``none``)."""
+    if model.index_kind == "none":
+        return None
+    if model.index_kind == "hnsw":
+        params = {**HNSW_DEFAULTS, **model.index_params}
+    else:
+        params = {"lists": 100, **model.index_params}
+    with_params = sql.SQL(", ").join(
+        sql.SQL("{} = {}").format(sql.SQL(key), sql.Literal(int(params[key])))
+        for key in BUILD_PARAMS[model.index_kind]
+    )
     return sql.SQL(
-        "CREATE INDEX IF NOT EXISTS {index} ON pgclip.embeddings"
-        " USING hnsw ((embedding::vector({dim})) vector_cosine_ops)"
-        " WITH (m = {m}, ef_construction = {efc}) WHERE model_id = {model_id}"
+        "CREATE INDEX {concurrently} IF NOT EXISTS {index} ON pgclip.embeddings"
+        " USING {kind} ((embedding::{storage}({dim})) {opclass}) WITH ({with_params}) WHERE model_id = {model_id}"
     ).format(
-        index=sql.Identifier(model.index_name),
+        concurrently=sql.SQL("CONCURRENTLY" if concurrently else ""),
+        index=sql.Identifier(name or model.index_name),
+        kind=sql.SQL(model.index_kind),  # checked by the models table's constraints
+        storage=sql.SQL(model.storage),
         dim=sql.Literal(int(model.dimension)),
-        m=sql.Literal(int(hnsw_m)),
-        efc=sql.Literal(int(hnsw_ef_construction)),
+        opclass=sql.SQL(f"{model.storage}_cosine_ops"),
+        with_params=with_params,
         model_id=sql.Literal(int(model.id)),
     )
 
@@ -138,12 +166,13 @@ def model_by_id(conn: psycopg.Connection, model_id: int) -> ModelRow:
 
 def vector_sql(model: ModelRow) -> dict[str, sql.Composable]:
     """Fragments that let a query use ``model``'s index: the indexed expression, the
-    predicate and the query-vector cast, with id and dimension written as literals."""
+    predicate and the query-vector cast, with id, dimension and storage type written as literals."""
     dim = sql.Literal(int(model.dimension))
+    storage = sql.SQL(model.storage)  # checked by the models table's constraints
     return {
-        "vec": sql.SQL("(e.embedding::vector({dim}))").format(dim=dim),
+        "vec": sql.SQL("(e.embedding::{storage}({dim}))").format(storage=storage, dim=dim),
         "model_pred": sql.SQL("e.model_id = {id}").format(id=sql.Literal(int(model.id))),
-        "qcast": sql.SQL("vector({dim})").format(dim=dim),
+        "qcast": sql.SQL("{storage}({dim})").format(storage=storage, dim=dim),
     }
 
 
@@ -225,6 +254,8 @@ def drop(conn: psycopg.Connection, model: ModelRow) -> int:
         if state[0] == "active":
             raise ConfigError(f"{model.label} is the active model: activate another one before dropping it")
         removed = conn.execute("SELECT count(*) FROM pgclip.embeddings WHERE model_id = %s", [model.id]).fetchone()[0]
-        conn.execute(sql.SQL("DROP INDEX IF EXISTS pgclip.{}").format(sql.Identifier(model.index_name)))
+        # Its index, and those an interrupted `pgclip index rebuild` may have left.
+        for name in (model.index_name, f"embeddings_m{model.id}_next", f"embeddings_m{model.id}_old"):
+            conn.execute(sql.SQL("DROP INDEX IF EXISTS pgclip.{}").format(sql.Identifier(name)))
         conn.execute("DELETE FROM pgclip.models WHERE id = %s", [model.id])  # cascades to vectors and jobs
     return removed

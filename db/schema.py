@@ -50,6 +50,8 @@ NAMING = {
 
 JOB_STATES = ("pending", "leased", "done", "failed")
 MODEL_STATES = ("building", "active", "retired")
+INDEX_KINDS = ("hnsw", "ivfflat", "none")
+STORAGES = ("vector", "halfvec")
 
 
 class Base(DeclarativeBase):
@@ -146,9 +148,23 @@ class Model(Base):
     dimension: Mapped[int] = mapped_column(Integer, nullable=False)
     state: Mapped[str] = mapped_column(Text, nullable=False, server_default=sql("'building'"))
     created_at: Mapped[dt.datetime] = _now()
+    index_kind: Mapped[str] = mapped_column(
+        Text, nullable=False, server_default=sql("'hnsw'"), comment="hnsw, ivfflat, or none (exact search)"
+    )
+    storage: Mapped[str] = mapped_column(
+        Text, nullable=False, server_default=sql("'vector'"),
+        comment="the type the index compares vectors as: vector, or halfvec",
+    )
+    index_params: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, server_default=sql("'{}'"),
+        comment="m, ef_construction, ef_search (hnsw); lists, probes (ivfflat); absent: the defaults",
+    )
 
     __table_args__ = (
         CheckConstraint(f"state IN {MODEL_STATES}", name="state"),
+        CheckConstraint(f"index_kind IN {INDEX_KINDS}", name="index_kind"),
+        CheckConstraint(f"storage IN {STORAGES}", name="storage"),
+        CheckConstraint("jsonb_typeof(index_params) = 'object'", name="index_params"),
         # pgvector indexes at most 2,000 dimensions of `vector`.
         CheckConstraint("dimension BETWEEN 1 AND 2000", name="dimension"),
         Index("models_name_pretrained_key", "name", "pretrained", unique=True),

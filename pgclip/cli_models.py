@@ -51,6 +51,43 @@ def cmd_reembed(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_index(args: argparse.Namespace, settings: Settings) -> int:
+    from pgclip.bootstrap import ready_url
+    from pgclip.db import indexes, models
+    from pgclip.db.engine import connection
+
+    url = ready_url(settings)
+    with connection(url) as conn:
+        if args.action == "list":
+            infos = indexes.describe_indexes(conn, models.list_models(conn))
+        else:
+            model = models.find_model(conn, args.name, args.pretrained)
+            choice = indexes.choose(
+                model, indexes.vector_count(conn, model), kind=args.kind, halfvec=args.halfvec, m=args.m,
+                ef_construction=args.ef_construction, ef_search=args.ef_search, lists=args.lists, probes=args.probes,
+            )
+    if args.action == "list":
+        out(f"{'model':<20} {'pretrained':<28} {'vectors':>8} {'size':>9}  index")
+        for info in infos:
+            m = info.model
+            size = "-" if info.size_bytes is None else f"{info.size_bytes / 2**20:.1f} MB"
+            state = "" if info.valid in (None, True) else "  (INVALID: rebuild it)"
+            if m.index_kind != "none" and info.size_bytes is None:
+                state = "  (missing: rebuild it)"
+            out(f"{m.name:<20} {m.pretrained[:28]:<28} {info.vectors:>8} {size:>9}  "
+                f"{indexes.current_choice(m).describe()}{state}")
+        return 0
+    out(f"{model.label}: {indexes.current_choice(model).describe()} -> {choice.describe()}")
+    report = indexes.rebuild(url, model, choice, build_memory=args.memory)
+    if report.built:
+        out(f"built in {report.seconds:.1f} s ({report.size_bytes / 2**20:.1f} MB); the old index is dropped")
+    elif choice.kind == "none":
+        out("index dropped: searches of this model now rank every vector exactly")
+    else:
+        out("query-time settings only: no rebuild needed, searches use them from now on")
+    return 0
+
+
 def add_model_parsers(sub, positive) -> None:
     m = sub.add_parser("models", help="list the CLIP models, activate one, or drop a retired one")
     m.add_argument("action", nargs="?", choices=["list", "activate", "drop"], default="list")
@@ -65,6 +102,36 @@ def add_model_parsers(sub, positive) -> None:
     weights.add_argument("--pretrained", metavar="TAG", help="open_clip pretrained tag")
     weights.add_argument("--checkpoint", metavar="PATH", help="local checkpoint file")
     r.set_defaults(handler=cmd_reembed)
+
+    i = sub.add_parser(
+        "index", help="list the vector indexes, or rebuild one with another kind, storage or parameters",
+        description="`pgclip index` lists each model's index. `pgclip index rebuild MODEL` builds the new index "
+                    "with CREATE INDEX CONCURRENTLY beside the old one (searches go on), switches searches to it "
+                    "and drops the old one. Options left out keep their current values.",
+    )
+    i.add_argument("action", nargs="?", choices=["list", "rebuild"], default="list")
+    i.add_argument("name", nargs="?", help="model name (for rebuild)")
+    i.add_argument("--pretrained", help="which weights, when several models share the name")
+    i.add_argument("--kind", choices=["hnsw", "ivfflat", "none"], help="hnsw, ivfflat, or none (exact search)")
+    storage = i.add_mutually_exclusive_group()
+    storage.add_argument("--halfvec", action="store_true", default=None,
+                         help="index the vectors as halfvec: half the size (results are re-ranked at full precision)")
+    storage.add_argument("--vector", dest="halfvec", action="store_false", help="index the vectors as vector")
+    i.add_argument("--m", type=positive, help="HNSW: graph degree (default 16)")
+    i.add_argument("--ef-construction", type=positive, help="HNSW: build candidate list (default 64)")
+    i.add_argument("--ef-search", type=positive, help="HNSW: query candidate list (default: the search's window)")
+    i.add_argument("--lists", type=positive, help="IVFFlat: number of lists (default vectors / 1000)")
+    i.add_argument("--probes", type=positive, help="IVFFlat: lists probed per query (default sqrt(lists))")
+    i.add_argument("--memory", default="1GB", help="maintenance_work_mem for the build (default 1GB)")
+    i.set_defaults(handler=_checked_index)
+
+
+def _checked_index(args: argparse.Namespace, settings: Settings) -> int:
+    from pgclip.errors import InvalidInput
+
+    if args.action == "rebuild" and not args.name:
+        raise InvalidInput("`pgclip index rebuild` needs a model name (see `pgclip models`)")
+    return cmd_index(args, settings)
 
 
 def _checked_models(args: argparse.Namespace, settings: Settings) -> int:

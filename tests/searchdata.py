@@ -3,17 +3,20 @@ straight into the tables, so every expected result can be computed beside it in 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
 import itertools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import psycopg
+import pytest
+from pgclip.db.engine import connect
 from pgclip.db.models import ModelRow, active_model, index_ddl
 
 _names = itertools.count()
@@ -149,7 +152,7 @@ def bulk_load(conn: psycopg.Connection, vectors: np.ndarray, metadata: Sequence[
     # holds on this graph holds on the denser one. A parallel build where the host allows it.
     conn.execute("SET LOCAL max_parallel_maintenance_workers = 2")
     conn.execute("SET LOCAL min_parallel_table_scan_size = 0")
-    conn.execute(index_ddl(m, hnsw_m=8, hnsw_ef_construction=32))
+    conn.execute(index_ddl(dataclasses.replace(m, index_params={"m": 8, "ef_construction": 32})))
     conn.commit()
     conn.autocommit = True
     try:
@@ -158,3 +161,37 @@ def bulk_load(conn: psycopg.Connection, vectors: np.ndarray, metadata: Sequence[
     finally:
         conn.autocommit = False
     return ids
+
+
+@contextlib.contextmanager
+def explaining(url: str) -> Iterator[tuple[psycopg.Connection, list[str]]]:
+    """A connection whose every statement, including those run inside pgclip.search, sends its
+    plan back as a notice (auto_explain): EXPLAIN cannot see inside a function."""
+    with connect(url, role="test", autocommit=True) as conn:
+        try:
+            conn.execute("LOAD 'auto_explain'")
+        except (psycopg.errors.UndefinedFile, psycopg.errors.InsufficientPrivilege) as exc:
+            pytest.skip(f"auto_explain cannot be loaded on this server ({exc.sqlstate}: {exc}); plans not checked")
+        for setting in ("auto_explain.log_min_duration = 0", "auto_explain.log_nested_statements = on",
+                        "auto_explain.log_format = json", "client_min_messages = log"):
+            conn.execute(f"SET {setting}")
+        notices: list[str] = []
+        conn.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
+        yield conn, notices
+
+
+def vector_hits_plan(conn: psycopg.Connection, notices: list[str], sql: str, args: list) -> str:
+    """The plan (as JSON text) of the vector_hits CTE of the query pgclip.search generated."""
+    notices.clear()
+    conn.execute(sql, args).fetchall()
+    plans = [json.loads(n.split("plan:", 1)[1]) for n in notices if "plan:" in n and "vector_hits" in n]
+    assert len(plans) == 1, f"expected one generated search query among {len(notices)} logged statements"
+
+    def find(node: dict) -> dict | None:
+        if node.get("Subplan Name") == "CTE vector_hits":
+            return node
+        return next((found for child in node.get("Plans", []) if (found := find(child))), None)
+
+    cte = find(plans[0]["Plan"])
+    assert cte is not None
+    return json.dumps(cte)

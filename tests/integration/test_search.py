@@ -30,10 +30,12 @@ from tests.searchdata import (
     axis,
     bulk_load,
     cosine,
+    explaining,
     jsonb_contains,
     low_rank_vectors,
     model,
     unit,
+    vector_hits_plan,
 )
 
 DIM = 64  # the test-tiny model's dimension
@@ -749,36 +751,8 @@ def test_the_filtered_index_scan_does_not_starve(large, large_conn, filters, mas
 
 @pytest.fixture
 def explained(large) -> Iterator[tuple[psycopg.Connection, list[str]]]:
-    """A connection whose every statement, including those run inside pgclip.search, sends its
-    plan back as a notice (auto_explain): EXPLAIN cannot see inside a function."""
-    with connect(large.url, role="test", autocommit=True) as conn:
-        try:
-            conn.execute("LOAD 'auto_explain'")
-        except (psycopg.errors.UndefinedFile, psycopg.errors.InsufficientPrivilege) as exc:
-            pytest.skip(f"auto_explain cannot be loaded on this server ({exc.sqlstate}: {exc}); plans not checked")
-        for setting in ("auto_explain.log_min_duration = 0", "auto_explain.log_nested_statements = on",
-                        "auto_explain.log_format = json", "client_min_messages = log"):
-            conn.execute(f"SET {setting}")
-        notices: list[str] = []
-        conn.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
-        yield conn, notices
-
-
-def vector_hits_plan(conn: psycopg.Connection, notices: list[str], sql: str, args: list) -> str:
-    """The plan (as JSON text) of the vector_hits CTE of the query pgclip.search generated."""
-    notices.clear()
-    conn.execute(sql, args).fetchall()
-    plans = [json.loads(n.split("plan:", 1)[1]) for n in notices if "plan:" in n and "vector_hits" in n]
-    assert len(plans) == 1, f"expected one generated search query among {len(notices)} logged statements"
-
-    def find(node: dict) -> dict | None:
-        if node.get("Subplan Name") == "CTE vector_hits":
-            return node
-        return next((found for child in node.get("Plans", []) if (found := find(child))), None)
-
-    cte = find(plans[0]["Plan"])
-    assert cte is not None
-    return json.dumps(cte)
+    with explaining(large.url) as found:
+        yield found
 
 
 def test_plans(large, explained):
