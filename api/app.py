@@ -12,7 +12,7 @@ from litestar.openapi import OpenAPIConfig
 from pgclip import __version__
 from pgclip.api.errors import HANDLERS
 from pgclip.api.pages import ROUTE_HANDLERS as PAGE_HANDLERS
-from pgclip.api.routes import ImageController, SearchController, SystemController
+from pgclip.api.routes import ImageController, ModelController, SearchController, SystemController
 from pgclip.api.service import Service
 from pgclip.settings import Settings
 
@@ -57,7 +57,7 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
         service.settings.upload_max_bytes if service else Settings().upload_max_bytes
     )
     return Litestar(
-        route_handlers=[SearchController, ImageController, SystemController, *PAGE_HANDLERS],
+        route_handlers=[SearchController, ImageController, ModelController, SystemController, *PAGE_HANDLERS],
         dependencies={"service": Provide(provide_service, sync_to_thread=False)},
         exception_handlers=HANDLERS,
         lifespan=[lifespan],

@@ -10,6 +10,7 @@ from litestar.exceptions import HTTPException
 
 from pgclip.db.search import NotReady
 from pgclip.errors import (
+    ConfigError,
     DatabaseUnavailable,
     InvalidInput,
     ModelLoadError,
@@ -21,6 +22,7 @@ from pgclip.errors import (
 log = logging.getLogger("pgclip.api")
 
 STATUS = {
+    ConfigError: 409,  # e.g. activating a model below full coverage, a rebuild already running
     InvalidInput: 400,
     NotFound: 404,
     NotReady: 409,

@@ -23,7 +23,7 @@ import msgspec
 import numpy as np
 import psycopg
 from litestar import Controller, MediaType, Response, get
-from litestar.params import Parameter
+from litestar.params import FromPath, Parameter
 from litestar.static_files import create_static_files_router
 
 from pgclip.api.routes import ServiceDep
@@ -212,7 +212,7 @@ class PageController(Controller):
         return _html("search", "/")
 
     @get("/images/{image_id:int}", sync_to_thread=False)
-    def image(self, image_id: int) -> Response[str]:
+    def image(self, image_id: FromPath[int]) -> Response[str]:
         return _html("image", None)
 
     @get("/status", sync_to_thread=False)

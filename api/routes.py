@@ -15,9 +15,14 @@ from litestar.params import JSONBody, MultipartBody, Parameter
 
 from pgclip.api.auth import require_write_key
 from pgclip.api.schemas import (
+    Activation,
+    ActivationResponse,
     Filters,
     ImageDetail,
     ImageEdit,
+    IndexRebuild,
+    IndexRebuildResponse,
+    ModelInfo,
     Result,
     SearchOptions,
     SearchRequest,
@@ -199,6 +204,32 @@ def _captions(raw: str | None) -> list[str]:
             raise InvalidInput("captions: expected a JSON list of strings")
         return value
     return [raw]
+
+
+ModelId = Annotated[int, Parameter(ge=1, le=2**31 - 1, description="model id (GET /api/models lists them)")]
+
+
+class ModelController(Controller):
+    path = "/api/models"
+    tags = ["models"]
+
+    @get("/", summary="The CLIP models: state, coverage, and each one's vector index")
+    async def models(self, service: ServiceDep) -> list[ModelInfo]:
+        return msgspec.convert(await asyncio.to_thread(service.models), list[ModelInfo])
+
+    @post("/{model_id:int}/activate", status_code=200, guards=[require_write_key],
+          summary="Switch searches to this model (409 while some images have no vector for it, unless forced)")
+    async def activate(self, model_id: ModelId, service: ServiceDep,
+                       data: JSONBody[Activation | None] = None) -> ActivationResponse:
+        info, previous = await asyncio.to_thread(service.activate, model_id, force=bool(data and data.force))
+        return ActivationResponse(active=msgspec.convert(info, ModelInfo), previous=previous)
+
+    @post("/{model_id:int}/index", status_code=200, guards=[require_write_key],
+          summary="Rebuild the model's vector index (CREATE INDEX CONCURRENTLY: searches keep answering)")
+    async def rebuild_index(self, model_id: ModelId, data: JSONBody[IndexRebuild],
+                            service: ServiceDep) -> IndexRebuildResponse:
+        info, built, seconds = await asyncio.to_thread(service.rebuild_index, model_id, msgspec.structs.asdict(data))
+        return IndexRebuildResponse(model=msgspec.convert(info, ModelInfo), built=built, seconds=seconds)
 
 
 class SystemController(Controller):

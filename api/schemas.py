@@ -125,3 +125,52 @@ class ImageEdit(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     taken_at: dt.datetime | None | msgspec.UnsetType = msgspec.UNSET
     captions_add: Annotated[list[Annotated[str, msgspec.Meta(min_length=1, max_length=10_000)]], msgspec.Meta(max_length=100)] = []
     captions_remove: Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=2**62)]], msgspec.Meta(max_length=1000)] = []
+
+
+class IndexState(msgspec.Struct):
+    kind: Literal["hnsw", "ivfflat", "none"]
+    storage: Literal["vector", "halfvec"]
+    params: dict[str, int]
+    size_bytes: int | None
+    valid: bool | None
+
+
+class ModelInfo(msgspec.Struct):
+    id: int
+    name: str
+    pretrained: str
+    dimension: int
+    state: str
+    vectors: int
+    images: int
+    index: IndexState
+
+
+class Activation(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    force: bool = msgspec.field(default=False)  # activate before every image has its vector
+
+
+class ActivationResponse(msgspec.Struct):
+    active: ModelInfo
+    previous: str | None  # the model it replaced (None: it already was active)
+
+
+Positive = Annotated[int, msgspec.Meta(ge=1, le=32768)]
+
+
+class IndexRebuild(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """What to change about a model's index; what is left out keeps its value (see `pgclip index rebuild`)."""
+
+    kind: Literal["hnsw", "ivfflat", "none"] | None = None
+    halfvec: bool | None = None
+    m: Positive | None = None
+    ef_construction: Positive | None = None
+    ef_search: Positive | None = None
+    lists: Positive | None = None
+    probes: Positive | None = None
+
+
+class IndexRebuildResponse(msgspec.Struct):
+    model: ModelInfo
+    built: bool  # False: only query-time settings changed, or the index was dropped (kind none)
+    seconds: float

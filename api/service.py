@@ -286,6 +286,41 @@ class Service:
             model, groups = near_duplicates(conn, threshold)
         return {"threshold": threshold, "model": model.name, "groups": [dataclasses.asdict(g) for g in groups]}
 
+    # --- models and their indexes ------------------------------------------------
+
+    def models(self) -> list[dict[str, Any]]:
+        """Every model with its coverage and its index as it exists."""
+        from pgclip.db import indexes, models
+
+        with self.pool.connection() as conn:
+            images = conn.execute("SELECT count(*) FROM pgclip.images").fetchone()[0]
+            infos = indexes.describe_indexes(conn, models.list_models(conn))
+        return [_model_info(info, images) for info in infos]
+
+    def model_info(self, model_id: int) -> dict[str, Any]:
+        found = next((m for m in self.models() if m["id"] == model_id), None)
+        if found is None:
+            raise NotFound(f"no model with id {model_id}")
+        return found
+
+    def activate(self, model_id: int, *, force: bool) -> tuple[dict[str, Any], str | None]:
+        """Switch searches to the model (see `pgclip models activate`); returns it and the one it replaced."""
+        from pgclip.db import models
+
+        with self.pool.connection() as conn:
+            previous = models.activate(conn, models.model_by_id(conn, model_id), force=force)
+        return self.model_info(model_id), previous.label if previous else None
+
+    def rebuild_index(self, model_id: int, options: dict[str, Any]) -> tuple[dict[str, Any], bool, float]:
+        """`pgclip index rebuild` for one model: searches keep answering while it builds."""
+        from pgclip.db import indexes, models
+
+        with self.pool.connection() as conn:
+            model = models.model_by_id(conn, model_id)
+            choice = indexes.choose(model, indexes.vector_count(conn, model), **options)
+        report = indexes.rebuild(self.url, model, choice)
+        return self.model_info(model_id), report.built, report.seconds
+
     def status(self) -> dict[str, Any]:
         with self.pool.connection() as conn:
             st = queue.status(conn)
@@ -299,3 +334,13 @@ class Service:
 
         with self.pool.connection(timeout=5) as conn:
             require_head(conn)
+
+
+def _model_info(info, images: int) -> dict[str, Any]:
+    m = info.model
+    return {
+        "id": m.id, "name": m.name, "pretrained": m.pretrained, "dimension": m.dimension, "state": m.state,
+        "vectors": info.vectors, "images": images,
+        "index": {"kind": m.index_kind, "storage": m.storage, "params": m.index_params,
+                  "size_bytes": info.size_bytes, "valid": info.valid},
+    }

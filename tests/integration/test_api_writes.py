@@ -80,6 +80,8 @@ def test_delete_removes_the_image_everywhere(keyed_client, conn, image):
         ("patch", "/api/images/{id}", {"json": {"metadata": {"a": 1}}}),
         ("delete", "/api/images/{id}", {}),
         ("post", "/api/images", {"files": {"file": ("x.jpg", jpeg_bytes(1), "image/jpeg")}}),
+        ("post", "/api/models/1/activate", {"json": {}}),
+        ("post", "/api/models/1/index", {"json": {"ef_search": 50}}),
     ],
 )
 @pytest.mark.parametrize(("headers", "status"), [({}, 401), ({"Authorization": "Bearer wrong"}, 401),
@@ -111,3 +113,39 @@ def test_bad_edits_are_4xx(keyed_client, image):
     assert keyed_client.patch(f"/api/images/{image}", headers=AUTH, json={"captions_remove": [999999]}).status_code == 404
     assert keyed_client.patch("/api/images/999999", headers=AUTH, json={"metadata": {}}).status_code == 404
     assert keyed_client.patch(f"/api/images/{image}", headers=AUTH, json={"taken_at": "yesterday"}).status_code == 400
+
+
+def test_models_and_their_indexes_over_http(keyed_client, image):
+    models = keyed_client.get("/api/models").json()  # a read: no key needed
+    assert [(m["name"], m["state"], m["vectors"], m["images"]) for m in models] == [("test-tiny", "active", 1, 1)]
+    assert models[0]["index"]["kind"] == "hnsw" and models[0]["index"]["size_bytes"] > 0
+    model_id = models[0]["id"]
+
+    rebuilt = keyed_client.post(f"/api/models/{model_id}/index", json={"halfvec": True, "m": 8}, headers=AUTH)
+    assert rebuilt.status_code == 200, rebuilt.text
+    body = rebuilt.json()
+    assert body["built"] is True
+    assert (body["model"]["index"]["storage"], body["model"]["index"]["params"]["m"]) == ("halfvec", 8)
+    assert keyed_client.post("/api/search", json={"vector": [1.0] * 64}).json()["results"][0]["id"] == image
+
+    bad = keyed_client.post(f"/api/models/{model_id}/index", json={"kind": "none", "m": 8}, headers=AUTH)
+    assert bad.status_code == 400 and "--m does not apply to --kind none" in bad.json()["detail"]
+    unknown = keyed_client.post(f"/api/models/{model_id}/index", json={"kind": "btree"}, headers=AUTH)
+    assert unknown.status_code == 400
+    assert keyed_client.post("/api/models/999/index", json={}, headers=AUTH).status_code == 404
+
+    again = keyed_client.post(f"/api/models/{model_id}/activate", headers=AUTH).json()
+    assert (again["active"]["state"], again["previous"]) == ("active", None)
+
+
+def test_activating_a_model_without_vectors_is_refused_unless_forced(keyed_client, conn, image):
+    from pgclip.db.models import ensure_model
+
+    other = ensure_model(conn, "test-tiny-alt", "random-seed-0", 48)  # registered, building, no vectors
+    refused = keyed_client.post(f"/api/models/{other.id}/activate", json={}, headers=AUTH)
+    assert refused.status_code == 409
+    assert "0 of 1 images" in refused.json()["detail"] and "--force" in refused.json()["detail"]
+    forced = keyed_client.post(f"/api/models/{other.id}/activate", json={"force": True}, headers=AUTH)
+    assert forced.status_code == 200, forced.text
+    assert forced.json()["previous"].startswith("test-tiny ")
+    assert [m["state"] for m in keyed_client.get("/api/models").json()] == ["retired", "active"]
