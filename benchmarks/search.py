@@ -406,7 +406,7 @@ def plan_of(url: str, kind: dict, query: np.ndarray) -> dict:
     plan = next((n for n in notices if "vector_hits" in n), "\n".join(notices))
     plan = re.sub(r"\[[-0-9.,e]{200,}\]", "[...]", plan)  # the query vector, 512 numbers
     plan = plan[plan.find("Query Parameters"):] if "Query Parameters" in plan else plan
-    if "hnsw" in plan and "Index Scan using" in plan:
+    if re.search(r"Index Scan using embeddings_m\d+_vectors", plan):  # the model's index, whatever its kind
         path = "HNSW iterative scan"
     else:
         path = "filter first + sort"
