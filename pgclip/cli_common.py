@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 
 def out(line: str = "") -> None:
@@ -11,15 +12,23 @@ def out(line: str = "") -> None:
     print(line, flush=True)
 
 
-def positive(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def at_least(minimum: int, wanted: str) -> Callable[[str], int]:
+    """argparse type: an integer >= minimum; `wanted` names it in the error ("a positive integer")."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {value}")
+        return value
+
+    return parse
+
+
+positive = at_least(1, "a positive integer")
+nonnegative = at_least(0, "an integer of 0 or more")
 
 
 def progress(total: int | None, unit: str, desc: str):

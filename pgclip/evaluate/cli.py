@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pgclip.cli_common import nonnegative
 from pgclip.errors import InvalidInput, NotFound
 from pgclip.evaluate.captions import CaptionResult, eval_captions
 from pgclip.evaluate.classes import ClassResult, eval_classes
@@ -100,16 +101,6 @@ def cmd_eval_classes(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _nonnegative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
-    return value
-
-
 def add_eval_parser(subparsers: Any) -> None:
     """Add ``pgclip eval captions|classes`` to the CLI's sub-command parsers."""
     from pgclip.cli_common import positive
@@ -122,7 +113,7 @@ def add_eval_parser(subparsers: Any) -> None:
     protocols = ev.add_subparsers(dest="eval_protocol", metavar="PROTOCOL", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--seed", type=_nonnegative, default=0, help="sampling seed (default 0)")
+        p.add_argument("--seed", type=nonnegative, default=0, help="sampling seed (default 0)")
         p.add_argument("--json", action="store_true", help="print the result as JSON")
         p.add_argument("--report", metavar="DIR", help="write report.md and a PNG plot into DIR")
 
