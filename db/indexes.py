@@ -82,6 +82,9 @@ def choose(model: ModelRow, rows: int, *, kind: str | None = None, halfvec: bool
     kept = dict(model.index_params) if kind == model.index_kind else {}
     if kind == "hnsw":
         merged = {**HNSW_DEFAULTS, **kept, **given}
+        if merged["ef_construction"] < 2 * merged["m"]:  # pgvector's own rule
+            raise InvalidInput(f"--ef-construction must be at least twice --m ({2 * merged['m']}), "
+                               f"got {merged['ef_construction']}")
     else:
         lists = given.get("lists") or kept.get("lists") or advised_lists(rows)
         merged = {**kept, **given, "lists": lists}
