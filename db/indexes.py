@@ -131,7 +131,11 @@ def rebuild(url: str, model: ModelRow, choice: IndexChoice, *, build_memory: str
         index_exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [f"pgclip.{model.index_name}"]).fetchone()[0]
         build = choice.kind != "none" and (_build_part(choice) != _build_part(previous) or not index_exists)
         if build:
-            conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", [build_memory])
+            try:
+                conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", [build_memory])
+            except psycopg.errors.InvalidParameterValue as exc:
+                raise InvalidInput(f"--memory {build_memory!r}: {exc.diag.message_primary or exc} "
+                                   "(a size such as 512MB or 2GB)") from None
             try:
                 conn.execute(index_ddl(target, name=staged, concurrently=True))
             except psycopg.Error as exc:

@@ -166,6 +166,15 @@ def test_a_bad_choice_is_refused_with_what_to_change(collection, options, messag
         rebuild(collection.url, **options)
 
 
+def test_a_bad_build_memory_is_refused_and_nothing_changes(collection):
+    m = current(collection.url)
+    with connect(collection.url) as conn:
+        choice = indexes.choose(m, indexes.vector_count(conn, m), kind="hnsw", m=8, ef_construction=32)
+    with pytest.raises(InvalidInput, match="--memory 'lots'.*512MB or 2GB"):
+        indexes.rebuild(collection.url, m, choice, build_memory="lots")
+    assert current(collection.url) == m
+
+
 def test_ivfflat_lists_follow_the_collection_size_unless_given(collection):
     m = current(collection.url)
     assert indexes.choose(m, 250_000, kind="ivfflat").params == {"lists": 250, "probes": 16}
