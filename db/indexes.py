@@ -66,24 +66,24 @@ def choose(model: ModelRow, rows: int, *, kind: str | None = None, halfvec: bool
     given = {k: v for k, v in params.items() if v is not None}
     allowed = BUILD_PARAMS[kind] + QUERY_PARAMS[kind]
     if unknown := sorted(set(given) - set(allowed)):
-        flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
-        takes = f"it takes {', '.join('--' + a.replace('_', '-') for a in allowed)}" if allowed else "it takes none"
-        hint = "" if explicit else "; give --kind to change the kind too"
-        raise InvalidInput(f"{flags} does not apply to --kind {kind} ({takes}{hint})")
+        # Named as the HTTP API names them; the CLI's flags are the same words (--ef-construction).
+        takes = f"it takes {', '.join(allowed)}" if allowed else "it takes none"
+        hint = "" if explicit else "; give a kind to change the kind too"
+        raise InvalidInput(f"{', '.join(unknown)} does not apply to kind {kind} ({takes}{hint})")
     for key, value in given.items():
         low, high = LIMITS[key]
         if not low <= value <= high:
-            raise InvalidInput(f"--{key.replace('_', '-')} must be between {low} and {high}, got {value}")
+            raise InvalidInput(f"{key} must be between {low} and {high}, got {value}")
     if kind == "none":
         if halfvec:
-            raise InvalidInput("--halfvec applies to an index; --kind none ranks the full vectors exactly")
+            raise InvalidInput("halfvec applies to an index; kind none ranks the full vectors exactly")
         return IndexChoice("none", "vector", {})
     storage = model.storage if halfvec is None else ("halfvec" if halfvec else "vector")
     kept = dict(model.index_params) if kind == model.index_kind else {}
     if kind == "hnsw":
         merged = {**HNSW_DEFAULTS, **kept, **given}
         if merged["ef_construction"] < 2 * merged["m"]:  # pgvector's own rule
-            raise InvalidInput(f"--ef-construction must be at least twice --m ({2 * merged['m']}), "
+            raise InvalidInput(f"ef_construction must be at least twice m ({2 * merged['m']}), "
                                f"got {merged['ef_construction']}")
     else:
         lists = given.get("lists") or kept.get("lists") or advised_lists(rows)

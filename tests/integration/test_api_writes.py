@@ -129,7 +129,7 @@ def test_models_and_their_indexes_over_http(keyed_client, image):
     assert keyed_client.post("/api/search", json={"vector": [1.0] * 64}).json()["results"][0]["id"] == image
 
     bad = keyed_client.post(f"/api/models/{model_id}/index", json={"kind": "none", "m": 8}, headers=AUTH)
-    assert bad.status_code == 400 and "--m does not apply to --kind none" in bad.json()["detail"]
+    assert bad.status_code == 400 and "m does not apply to kind none" in bad.json()["detail"]
     unknown = keyed_client.post(f"/api/models/{model_id}/index", json={"kind": "btree"}, headers=AUTH)
     assert unknown.status_code == 400
     assert keyed_client.post("/api/models/999/index", json={}, headers=AUTH).status_code == 404

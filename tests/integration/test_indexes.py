@@ -152,12 +152,12 @@ def test_query_time_settings_change_without_a_build(collection):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"kind": "hnsw", "lists": 10}, "--lists does not apply to --kind hnsw"),
-        ({"kind": "ivfflat", "m": 8}, "--m does not apply to --kind ivfflat"),
-        ({"kind": "none", "halfvec": True}, "--halfvec applies to an index"),
-        ({"kind": "hnsw", "m": 1}, "--m must be between 2 and 100"),
-        ({"kind": "hnsw", "m": 40}, "--ef-construction must be at least twice --m \\(80\\), got 64"),
-        ({"kind": "hnsw", "ef_search": 5000}, "--ef-search must be between 1 and 1000"),
+        ({"kind": "hnsw", "lists": 10}, "lists does not apply to kind hnsw \\(it takes m, ef_construction, ef_search\\)"),
+        ({"kind": "ivfflat", "m": 8}, "m does not apply to kind ivfflat"),
+        ({"kind": "none", "halfvec": True}, "halfvec applies to an index"),
+        ({"kind": "hnsw", "m": 1}, "m must be between 2 and 100"),
+        ({"kind": "hnsw", "m": 40}, "ef_construction must be at least twice m \\(80\\), got 64"),
+        ({"kind": "hnsw", "ef_search": 5000}, "ef_search must be between 1 and 1000"),
         ({"kind": "btree"}, "index kind must be one of hnsw, ivfflat, none"),
     ],
 )
