@@ -8,8 +8,10 @@ from collections.abc import Callable
 
 
 def out(line: str = "") -> None:
-    """Print a line of a command's result (stdout, flushed: progress bars go to stderr)."""
-    print(line, flush=True)
+    """Print a line of a command's result (stdout, flushed: progress bars go to stderr).
+    One write per line: `pgclip worker --concurrency N` children share one stdout."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def at_least(minimum: int, wanted: str) -> Callable[[str], int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -77,24 +78,33 @@ def assert_every_image_embedded_once(db_url: str, n: int) -> None:
         assert job_states(db_url) == {"done": n}
 
 
+def listening_workers(db_url: str) -> int:
+    with psycopg.connect(db_url) as conn:
+        return conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name LIKE 'pgclip-worker-listen[%%'"
+        ).fetchone()[0]
+
+
 def test_four_workers_share_200_images_and_embed_each_exactly_once(db_url, tmp_path):
     env = env_for(db_url, tmp_path, PGCLIP_BATCH_SIZE="8")
     write_jpegs(tmp_path / "photos", 200)
+    # Four idle workers, as deployed, woken together by the ingest's notifications (started after
+    # the ingest, the first one up may take every job before the others have loaded their model).
+    proc = start_worker(env, "--concurrency", "4")
+    wait_for(lambda: listening_workers(db_url) == 4, timeout=120)
     ingested = run("ingest", str(tmp_path / "photos"), "--json", env=env, check=True)
     assert json.loads(ingested.stdout)["added"] == 200
-
-    proc = subprocess.run(
-        [sys.executable, "-m", "pgclip.cli", "worker", "--concurrency", "4", "--until-empty"],
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("PGCLIP_")}, **env},
-        capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    wait_for(lambda: job_states(db_url) == {"done": 200}, timeout=300)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr[-3000:]
     assert_every_image_embedded_once(db_url, 200)
     with psycopg.connect(db_url) as conn:
         # Claimed once each: no job was ever handed to two workers.
         assert conn.execute("SELECT max(attempts), min(attempts) FROM pgclip.embedding_jobs").fetchone() == (1, 1)
-    done_per_worker = [int(line.split(": ")[1].split(" done")[0]) for line in proc.stdout.splitlines() if line.startswith("worker ")]
-    assert len(done_per_worker) == 4 and sum(done_per_worker) == 200
+    done_per_worker = [int(n) for n in re.findall(r"^worker \S+: (\d+) done", stdout, re.MULTILINE)]
+    assert len(done_per_worker) == 4 and sum(done_per_worker) == 200, stdout
     assert sum(1 for d in done_per_worker if d > 0) >= 2  # the work was actually shared
 
 
