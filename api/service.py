@@ -19,6 +19,7 @@ from pgclip.db import images as db_images
 from pgclip.db import queue
 from pgclip.db import search as db_search
 from pgclip.db.engine import application_name, configure_vector
+from pgclip.db.indexes import IndexInfo, describe_indexes
 from pgclip.db.models import ModelRow, require_active_model
 from pgclip.errors import InvalidInput, NotFound
 from pgclip.settings import Settings
@@ -290,12 +291,9 @@ class Service:
 
     def models(self) -> list[dict[str, Any]]:
         """Every model with its coverage and its index as it exists."""
-        from pgclip.db import indexes, models
-
         with self.pool.connection() as conn:
-            images = conn.execute("SELECT count(*) FROM pgclip.images").fetchone()[0]
-            infos = indexes.describe_indexes(conn, models.list_models(conn))
-        return [_model_info(info, images) for info in infos]
+            infos = describe_indexes(conn)
+        return [_model_info(info) for info in infos]
 
     def model_info(self, model_id: int) -> dict[str, Any]:
         found = next((m for m in self.models() if m["id"] == model_id), None)
@@ -336,11 +334,11 @@ class Service:
             require_head(conn)
 
 
-def _model_info(info, images: int) -> dict[str, Any]:
-    m = info.model
+def _model_info(info: IndexInfo) -> dict[str, Any]:
+    m = info.coverage.model
     return {
         "id": m.id, "name": m.name, "pretrained": m.pretrained, "dimension": m.dimension, "state": m.state,
-        "vectors": info.vectors, "images": images,
+        "vectors": info.coverage.vectors, "images": info.coverage.images,
         "index": {"kind": m.index_kind, "storage": m.storage, "params": m.index_params,
                   "size_bytes": info.size_bytes, "valid": info.valid},
     }

@@ -28,7 +28,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from pgclip.db.engine import connect
-from pgclip.db.models import BUILD_PARAMS, HNSW_DEFAULTS, ModelRow, index_ddl, model_by_id
+from pgclip.db.models import BUILD_PARAMS, HNSW_DEFAULTS, Coverage, ModelRow, coverage, index_ddl, model_by_id
 from pgclip.errors import ConfigError, InvalidInput
 
 KINDS = ("hnsw", "ivfflat", "none")
@@ -117,8 +117,7 @@ def vector_count(conn: psycopg.Connection, model: ModelRow) -> int:
 def rebuild(url: str, model: ModelRow, choice: IndexChoice, *, build_memory: str = "1GB") -> RebuildReport:
     """Give ``model`` the index ``choice`` describes without stopping searches (see the module doc)."""
     previous = current_choice(model)
-    staged = f"embeddings_m{model.id}_next"
-    retired = f"embeddings_m{model.id}_old"
+    staged, retired = model.staged_index_name, model.retired_index_name
     t0 = time.perf_counter()
     # CREATE/DROP INDEX CONCURRENTLY cannot run inside a transaction block.
     with connect(url, role="index-rebuild", autocommit=True) as conn:
@@ -162,20 +161,18 @@ def rebuild(url: str, model: ModelRow, choice: IndexChoice, *, build_memory: str
 
 @dataclasses.dataclass(frozen=True)
 class IndexInfo:
-    model: ModelRow
-    vectors: int
+    coverage: Coverage  # the model, its vectors and the collection's images
     size_bytes: int | None  # None: no index (kind none, or missing)
     valid: bool | None
 
 
-def describe_indexes(conn: psycopg.Connection, models: list[ModelRow]) -> list[IndexInfo]:
-    """Each model's index as it exists in the database: size and validity."""
-    counts = dict(conn.execute("SELECT model_id, count(*) FROM pgclip.embeddings GROUP BY model_id").fetchall())
+def describe_indexes(conn: psycopg.Connection) -> list[IndexInfo]:
+    """Each model's coverage and its index as it exists in the database: size and validity."""
     out = []
-    for m in models:
+    for cov in coverage(conn):
         row = conn.execute(
             "SELECT pg_relation_size(i.indexrelid), i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)",
-            [f"pgclip.{m.index_name}"],
+            [f"pgclip.{cov.model.index_name}"],
         ).fetchone()
-        out.append(IndexInfo(m, counts.get(m.id, 0), row[0] if row else None, row[1] if row else None))
+        out.append(IndexInfo(cov, row[0] if row else None, row[1] if row else None))
     return out

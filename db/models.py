@@ -48,6 +48,16 @@ class ModelRow:
         return f"embeddings_m{self.id}_vectors"
 
     @property
+    def staged_index_name(self) -> str:
+        """Where `pgclip index rebuild` builds the new index before the swap."""
+        return f"embeddings_m{self.id}_next"
+
+    @property
+    def retired_index_name(self) -> str:
+        """Where the old index waits to be dropped after the swap."""
+        return f"embeddings_m{self.id}_old"
+
+    @property
     def label(self) -> str:
         return f"{self.name} ({self.pretrained})"
 
@@ -255,7 +265,7 @@ def drop(conn: psycopg.Connection, model: ModelRow) -> int:
             raise ConfigError(f"{model.label} is the active model: activate another one before dropping it")
         removed = conn.execute("SELECT count(*) FROM pgclip.embeddings WHERE model_id = %s", [model.id]).fetchone()[0]
         # Its index, and those an interrupted `pgclip index rebuild` may have left.
-        for name in (model.index_name, f"embeddings_m{model.id}_next", f"embeddings_m{model.id}_old"):
+        for name in (model.index_name, model.staged_index_name, model.retired_index_name):
             conn.execute(sql.SQL("DROP INDEX IF EXISTS pgclip.{}").format(sql.Identifier(name)))
         conn.execute("DELETE FROM pgclip.models WHERE id = %s", [model.id])  # cascades to vectors and jobs
     return removed

@@ -59,7 +59,7 @@ def cmd_index(args: argparse.Namespace, settings: Settings) -> int:
     url = ready_url(settings)
     with connection(url) as conn:
         if args.action == "list":
-            infos = indexes.describe_indexes(conn, models.list_models(conn))
+            infos = indexes.describe_indexes(conn)
         else:
             model = models.find_model(conn, args.name, args.pretrained)
             choice = indexes.choose(
@@ -69,12 +69,12 @@ def cmd_index(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "list":
         out(f"{'model':<20} {'pretrained':<28} {'vectors':>8} {'size':>9}  index")
         for info in infos:
-            m = info.model
+            m = info.coverage.model
             size = "-" if info.size_bytes is None else f"{info.size_bytes / 2**20:.1f} MB"
             state = "" if info.valid in (None, True) else "  (INVALID: rebuild it)"
             if m.index_kind != "none" and info.size_bytes is None:
                 state = "  (missing: rebuild it)"
-            out(f"{m.name:<20} {m.pretrained[:28]:<28} {info.vectors:>8} {size:>9}  "
+            out(f"{m.name:<20} {m.pretrained[:28]:<28} {info.coverage.vectors:>8} {size:>9}  "
                 f"{indexes.current_choice(m).describe()}{state}")
         return 0
     out(f"{model.label}: {indexes.current_choice(model).describe()} -> {choice.describe()}")
