@@ -56,7 +56,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -73,7 +72,7 @@ from psycopg import sql
 # benchmarks/search.py and index.py: this script's folder is first on sys.path.
 from index import markdown_table
 from search import (DIM, HNSW_EFC, HNSW_M, MODEL, PGCLIP, REPO, CpuMeter, generate_vectors, load, log,
-                    make_checkpoint, run_cli, server_facts)
+                    machine_facts, make_checkpoint, run_cli)
 from search import parse_args as parse_search_args
 
 GENERATOR = ("clusters", "subspace", "spread", "iso", "common", "seed")  # search.py's options, its defaults
@@ -454,12 +453,9 @@ def main(argv: list[str] | None = None) -> int:
         url = database_url(Settings.from_env(env))
         with connect(url, role=ROLE) as conn:
             model = require_active_model(conn)
-            facts = server_facts(conn)
+            results["machine"] = {**machine_facts(conn), "model_index_params": model.index_params}
         if model.dimension != DIM:
             raise SystemExit(f"the active model {model.label} has dimension {model.dimension}, expected {DIM}")
-        results["machine"] = {"cores": os.cpu_count(), "python": platform.python_version(),
-                              "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
-                              **facts, "model_index_params": model.index_params}
         log(f"loading {n} images and vectors into model {model.id} ({model.label}); HNSW build after the load")
         results["load"] = load(url, model, base, [], np.full(n, "rest", dtype=object), generator["seed"])
         log(f"HNSW build {results['load']['index_build_s']:.1f} s")

@@ -49,7 +49,6 @@ import dataclasses
 import json
 import math
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -64,8 +63,8 @@ from pgclip.db.engine import connect, database_url
 from pgclip.settings import Settings
 
 # benchmarks/search.py: this script's folder is first on sys.path.
-from search import (DIM, HNSW_EFC, HNSW_M, K, PGCLIP, REPO, CpuMeter, generate_vectors, log, percentiles, recall,
-                    run_cli, server_facts)
+from search import (DIM, HNSW_EFC, HNSW_M, K, PGCLIP, REPO, CpuMeter, generate_vectors, log, machine_facts,
+                    percentiles, recall, run_cli, timed)
 from search import parse_args as parse_search_args
 
 VARIANTS = ("exact", "ivfflat", "hnsw", "halfvec", "binary")
@@ -186,19 +185,13 @@ def time_queries(conn: psycopg.Connection, setting: Setting, queries: np.ndarray
     """One query at a time; the round with the lowest p50 counts. Recall: the answers are the same each round.
     The CPU meter spans the warm-up and every round: one round of fast queries is too short for /proc's ticks."""
 
-    def search(q: np.ndarray) -> list[int]:
-        return [row[0] for row in conn.execute(setting.query, {"q": q})]
+    def search(q: int) -> list[int]:
+        return [row[0] for row in conn.execute(setting.query, {"q": queries[q]})]
 
     rounds = []
     with CpuMeter([conn.info.backend_pid]) as cpu:
-        for q in queries[: args.warmup]:
-            search(q)
-        for _ in range(args.rounds):
-            found, times = [], []
-            for q in queries:
-                t = time.perf_counter()
-                found.append(search(q))
-                times.append(time.perf_counter() - t)
+        for i in range(args.rounds):
+            found, times = timed(search, len(queries), warmup=args.warmup if i == 0 else 0)
             rounds.append(percentiles(times))
     p50, p95 = min(rounds)
     return {"params": setting.params, "queries": len(queries), "recall": recall(found, truth), "p50_ms": p50,
@@ -383,10 +376,7 @@ def main(argv: list[str] | None = None) -> int:
                                     ("max_parallel_maintenance_workers", str(args.build_workers)),
                                     ("max_parallel_workers_per_gather", str(args.parallel_workers))):
                     conn.execute("SELECT set_config(%s, %s, false)", [name, value])
-                results["machine"] = {
-                    "cores": os.cpu_count(), "python": platform.python_version(),
-                    "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
-                    "database": "external" if external else "embedded", **server_facts(conn)}
+                results["machine"] = {**machine_facts(conn), "database": "external" if external else "embedded"}
                 for rows in args.sizes or [args.vectors]:
                     results["sizes"].append(run_size(conn, rows, generator, notices, args))
             finally:

@@ -238,6 +238,24 @@ def bare_model(encoder, tensors, batch_size: int) -> tuple[float, dict]:
 # --- phase b: end to end through the CLI -------------------------------------------------------
 
 
+def write_span(url: str, model_id: int, folder: Path) -> tuple[float, float, float | None]:
+    """When the first and the last vectors of the images in ``folder`` were written (epoch seconds),
+    and images/s between the two: the steady state, without start-up. Each complete runs in a
+    transaction that starts right after its batch was encoded (``created_at`` = its start)."""
+    from pgclip.db.engine import connection
+
+    with connection(url) as conn:
+        first, last, rows, first_batch = conn.execute(
+            "WITH e AS (SELECT e.created_at FROM pgclip.embeddings e JOIN pgclip.images i ON i.id = e.image_id"
+            "           WHERE e.model_id = %s AND starts_with(i.source, %s))"
+            " SELECT extract(epoch FROM min(created_at)), extract(epoch FROM max(created_at)), count(*),"
+            "        count(*) FILTER (WHERE created_at = (SELECT min(created_at) FROM e)) FROM e",
+            [model_id, f"{folder}/"],
+        ).fetchone()
+    first, last = float(first), float(last)
+    return first, last, (rows - first_batch) / (last - first) if last > first else None
+
+
 def end_to_end(folder: Path, n: int, env: dict[str, str], url: str, model_id: int) -> dict:
     from pgclip.db.engine import connection
 
@@ -266,24 +284,15 @@ def end_to_end(folder: Path, n: int, env: dict[str, str], url: str, model_id: in
             " WHERE j.model_id = %s AND starts_with(i.source, %s) GROUP BY state",
             [model_id, f"{folder}/"],
         ).fetchall())
-        first, last, rows, first_batch = conn.execute(
-            "WITH e AS (SELECT e.created_at FROM pgclip.embeddings e JOIN pgclip.images i ON i.id = e.image_id"
-            "           WHERE e.model_id = %s AND starts_with(i.source, %s))"
-            " SELECT extract(epoch FROM min(created_at)), extract(epoch FROM max(created_at)), count(*),"
-            "        count(*) FILTER (WHERE created_at = (SELECT min(created_at) FROM e)) FROM e",
-            [model_id, f"{folder}/"],
-        ).fetchone()
     if states.get("done", 0) != n:
         raise SystemExit(f"not every job ended done: {states}")
-    # Steady state: from the first batch's write to the last one's (each complete runs in a
-    # transaction that starts right after its batch was encoded), leaving out start-up.
-    steady = (rows - first_batch) / (float(last) - float(first)) if last > first else None
+    first, last, steady = write_span(url, model_id, folder)
     return {
         "ingest_s": ingest_cpu.wall, "worker_s": worker_cpu.wall,
         "ingest_idle_s": ingest_idle_s, "worker_idle_s": worker_idle_s,
         "worker_process_cores": worker_cpu.child_cpu / worker_cpu.wall,
         "ingest_cpu": ingest_cpu.as_dict(), "worker_cpu": worker_cpu.as_dict(),
-        "first_write_after_s": float(first) - t_start,
+        "first_write_after_s": first - t_start,
         "steady_images_per_s": steady,
         "states": states,
     }
@@ -320,17 +329,10 @@ def running_worker(folder: Path, n: int, env: dict[str, str], url: str, model_id
                     raise SystemExit(f"the worker exited:\n{log_path.read_text()}")
                 time.sleep(0.2)  # the count costs the server a little: not too often
             ingest.wait()
-        with connection(url) as conn:
-            first, last, first_batch = conn.execute(
-                "WITH e AS (SELECT e.created_at FROM pgclip.embeddings e JOIN pgclip.images i ON i.id = e.image_id"
-                "           WHERE e.model_id = %s AND starts_with(i.source, %s))"
-                " SELECT extract(epoch FROM min(created_at)), extract(epoch FROM max(created_at)),"
-                "        count(*) FILTER (WHERE created_at = (SELECT min(created_at) FROM e)) FROM e",
-                [model_id, f"{folder}/"],
-            ).fetchone()
+        first, last, steady = write_span(url, model_id, folder)
         return {"wall_s": cpu.wall, "images_per_s": n / cpu.wall, "cpu": cpu.as_dict(),
-                "first_write_after_s": float(first) - t_start, "last_write_after_s": float(last) - t_start,
-                "steady_images_per_s": (n - first_batch) / (float(last) - float(first))}
+                "first_write_after_s": first - t_start, "last_write_after_s": last - t_start,
+                "steady_images_per_s": steady}
     finally:
         worker.terminate()
         worker.wait(timeout=60)
@@ -711,7 +713,7 @@ def print_report(r: dict) -> None:
         run = b["running"]
         print(f"    into a running worker: first vectors written {_f(run['first_write_after_s'])} s after the ingest "
               f"started, the last {_f(run['last_write_after_s'])} s; between them {_f(run['steady_images_per_s'])} "
-              f"img/s ({_f(run['steady_images_per_s'] / r['a']['images_per_s'], 2)} of (a))")
+              f"img/s ({_f(run['ratio_steady'], 2)} of (a))")
         print(f"    worker process: first vectors written {_f(b['first_write_after_s'])} s after it started; "
               f"it kept {_f(b['worker_process_cores'], 2)} of {m['cores']} cores busy")
         verdict = "MET" if b["running"]["ratio"] >= TARGET_RATIO else "NOT MET"
@@ -898,6 +900,8 @@ def main(argv=None) -> int:
                 b["ratio_e2e"] = b["e2e_images_per_s"] / a
                 b["ratio_steady"] = b["steady_images_per_s"] / a if b["steady_images_per_s"] else None
                 b["running"]["ratio"] = b["running"]["images_per_s"] / a
+                steady = b["running"]["steady_images_per_s"]
+                b["running"]["ratio_steady"] = steady / a if steady else None
             if "a" in phases:
                 del tensors, encoder
             if args.profile:

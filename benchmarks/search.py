@@ -59,6 +59,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Self
 
@@ -209,6 +210,13 @@ def run_cli(*args: str, env: dict[str, str], timeout: float | None = 600) -> sub
     return proc
 
 
+def machine_facts(conn) -> dict:
+    """This machine (cores, memory, Python) and the server behind ``conn`` (:func:`server_facts`)."""
+    return {"cores": os.cpu_count(), "python": platform.python_version(),
+            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
+            **server_facts(conn)}
+
+
 def server_facts(conn) -> dict[str, str]:
     facts = {}
     for name in ("server_version", "shared_buffers", "work_mem", "maintenance_work_mem",
@@ -357,6 +365,19 @@ def percentiles(times_s: list[float]) -> tuple[float, float]:
     return float(np.percentile(a, 50)), float(np.percentile(a, 95))
 
 
+def timed(one: Callable[[int], list[int]], n: int, warmup: int = 0) -> tuple[list[list[int]], list[float]]:
+    """``one(q)`` for the first ``warmup`` queries untimed, then for each of the ``n`` queries timed,
+    one at a time: the answers and the seconds each took."""
+    for q in range(min(warmup, n)):
+        one(q)
+    found, times = [], []
+    for q in range(n):
+        t = time.perf_counter()
+        found.append(one(q))
+        times.append(time.perf_counter() - t)
+    return found, times
+
+
 # --- pgclip: SQL ------------------------------------------------------------------------------
 
 SEARCH_SQL = "SELECT * FROM pgclip.search(%s, %s, %s, %s, 0, %s)"
@@ -374,14 +395,7 @@ def sql_search(conn, kind: dict, queries: np.ndarray, warmup: int) -> dict:
         rows = conn.execute(SEARCH_SQL, [queries[q], text, Jsonb(kind["filters"]), K, Jsonb(kind["options"])]).fetchall()
         return [r[0] for r in rows]
 
-    for q in range(min(warmup, len(queries))):
-        one(q)
-    found, times = [], []
-    for q in range(len(queries)):
-        t = time.perf_counter()
-        ids = one(q)
-        times.append(time.perf_counter() - t)
-        found.append(ids)
+    found, times = timed(one, len(queries), warmup)
     p50, p95 = percentiles(times)
     return {"found": found, "p50_ms": p50, "p95_ms": p95, "mean_ms": float(np.mean(times) * 1000),
             "short_results": sum(len(f) < K for f in found)}
@@ -465,13 +479,7 @@ def http_search(client, port: int, kind: dict, queries: np.ndarray, warmup: int)
             raise HttpFailure(f"POST /api/search answered {r.status_code}: {r.text[:300]}")
         return [hit["id"] for hit in r.json()["results"]]
 
-    for q in range(min(warmup, len(queries))):
-        one(q)
-    found, times = [], []
-    for q in range(len(queries)):
-        t = time.perf_counter()
-        found.append(one(q))
-        times.append(time.perf_counter() - t)
+    found, times = timed(one, len(queries), warmup)
     p50, p95 = percentiles(times)
     return {"found": found, "p50_ms": p50, "p95_ms": p95}
 
@@ -500,14 +508,11 @@ def faiss_bench(base: np.ndarray, queries: np.ndarray, kinds: list[dict], truths
         for ef in (40, 100):
             params = faiss.SearchParametersHNSW(efSearch=ef, sel=selector) if selector is not None else \
                 faiss.SearchParametersHNSW(efSearch=ef)
-            for q in range(min(10, len(queries))):
-                index.search(queries[q : q + 1], K, params=params)
-            found, times = [], []
-            for q in range(len(queries)):
-                t = time.perf_counter()
+            def one(q: int, params=params) -> list[int]:
                 _, ids = index.search(queries[q : q + 1], K, params=params)
-                times.append(time.perf_counter() - t)
-                found.append([int(i) + 1 for i in ids[0] if i >= 0])
+                return [int(i) + 1 for i in ids[0] if i >= 0]
+
+            found, times = timed(one, len(queries), warmup=10)
             p50, p95 = percentiles(times)
             res[ef] = {"recall": recall(found, truths[kind["key"]]), "p50_ms": p50, "p95_ms": p95,
                        "short_results": sum(len(f) < K for f in found)}
@@ -539,13 +544,7 @@ def chroma_bench(base: np.ndarray, queries: np.ndarray, tags: np.ndarray, kinds:
             r = col.query(query_embeddings=queries[q : q + 1], n_results=K, where=where, include=["distances"])
             return [int(i) for i in r["ids"][0]]
 
-        for q in range(min(10, len(queries))):
-            one(q)
-        found, times = [], []
-        for q in range(len(queries)):
-            t = time.perf_counter()
-            found.append(one(q))
-            times.append(time.perf_counter() - t)
+        found, times = timed(one, len(queries), warmup=10)
         p50, p95 = percentiles(times)
         out["kinds"][kind["key"]] = {"recall": recall(found, truths[kind["key"]]), "p50_ms": p50, "p95_ms": p95}
     return out
@@ -706,12 +705,9 @@ def main(argv=None) -> int:
         url = database_url(Settings.from_env())
         with connect(url) as conn:
             model = require_active_model(conn)
-            facts = server_facts(conn)
+            results["machine"] = machine_facts(conn)
         if model.dimension != DIM:
             raise SystemExit(f"the active model {model.label} has dimension {model.dimension}, expected {DIM}")
-        results["machine"] = {"cores": os.cpu_count(), "python": platform.python_version(),
-                              "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
-                              **facts}
         if args.embedding_storage != "default":
             with connect(url) as conn:
                 conn.execute(f"ALTER TABLE pgclip.embeddings ALTER COLUMN embedding SET STORAGE "
