@@ -127,6 +127,25 @@ def low_rank_vectors(rng: np.random.Generator, n: int, dim: int, *, rank: int = 
     return x.astype(np.float32), basis
 
 
+@dataclasses.dataclass(frozen=True)
+class Collection:
+    """A bulk-loaded collection (:func:`bulk_load`) and what the tests need to check it."""
+
+    url: str
+    ids: np.ndarray
+    vectors: np.ndarray
+    rare: np.ndarray  # masks over ids
+    tenth: np.ndarray
+    queries: np.ndarray
+
+
+def exact_neighbours(c: Collection, q: np.ndarray, mask: np.ndarray | None = None, k: int = 10) -> list[int]:
+    """The k nearest of the images ``mask`` keeps (all when None), by exact cosine, ties by id."""
+    keep = np.ones(len(c.ids), dtype=bool) if mask is None else mask
+    sims = c.vectors[keep].astype(np.float64) @ q.astype(np.float64)
+    return c.ids[keep][np.lexsort((c.ids[keep], -sims))][:k].tolist()
+
+
 def bulk_load(conn: psycopg.Connection, vectors: np.ndarray, metadata: Sequence[dict[str, Any]]) -> list[int]:
     """COPY images 1..n and their vectors (binary, so the stored floats are exactly ours), then
     build the model's HNSW index after loading, as a real bulk load would; commits.

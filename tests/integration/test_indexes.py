@@ -16,23 +16,13 @@ from pgclip.db.models import ModelRow
 from pgclip.db.search import SearchParams, search
 from pgclip.errors import ConfigError, InvalidInput
 
-from tests.searchdata import bulk_load, explaining, low_rank_vectors, model, vector_hits_plan
+from tests.searchdata import (Collection, bulk_load, exact_neighbours, explaining, low_rank_vectors, model,
+                              vector_hits_plan)
 
 N = 4000
 DIM = 64  # the test-tiny model's dimension
 RARE = {"metadata": {"tag": "rare"}}  # 1 % of the images
 CALL = "SELECT * FROM pgclip.search(%s, NULL, %s, 10, 0, '{}')"
-
-
-class Collection:
-    def __init__(self, url: str, vectors: np.ndarray, rare: np.ndarray, queries: np.ndarray) -> None:
-        self.url, self.vectors, self.rare, self.queries = url, vectors, rare, queries
-
-    def exact(self, q: np.ndarray, mask: np.ndarray | None = None, k: int = 10) -> list[int]:
-        ids = np.arange(1, len(self.vectors) + 1)
-        keep = np.ones(len(ids), dtype=bool) if mask is None else mask
-        sims = self.vectors[keep].astype(np.float64) @ q.astype(np.float64)
-        return ids[keep][np.lexsort((ids[keep], -sims))][:k].tolist()
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +31,11 @@ def collection(databases) -> Iterator[Collection]:
     rng = np.random.default_rng(7)
     vectors, basis = low_rank_vectors(rng, N, DIM)
     queries, _ = low_rank_vectors(rng, 8, DIM, basis=basis)
-    rare = np.arange(N) % 100 == 7
+    n = np.arange(N)
+    rare, tenth = n % 100 == 7, n % 10 == 3
     with connect(url, role="test") as conn:
-        bulk_load(conn, vectors, [{"tag": "rare"} if r else {} for r in rare])
-    yield Collection(url, vectors, rare, queries)
+        image_ids = np.asarray(bulk_load(conn, vectors, [{"tag": "rare"} if r else {} for r in rare]))
+    yield Collection(url, image_ids, vectors, rare, tenth, queries)
     databases.drop(url)
 
 
@@ -89,14 +80,14 @@ def test_each_index_choice_answers_searches_through_its_index(collection, option
     recalls = []
     for q in collection.queries:
         found, sims = ids(collection.url, q)
-        truth = collection.exact(q)
+        truth = exact_neighbours(collection, q)
         recalls.append(len(set(found) & set(truth)) / 10)
         # Candidates come from the index (halfvec there), but are ranked and reported at full precision.
         exact = collection.vectors[np.asarray(found) - 1].astype(np.float64) @ q.astype(np.float64)
         assert sims == pytest.approx(exact.tolist(), abs=1e-5)
         assert sims == sorted(sims, reverse=True)
         # A filter that keeps 1 % of the images still gives k exact results.
-        assert ids(collection.url, q, RARE)[0] == collection.exact(q, collection.rare)
+        assert ids(collection.url, q, RARE)[0] == exact_neighbours(collection, q, collection.rare)
     assert np.mean(recalls) >= (1.0 if options["kind"] == "none" else 0.9), recalls
 
 

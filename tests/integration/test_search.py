@@ -24,12 +24,14 @@ from pgclip.db.search import NotReady, Page, SearchParams, search, similar
 
 from pgclip.errors import InvalidInput, NotFound
 from tests.searchdata import (
+    Collection,
     ImageSpec,
     add_image,
     at_angle,
     axis,
     bulk_load,
     cosine,
+    exact_neighbours,
     explaining,
     jsonb_contains,
     low_rank_vectors,
@@ -676,16 +678,6 @@ RARE = {"metadata": {"tag": "rare"}}  # 1% of the collection
 TENTH = {"metadata": {"band": "tenth"}}  # 10%
 
 
-@dataclasses.dataclass(frozen=True)
-class Collection:
-    url: str
-    ids: np.ndarray
-    vectors: np.ndarray
-    rare: np.ndarray  # masks over ids
-    tenth: np.ndarray
-    queries: np.ndarray
-
-
 @pytest.fixture(scope="module")
 def large(databases) -> Iterator[Collection]:
     """20,000 vectors of low intrinsic dimension, loaded with COPY, indexed, analysed (read-only)."""
@@ -706,11 +698,6 @@ def large(databases) -> Iterator[Collection]:
 def large_conn(large: Collection) -> Iterator[psycopg.Connection]:
     with connect(large.url, role="test") as conn:
         yield conn
-
-
-def exact_neighbours(c: Collection, q: np.ndarray, mask: np.ndarray, k: int = 10) -> list[int]:
-    sims = c.vectors[mask].astype(np.float64) @ q.astype(np.float64)
-    return c.ids[mask][np.lexsort((c.ids[mask], -sims))][:k].tolist()
 
 
 def index_path(conn: psycopg.Connection, q: np.ndarray, filters: dict, k: int = 10) -> list[int]:
