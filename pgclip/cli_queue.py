@@ -79,7 +79,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // args.concurrency)
         return run_children(args.concurrency, child_args, threads_per_child=threads)
     url = ready_url(settings)
-    encoder = ClipEncoder.from_settings(settings)
+    encoder = ClipEncoder.from_settings(settings, worker=True)
     with ThreadPoolExecutor(1) as pool:
         # Weights load (fail fast, before claiming anything) while a checkpoint is hashed to register it.
         loading = pool.submit(encoder.load)
@@ -90,7 +90,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     bar = _progress(total if args.until_empty else None, "img", "embed")
     worker = Worker(
         url, encoder=encoder, model=model, batch_size=settings.batch_size, lease_seconds=settings.lease_seconds,
-        max_attempts=settings.max_attempts, on_done=bar.update,
+        max_attempts=settings.max_attempts, model_threads=encoder.model_threads, on_done=bar.update,
     )
     install_signal_handlers(worker.stop)
     logging.getLogger("pgclip.worker").info("worker %s on %s, model %s", worker.id, encoder.device, model.label)

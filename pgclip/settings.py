@@ -57,7 +57,12 @@ class Settings:
     )
     device: str = _field("auto", "PGCLIP_DEVICE", "Torch device for the encoder: auto (CUDA when present), cpu, cuda, cuda:N.")
     batch_size: int = _field(32, "PGCLIP_BATCH_SIZE", "Images a worker claims and encodes at once.")
-    torch_threads: int = _field(0, "PGCLIP_TORCH_THREADS", "Torch intra-op threads per process (0: torch's default).")
+    torch_threads: int = _field(0, "PGCLIP_TORCH_THREADS", "Torch intra-op threads per process (0: torch's default, one per core).")
+    model_threads: int = _field(
+        0, "PGCLIP_MODEL_THREADS",
+        "Worker on the CPU: threads running the model at once, each on its own batch, sharing the torch threads "
+        "(0: auto, 2 when there are 2+ torch threads).",
+    )
     lease_seconds: int = _field(120, "PGCLIP_LEASE_SECONDS", "How long a claimed job stays leased before another worker may take it.")
     max_attempts: int = _field(5, "PGCLIP_MAX_ATTEMPTS", "Attempts before a job with transient failures ends failed.")
     text_search_config: str = _field("english", "PGCLIP_TEXT_SEARCH_CONFIG", "PostgreSQL text search configuration for captions.")
@@ -93,8 +98,9 @@ class Settings:
                      "upload_max_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{self._env(name)} must be at least 1, got {getattr(self, name)}")
-        if self.torch_threads < 0:
-            raise ConfigError(f"PGCLIP_TORCH_THREADS must be 0 or more, got {self.torch_threads}")
+        for name in ("torch_threads", "model_threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{self._env(name)} must be 0 or more, got {getattr(self, name)}")
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", self.text_search_config):
             raise ConfigError(f"PGCLIP_TEXT_SEARCH_CONFIG is not a text search configuration name: {self.text_search_config!r}")
         if self.database_url is not None and not re.match(r"postgres(ql)?(\+\w+)?://", self.database_url):

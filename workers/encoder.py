@@ -149,21 +149,34 @@ def _ensure_cached(model_name: str, tag: str) -> None:
 class ClipEncoder:
     """An open_clip model with its own preprocessing and tokenizer. Cheap to construct;
     weights load once, on :meth:`load` or the first encode, even when threads race.
-    Every vector returned is float32 with unit L2 norm."""
+    Every vector returned is float32 with unit L2 norm.
 
-    def __init__(self, model_name: str, pretrained: str, *, device: str = "auto", torch_threads: int = 0) -> None:
+    ``torch_threads`` is the process's torch thread budget (0: torch's default, one per
+    core). ``model_threads`` (0: auto) is how many threads will encode at once, each on
+    an equal share of that budget: a worker's throughput setting (see
+    :meth:`_resolve_model_threads`; the worker starts :attr:`model_threads` model threads).
+    1, the default, gives a single query the whole budget."""
+
+    def __init__(
+        self, model_name: str, pretrained: str, *, device: str = "auto", torch_threads: int = 0, model_threads: int = 1
+    ) -> None:
         self.model_name = model_name
         self.pretrained = pretrained
         self._requested_device = device
         self._torch_threads = torch_threads
+        self._requested_model_threads = model_threads
         self._lock = threading.Lock()
-        self._model: Any = None  # with _preprocess, _tokenizer, _device, _dtype: set by load()
+        self._model: Any = None  # with _preprocess, _tokenizer, _device, _dtype, _split: set by load()
         self._preprocess = self._tokenizer = self._device = self._dtype = None
+        self._split: _SplitPreprocess | None = None
+        self.model_threads = 1  # resolved by load()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ClipEncoder:
-        """The configured model (PGCLIP_MODEL, PGCLIP_PRETRAINED, PGCLIP_DEVICE, PGCLIP_TORCH_THREADS)."""
-        return cls(settings.model, settings.pretrained, device=settings.device, torch_threads=settings.torch_threads)
+    def from_settings(cls, settings: Settings, *, worker: bool = False) -> ClipEncoder:
+        """The configured model (PGCLIP_MODEL, PGCLIP_PRETRAINED, PGCLIP_DEVICE, PGCLIP_TORCH_THREADS);
+        for a worker, also PGCLIP_MODEL_THREADS."""
+        return cls(settings.model, settings.pretrained, device=settings.device, torch_threads=settings.torch_threads,
+                   model_threads=settings.model_threads if worker else 1)
 
     @functools.cached_property
     def dimension(self) -> int:
@@ -208,8 +221,12 @@ class ClipEncoder:
         device = self._requested_device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        if self._torch_threads > 0:
-            torch.set_num_threads(self._torch_threads)  # process-wide: one encoder per process
+        budget = self._torch_threads or torch.get_num_threads()
+        model_threads = self._resolve_model_threads(device, budget)
+        # Process-wide (one encoder per process): threads that start encoding later take
+        # this too, so with model threads each one runs on its share.
+        if self._torch_threads > 0 or model_threads > 1:
+            torch.set_num_threads(max(1, budget // model_threads))
         precision = "fp16" if device.startswith("cuda") else "fp32"
         create = functools.partial(open_clip.create_model_and_transforms, precision=precision, device=device)
         try:
@@ -228,27 +245,65 @@ class ClipEncoder:
             ) from exc
         model.eval()
         self._preprocess, self._tokenizer, self._device = preprocess, tokenizer, device
+        self._split = _SplitPreprocess.of(preprocess)
         self._dtype = torch.float16 if precision == "fp16" else torch.float32
+        self.model_threads = model_threads
         self._model = model  # set last: load() tests it without the lock
+
+    def _resolve_model_threads(self, device: str, budget: int) -> int:
+        """How many threads will encode at once. On a GPU, one. On the CPU, auto means two when
+        there are at least two torch threads to share: a worker decodes the next batches on
+        the same cores while the model runs, and one model running on all the cores stalls
+        whenever that decoding takes one of them (each step waits for its slowest thread);
+        with two, the other keeps going and the scheduler hands the idle core to the decoder
+        (measured on 2 cores in benchmarks/README.md)."""
+        if not device.startswith("cpu"):
+            return 1
+        if self._requested_model_threads > 0:
+            return self._requested_model_threads
+        return 2 if budget >= 2 else 1
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Unit vectors, shape (len(images), dimension), for RGB images from ``decode.decode``."""
         return self.encode_prepared([self.prepare(image) for image in images])
 
     def prepare(self, image: Image.Image) -> Any:
-        """open_clip's preprocessing of one RGB image: the tensor :meth:`encode_prepared` takes.
-        Separate so that a worker can prepare the next batch while the model runs this one."""
-        return self.preprocess(image)
+        """open_clip's preprocessing of one RGB image, up to what :meth:`encode_prepared` takes.
+        Separate so that a worker can prepare the next batch while the model runs this one.
 
-    def encode_prepared(self, tensors: Sequence[Any]) -> np.ndarray:
-        """Unit vectors, shape (len(tensors), dimension), for tensors from :meth:`prepare`."""
-        if not tensors:
+        When the model's transform ends in ToTensor + Normalize (every open_clip eval transform
+        does), this runs the steps before them (resize, crop, mode) and returns the 8-bit pixels;
+        :meth:`encode_prepared` finishes the batch in one vectorised step. The result is the
+        same to the bit, and no torch operation runs outside the model threads: torch gives
+        every thread that calls it its own pool of OpenMP threads, and another pool in the
+        decode thread would fight the model's for the same cores."""
+        self.load()
+        if self._split is not None:
+            pixels = self._split.pixels(image)
+            if pixels is not None:
+                return pixels
+        return self._preprocess(image)
+
+    def encode_prepared(self, prepared: Sequence[Any]) -> np.ndarray:
+        """Unit vectors, shape (len(prepared), dimension), for inputs from :meth:`prepare`."""
+        if not prepared:
             return np.empty((0, self.dimension), dtype=np.float32)
         self.load()
+        return self._encode(self._model.encode_image, self._batch(prepared))
+
+    def _batch(self, prepared: Sequence[Any]) -> Any:
+        """The model's input tensor, on its device and in its dtype, for a batch from :meth:`prepare`."""
         import torch
 
-        batch = torch.stack(list(tensors))
-        return self._encode(self._model.encode_image, batch.to(device=self._device, dtype=self._dtype))
+        if all(isinstance(p, np.ndarray) for p in prepared):
+            # 8 bits a channel cross to the device, a quarter of the float bytes.
+            batch = self._split.finish(torch.from_numpy(np.stack(prepared)).to(self._device))
+        else:  # some images took open_clip's whole transform: finish the others one by one
+            batch = torch.stack([
+                self._split.finish(torch.from_numpy(p[None]))[0] if isinstance(p, np.ndarray) else p
+                for p in prepared
+            ]).to(self._device)
+        return batch.to(dtype=self._dtype)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Unit vectors, shape (len(texts), dimension), tokenized by the model's own tokenizer."""
@@ -264,3 +319,57 @@ class ClipEncoder:
         with torch.inference_mode():
             # Normalised in float32 even on fp16 GPUs, so stored vectors have unit norm to ~1e-7.
             return torch.nn.functional.normalize(encode(inputs).float(), dim=-1).cpu().numpy()
+
+
+class _SplitPreprocess:
+    """open_clip's eval transform cut before its ToTensor + Normalize tail: the pixel steps run
+    per image (decode thread), the tail on a whole batch (model threads), with the same operations
+    in the same order as torchvision's ``to_tensor`` and ``normalize``, so the same floats."""
+
+    def __init__(self, pixel_steps: Any, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.pixel_steps = pixel_steps
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+
+    @classmethod
+    def of(cls, preprocess: Any) -> _SplitPreprocess | None:
+        """The split of a torchvision ``Compose`` ending in ToTensor + Normalize; None for anything else."""
+        from torchvision import transforms
+
+        steps = list(getattr(preprocess, "transforms", ()))
+        if len(steps) < 2 or not isinstance(preprocess, transforms.Compose):
+            return None
+        to_tensor, normalize = steps[-2:]
+        # Exact classes: a subclass may convert differently.
+        if type(to_tensor) not in _to_tensor_classes() or type(normalize) is not transforms.Normalize:
+            return None
+        return cls(transforms.Compose(steps[:-2]), normalize.mean, normalize.std)
+
+    def pixels(self, image: Image.Image) -> np.ndarray | None:
+        """The image after the pixel steps as (height, width, 3) uint8; None if they made something
+        other than an 8-bit RGB image (the caller then runs the whole transform)."""
+        out = self.pixel_steps(image)
+        if not isinstance(out, Image.Image) or out.mode != "RGB":
+            return None
+        return np.array(out)  # a writable copy: torch.from_numpy warns about read-only arrays
+
+    def finish(self, pixels: Any) -> Any:
+        """ToTensor + Normalize of a (batch, height, width, 3) uint8 tensor: float32 (batch, 3, h, w)."""
+        import torch
+
+        x = pixels.permute(0, 3, 1, 2).contiguous().to(dtype=torch.float32).div(255)
+        mean = torch.as_tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.as_tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        return x.sub_(mean).div_(std)
+
+
+def _to_tensor_classes() -> tuple[type, ...]:
+    """torchvision's ToTensor and open_clip's MaybeToTensor (which passes tensors through and
+    converts images exactly like ToTensor)."""
+    from torchvision.transforms import ToTensor
+
+    try:
+        from open_clip.transform import MaybeToTensor
+    except ImportError:  # an open_clip from before MaybeToTensor: plain ToTensor
+        return (ToTensor,)
+    return (ToTensor, MaybeToTensor)

@@ -109,7 +109,7 @@ def test_four_workers_share_200_images_and_embed_each_exactly_once(db_url, tmp_p
 
 
 def test_a_worker_killed_mid_batch_loses_nothing(db_url, tmp_path):
-    env = env_for(db_url, tmp_path, PGCLIP_BATCH_SIZE="16", PGCLIP_LEASE_SECONDS="3")
+    env = env_for(db_url, tmp_path, PGCLIP_BATCH_SIZE="16", PGCLIP_LEASE_SECONDS="3", PGCLIP_MODEL_THREADS="2")
     write_jpegs(tmp_path / "photos", 48, size=(1600, 1200))  # big: decoding a batch takes a while
     run("ingest", str(tmp_path / "photos"), env=env, check=True)
 
@@ -136,7 +136,7 @@ def test_a_worker_killed_mid_batch_loses_nothing(db_url, tmp_path):
 
 
 def test_sigterm_finishes_the_batch_in_hand_and_gives_back_the_rest(db_url, tmp_path):
-    env = env_for(db_url, tmp_path, PGCLIP_BATCH_SIZE="8", PGCLIP_LEASE_SECONDS="300")
+    env = env_for(db_url, tmp_path, PGCLIP_BATCH_SIZE="8", PGCLIP_LEASE_SECONDS="300", PGCLIP_MODEL_THREADS="2")
     write_jpegs(tmp_path / "photos", 64, size=(1600, 1200))
     run("ingest", str(tmp_path / "photos"), env=env, check=True)
     worker = start_worker(env)
@@ -156,7 +156,7 @@ def test_workers_survive_a_database_restart(db_url, tmp_path, pg_server):
     _, server = pg_server
     if server is None:
         pytest.skip("restarts the embedded test server")
-    env = env_for(db_url, tmp_path, PGCLIP_BATCH_SIZE="4", PGCLIP_LEASE_SECONDS="30")
+    env = env_for(db_url, tmp_path, PGCLIP_BATCH_SIZE="4", PGCLIP_LEASE_SECONDS="30", PGCLIP_MODEL_THREADS="2")
     write_jpegs(tmp_path / "photos", 60, size=(800, 600))
     run("ingest", str(tmp_path / "photos"), env=env, check=True)
     worker = start_worker(env, "--until-empty")

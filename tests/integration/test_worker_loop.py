@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,7 +29,8 @@ def encoder() -> ClipEncoder:
 
 def run_worker(db_url, model, encoder, **kwargs) -> Worker:
     worker = Worker(db_url, encoder=encoder, model=model, batch_size=kwargs.pop("batch_size", 8),
-                    lease_seconds=kwargs.pop("lease_seconds", 30), max_attempts=kwargs.pop("max_attempts", 3))
+                    lease_seconds=kwargs.pop("lease_seconds", 30), max_attempts=kwargs.pop("max_attempts", 3),
+                    model_threads=kwargs.pop("model_threads", 1))
     worker.run(until_empty=True)
     return worker
 
@@ -68,6 +70,28 @@ def test_stored_vectors_equal_open_clips_own_pipeline_for_every_odd_mode(conn, d
         name = source.rsplit("/", 1)[1].rsplit(".", 1)[0]
         expected = open_clip_reference(encoder, files[name])
         np.testing.assert_allclose(stored.to_numpy(), expected, atol=1e-5, err_msg=name)
+
+
+def test_two_model_threads_embed_every_image_once_with_open_clips_vectors(conn, db_url, encoder, tmp_path):
+    """How `pgclip worker` runs on a CPU with 2+ cores: two threads, each encoding its own batch."""
+    files = {f"p{n:02d}": jpeg_bytes(n, (90 + n, 60)) for n in range(21)}
+    for name, data in files.items():
+        (tmp_path / f"{name}.jpg").write_bytes(data)
+    model = active_model(conn)
+    conn.commit()
+    ingest(conn, [tmp_path], model_id=model.id)
+    worker = run_worker(db_url, model, encoder, batch_size=8, model_threads=2)
+    assert worker.batch_size == 4  # each thread's share: 8 images in the model at once
+    assert (worker.stats.done, worker.stats.failed, worker.stats.lost) == (21, 0, 0)
+    rows = conn.execute(
+        "SELECT i.source, e.embedding, j.attempts FROM pgclip.images i"
+        " JOIN pgclip.embeddings e ON e.image_id = i.id JOIN pgclip.embedding_jobs j ON j.image_id = i.id"
+        " WHERE j.state = 'done'"
+    ).fetchall()
+    assert len(rows) == len(files) and {attempts for _, _, attempts in rows} == {1}
+    for source, stored, _ in rows:
+        expected = open_clip_reference(encoder, files[Path(source).stem])
+        np.testing.assert_allclose(stored.to_numpy(), expected, atol=1e-5, err_msg=source)
 
 
 class FlakyEncoder:

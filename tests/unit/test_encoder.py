@@ -88,6 +88,39 @@ def test_text_vectors_equal_open_clips_own_pipeline(encoder, reference):
     assert len({tuple(np.round(v, 4)) for v in theirs[:4]}) == 4
 
 
+def test_prepared_images_are_8_bit_pixels_that_encode_exactly_like_open_clips_tensors(encoder):
+    images = photos()
+    pixels = [encoder.prepare(im) for im in images]
+    assert all(isinstance(p, np.ndarray) and p.dtype == np.uint8 and p.shape == (64, 64, 3) for p in pixels)
+    tensors = [encoder.preprocess(im) for im in images]  # open_clip's whole transform, per image
+    assert np.array_equal(encoder.encode_prepared(pixels), encoder.encode_prepared(tensors))
+    # A batch mixing the two (an image the pixel steps could not handle takes the whole transform).
+    assert np.array_equal(encoder.encode_prepared([pixels[0], tensors[1]]), encoder.encode_prepared(pixels[:2]))
+
+
+@pytest.fixture
+def torch_threads_kept():
+    """Loading an encoder sets the process's torch threads; put them back for the other tests."""
+    saved = torch.get_num_threads()
+    yield
+    torch.set_num_threads(saved)
+
+
+def test_a_workers_encoder_shares_the_torch_threads_among_its_model_threads(torch_threads_kept):
+    def loaded(**kwargs) -> ClipEncoder:
+        enc = ClipEncoder("test-tiny", "random", device="cpu", **kwargs)
+        enc.load()
+        return enc
+
+    assert loaded(torch_threads=4, model_threads=0).model_threads == 2  # auto on a CPU: two
+    assert torch.get_num_threads() == 2  # each on half the budget
+    assert loaded(torch_threads=1, model_threads=0).model_threads == 1  # nothing to share
+    assert loaded(torch_threads=6, model_threads=3).model_threads == 3
+    assert torch.get_num_threads() == 2
+    assert loaded(torch_threads=4).model_threads == 1  # the default: a query gets every thread
+    assert torch.get_num_threads() == 4
+
+
 def test_separate_encoders_give_identical_vectors(encoder):
     other = ClipEncoder("test-tiny", "anything: test models ignore it", device="cpu")
     assert np.array_equal(other.encode_texts(TEXTS), encoder.encode_texts(TEXTS))
