@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
 
-from pgclip.db.engine import create_engine
 from pgclip.errors import SchemaNotReady
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# The newest revision in migrations/versions. Every process checks the database against it at
+# start-up, so it is a constant rather than alembic's answer: importing alembic and reading
+# every revision file costs a command like `pgclip ingest` a third of its start-up.
+# tests/integration/test_schema.py checks that alembic agrees.
+SCHEMA_HEAD = "0004"
 
 
 def _migrations_dir() -> Path:
@@ -22,6 +27,8 @@ def _migrations_dir() -> Path:
 
 
 def alembic_config(url: str | None = None) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(_migrations_dir()))
     if url:
@@ -31,18 +38,27 @@ def alembic_config(url: str | None = None) -> Config:
 
 
 def head_revision() -> str:
+    """The head according to alembic, from the revision files (:data:`SCHEMA_HEAD` is the fast answer)."""
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config()).get_current_head()  # type: ignore[return-value]
 
 
 def upgrade(url: str, revision: str = "head") -> None:
+    from alembic import command
+
     _run(url, command.upgrade, revision)
 
 
 def downgrade(url: str, revision: str) -> None:
+    from alembic import command
+
     _run(url, command.downgrade, revision)
 
 
 def _run(url: str, fn, revision: str) -> None:
+    from pgclip.db.engine import create_engine
+
     cfg = alembic_config()
     with create_engine(url, role="migrate").connect() as connection:
         cfg.attributes["connection"] = connection
@@ -59,7 +75,7 @@ def current_revision(conn: psycopg.Connection) -> str | None:
 
 def require_head(conn: psycopg.Connection) -> None:
     """Raise :class:`SchemaNotReady` (saying how to fix it) unless the schema is at head."""
-    current, head = current_revision(conn), head_revision()
+    current, head = current_revision(conn), SCHEMA_HEAD
     if current != head:
         state = "not migrated" if current is None else f"at revision {current}, this pgclip expects {head}"
         raise SchemaNotReady(f"the database schema is {state}: run `pgclip migrate`")

@@ -6,8 +6,6 @@ the API's start-up), so they all fail the same way with the same fix.
 
 from __future__ import annotations
 
-import sqlalchemy.exc
-
 from pgclip.db import migrate as migrations
 from pgclip.db.engine import connect, database_url, describe_target, require_pgvector
 from pgclip.db.models import ModelRow, ensure_model, registered_model
@@ -28,6 +26,8 @@ def migrate(settings: Settings) -> tuple[str, ModelRow]:
     url = reachable_url(settings)
     with connect(url, vector=False) as conn:
         require_pgvector(conn, url)
+    import sqlalchemy.exc
+
     try:
         migrations.upgrade(url)
     except sqlalchemy.exc.DBAPIError as exc:

@@ -58,6 +58,11 @@ def test_migrations_go_up_down_and_up_again_with_no_drift(databases):
         databases.drop(url)
 
 
+def test_the_head_every_process_checks_for_is_alembics_head():
+    # A new migration without SCHEMA_HEAD moved on would let processes run on the old schema.
+    assert migrations.SCHEMA_HEAD == migrations.head_revision()
+
+
 def test_an_unmigrated_database_is_refused_with_the_fix(databases):
     from pgclip.errors import SchemaNotReady
 
