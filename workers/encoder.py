@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import json
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -78,11 +79,45 @@ def pretrained_identity(model_name: str, pretrained: str) -> str:
     path = _checkpoint_file(pretrained)
     if path is None:
         return pretrained
+    return f"sha256:{_checkpoint_digest(path)}"
+
+
+def _digest_cache_file() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("pgclip")) / "checkpoint-digests.json"
+
+
+def _checkpoint_digest(path: Path) -> str:
+    """The sha256 of a checkpoint file, remembered by path, size, mtime and inode.
+
+    Every process that registers or loads the model asks (each `pgclip ingest`, worker,
+    search), and hashing costs 0.4 s per 600 MB. A file changed in place gets a new mtime,
+    so a stale answer needs a deliberate mtime reset; the digest names weights, it does
+    not guard them. Without a writable cache directory every call hashes."""
+    stat = path.stat()
+    key, stamp = str(path.resolve()), [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+    cache_file = _digest_cache_file()
+    try:
+        cache = json.loads(cache_file.read_text())
+        if not isinstance(cache, dict):
+            cache = {}
+    except (OSError, ValueError):
+        cache = {}
+    entry = cache.get(key)
+    if isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("sha256"), str):
+        return entry["sha256"]
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
-    return f"sha256:{digest.hexdigest()}"
+    cache[key] = {"stamp": stamp, "sha256": digest.hexdigest()}
+    with contextlib.suppress(OSError):  # a read-only home: hash again next time
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache))
+        os.replace(tmp, cache_file)  # atomic: processes starting together never read half a file
+    return digest.hexdigest()
 
 
 def _one_line(exc: BaseException, limit: int = 200) -> str:

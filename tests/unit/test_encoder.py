@@ -7,6 +7,7 @@ ones: any difference in the input tensor changes the vector.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 
@@ -167,6 +168,12 @@ def test_missing_checkpoint_file_is_named(path):
         ClipEncoder("ViT-B-32", path).load()
 
 
+@pytest.fixture(autouse=True)
+def own_cache_dir(tmp_path, monkeypatch):
+    """Checkpoint digests are remembered under the user's cache directory: not the real one."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
 def test_pretrained_identity(tmp_path):
     checkpoint = tmp_path / "open_clip_pytorch_model.bin"
     checkpoint.write_bytes(b"weights" * 100_000)
@@ -174,6 +181,33 @@ def test_pretrained_identity(tmp_path):
     assert pretrained_identity("ViT-B-32", str(checkpoint)) == f"sha256:{digest}"
     assert pretrained_identity("ViT-B-32", "laion2b_s34b_b79k") == "laion2b_s34b_b79k"
     assert pretrained_identity("test-tiny", str(checkpoint)) == "random-seed-0"
+
+
+def test_a_checkpoints_digest_is_hashed_once_until_the_file_changes(tmp_path, monkeypatch):
+    from pgclip.workers import encoder as encoder_module
+
+    checkpoint = tmp_path / "weights.pt"
+    checkpoint.write_bytes(b"a" * 300_000)
+    hashed = []
+    real_sha256 = hashlib.sha256
+    monkeypatch.setattr(encoder_module.hashlib, "sha256", lambda: hashed.append(1) or real_sha256())
+    first = pretrained_identity("ViT-B-32", str(checkpoint))
+    assert pretrained_identity("ViT-B-32", str(checkpoint)) == first and len(hashed) == 1
+    checkpoint.write_bytes(b"b" * 300_000)  # same size, new content (and mtime)
+    os.utime(checkpoint, ns=(checkpoint.stat().st_atime_ns, checkpoint.stat().st_mtime_ns + 1_000_000))
+    changed = pretrained_identity("ViT-B-32", str(checkpoint))
+    assert changed == f"sha256:{real_sha256(b'b' * 300_000).hexdigest()}" != first and len(hashed) == 2
+
+
+def test_a_checkpoints_digest_without_a_writable_cache_is_still_right(tmp_path, monkeypatch):
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")  # the cache directory cannot be created below a file
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+    checkpoint = tmp_path / "weights.pt"
+    checkpoint.write_bytes(b"c" * 1000)
+    expected = f"sha256:{hashlib.sha256(b'c' * 1000).hexdigest()}"
+    assert pretrained_identity("ViT-B-32", str(checkpoint)) == expected
+    assert pretrained_identity("ViT-B-32", str(checkpoint)) == expected
 
 
 def test_concurrent_loads_build_the_model_once(monkeypatch):
