@@ -175,6 +175,7 @@ def write_jpegs(folder: Path, n: int, size: tuple[int, int], seed0: int) -> list
         data = jpeg_bytes(seed0 + i, size)
         (folder / f"img{i:05d}.jpg").write_bytes(data)
         out.append(data)
+    os.sync()  # a user's photos are on disk already: their write-back must not run during a measurement
     return out
 
 
@@ -235,25 +236,78 @@ def bare_model(encoder, tensors, batch_size: int) -> tuple[float, dict]:
     return len(tensors) / cpu.wall, cpu.as_dict()
 
 
+def bare_worker_model(checkpoint: Path, settings, tensors) -> tuple[float, int, dict]:
+    """(a'): the same forward on the same tensors as a worker runs it: a ClipEncoder with the
+    worker's PGCLIP_MODEL_THREADS, that many threads each taking the next batch (of its share
+    of PGCLIP_BATCH_SIZE), with nothing else running. Returns images/s, the number of model
+    threads, and CPU use."""
+    import queue as threadqueue
+
+    import torch
+    from pgclip.workers.encoder import ClipEncoder
+
+    threads = torch.get_num_threads()
+    encoder = ClipEncoder(MODEL, str(checkpoint), device=settings.device, torch_threads=settings.torch_threads,
+                          model_threads=settings.model_threads)
+    try:
+        encoder.load()
+        size = max(1, settings.batch_size // encoder.model_threads)  # each thread's batch, as in Worker
+        todo: threadqueue.Queue = threadqueue.Queue()
+        for i in range(0, len(tensors), size):
+            todo.put(tensors[i : i + size])
+        warmed, go = threading.Barrier(encoder.model_threads + 1), threading.Event()
+
+        def model_thread() -> None:
+            encoder._encode(encoder._model.encode_image, tensors[:size])  # warm-up, as in (a)
+            warmed.wait()
+            go.wait()
+            while True:
+                try:
+                    batch = todo.get_nowait()
+                except threadqueue.Empty:
+                    return
+                encoder._encode(encoder._model.encode_image, batch)
+
+        workers = [threading.Thread(target=model_thread) for _ in range(encoder.model_threads)]
+        for w in workers:
+            w.start()
+        warmed.wait()
+        with CpuMeter() as cpu:
+            go.set()
+            for w in workers:
+                w.join()
+        return len(tensors) / cpu.wall, encoder.model_threads, cpu.as_dict()
+    finally:
+        torch.set_num_threads(threads)  # the worker's encoder set this process's threads to its share
+
+
 # --- phase b: end to end through the CLI -------------------------------------------------------
+
+
+STEADY_AFTER_WRITES = 3  # batches written before the steady state counts: a worker fills its pipeline
+# (each of its two model threads, on a CPU, finishes its first batch about the same time)
 
 
 def write_span(url: str, model_id: int, folder: Path) -> tuple[float, float, float | None]:
     """When the first and the last vectors of the images in ``folder`` were written (epoch seconds),
-    and images/s between the two: the steady state, without start-up. Each complete runs in a
-    transaction that starts right after its batch was encoded (``created_at`` = its start)."""
+    and images/s from the STEADY_AFTER_WRITES-th write to the last: the steady state, without the
+    start-up. Each complete runs in a transaction that starts right after its batch was encoded
+    (``created_at`` = its start)."""
     from pgclip.db.engine import connection
 
     with connection(url) as conn:
-        first, last, rows, first_batch = conn.execute(
-            "WITH e AS (SELECT e.created_at FROM pgclip.embeddings e JOIN pgclip.images i ON i.id = e.image_id"
-            "           WHERE e.model_id = %s AND starts_with(i.source, %s))"
-            " SELECT extract(epoch FROM min(created_at)), extract(epoch FROM max(created_at)), count(*),"
-            "        count(*) FILTER (WHERE created_at = (SELECT min(created_at) FROM e)) FROM e",
+        writes = conn.execute(
+            "SELECT extract(epoch FROM e.created_at)::float8, count(*) FROM pgclip.embeddings e"
+            " JOIN pgclip.images i ON i.id = e.image_id WHERE e.model_id = %s AND starts_with(i.source, %s)"
+            " GROUP BY e.created_at ORDER BY e.created_at",
             [model_id, f"{folder}/"],
-        ).fetchone()
-    first, last = float(first), float(last)
-    return first, last, (rows - first_batch) / (last - first) if last > first else None
+        ).fetchall()
+    first, last = writes[0][0], writes[-1][0]
+    if len(writes) <= STEADY_AFTER_WRITES:
+        return first, last, None
+    start = writes[STEADY_AFTER_WRITES - 1][0]
+    after = sum(rows for _, rows in writes[STEADY_AFTER_WRITES:])
+    return first, last, after / (last - start) if last > start else None
 
 
 def end_to_end(folder: Path, n: int, env: dict[str, str], url: str, model_id: int) -> dict:
@@ -690,6 +744,8 @@ def print_report(r: dict) -> None:
         print(f"\n(a) bare model, {a['images']} images of {r['image_size']}, batch {r['batch_size']}")
         print(f"    encode_image: {_f(a['images_per_s'])} img/s  (runs: {', '.join(_f(x) for x in a['runs'])}; "
               f"{_f(1000 / a['images_per_s'])} ms/img)")
+        print(f"    (a') as a worker runs it, {a['worker_model_threads']} model thread(s) (PGCLIP_MODEL_THREADS), each on its own batch: "
+              f"{_f(a['worker_images_per_s'])} img/s ({_f(a['worker_images_per_s'] / a['images_per_s'], 2)} of (a))")
         print(f"    other per-image costs, one thread: probe {_f(s['probe_ms'], 2)} ms (ingest), decode "
               f"{_f(s['decode_ms'], 2)} ms, thumbnail {_f(s['thumbnail_ms'], 2)} ms, preprocess "
               f"{_f(s['preprocess_ms'], 2)} ms (worker)")
@@ -698,28 +754,30 @@ def print_report(r: dict) -> None:
         print(f"\n(b) end to end through the CLI, {b['images']} JPEGs ({r['image_size']}, "
               f"{_f(b['jpeg_kib'])} KiB avg)")
         rows = [
-            ("ingest into a running worker (as deployed)", b["running"]["wall_s"], b["running"]["images_per_s"],
-             b["running"]["ratio"]),
+            *((f"ingest into a running worker, run {i + 1} (as deployed)", run["wall_s"], run["images_per_s"],
+               run["ratio"]) for i, run in enumerate(b["running"])),
             ("ingest (pgclip ingest)", b["ingest_s"], b["images"] / b["ingest_s"], None),
             ("worker (pgclip worker --until-empty)", b["worker_s"], b["worker_images_per_s"], b["ratio_worker"]),
             ("ingest + worker", b["ingest_s"] + b["worker_s"], b["e2e_images_per_s"], b["ratio_e2e"]),
-            ("worker, steady state (first to last write)", None, b["steady_images_per_s"], b["ratio_steady"]),
+            ("worker, steady state (third to last write)", None, b["steady_images_per_s"], b["ratio_steady"]),
         ]
-        print(f"    {'phase':<44} {'seconds':>8} {'img/s':>8} {'vs (a)':>7}")
+        print(f"    {'phase':<50} {'seconds':>8} {'img/s':>8} {'vs (a)':>7}")
         for name, secs, rate, ratio in rows:
-            print(f"    {name:<44} {_f(secs):>8} {_f(rate):>8} {_f(ratio, 2):>7}")
+            print(f"    {name:<50} {_f(secs):>8} {_f(rate):>8} {_f(ratio, 2):>7}")
+        print("    (each run into a running worker against the runs of (a) just before and after it)")
         print(f"    start-up, each command once with nothing to do: pgclip ingest {_f(b['ingest_idle_s'])} s, "
               f"pgclip worker --until-empty {_f(b['worker_idle_s'])} s")
-        run = b["running"]
-        print(f"    into a running worker: first vectors written {_f(run['first_write_after_s'])} s after the ingest "
-              f"started, the last {_f(run['last_write_after_s'])} s; between them {_f(run['steady_images_per_s'])} "
-              f"img/s ({_f(run['ratio_steady'], 2)} of (a))")
+        for i, run in enumerate(b["running"]):
+            print(f"    into a running worker, run {i + 1}: first vectors written {_f(run['first_write_after_s'])} s "
+                  f"after the ingest started, the last {_f(run['last_write_after_s'])} s; from the third write to "
+                  f"the last {_f(run['steady_images_per_s'])} img/s ({_f(run['ratio_steady'], 2)} of (a)); "
+                  f"{_f(run['ratio_worker_model'], 2)} of (a')")
         print(f"    worker process: first vectors written {_f(b['first_write_after_s'])} s after it started; "
               f"it kept {_f(b['worker_process_cores'], 2)} of {m['cores']} cores busy")
-        verdict = "MET" if b["running"]["ratio"] >= TARGET_RATIO else "NOT MET"
+        verdict = "MET" if b["running_ratio"] >= TARGET_RATIO else "NOT MET"
         print(f"    target b/a >= {TARGET_RATIO}, ingest into a running worker: {verdict} "
-              f"({_f(b['running']['ratio'], 2)}); cold (ingest + worker start-up) {_f(b['ratio_e2e'], 2)}, "
-              f"steady state {_f(b['ratio_steady'], 2)}")
+              f"({_f(b['running_ratio'], 2)}, the mean of {len(b['running'])} run(s)); "
+              f"cold (ingest + worker start-up) {_f(b['ratio_e2e'], 2)}, steady state {_f(b['ratio_steady'], 2)}")
     if "profile" in r:
         p = r["profile"]
         print(f"\n(b') one instrumented worker (`--profile`, {p['images']} more images; timers + cProfile slow it)")
@@ -760,9 +818,10 @@ def print_cpu(r: dict) -> None:
     spans = []
     if "a" in r:
         spans += [(f"(a) bare model, run {i + 1}", c) for i, c in enumerate(r["a"]["cpu"])]
+        spans.append(("(a') as a worker runs it", r["a"]["worker_cpu"]))
     if "b" in r:
         spans += [("(b) pgclip ingest", r["b"]["ingest_cpu"]), ("(b) pgclip worker", r["b"]["worker_cpu"]),
-                  ("(b) ingest into a running worker", r["b"]["running"]["cpu"])]
+                  *((f"(b) into a running worker, run {i + 1}", run["cpu"]) for i, run in enumerate(r["b"]["running"]))]
     for q in r.get("c", []):
         spans.append((f"(c) {q['workers']} worker(s), {'HNSW' if q['hnsw'] else 'no index'}", q["cpu"]))
     for w in r.get("d", {}).get("writes", []):
@@ -791,6 +850,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vectors", type=int, default=100_000, help="rows bulk-loaded before (d) (default 100000)")
     p.add_argument("--writes", type=int, default=1024, help="rows written per measurement of (d) (default 1024)")
     p.add_argument("--only", default="a,b,c,d", help="phases to run, e.g. a,b (default all)")
+    p.add_argument("--repeats", type=int, default=2,
+                   help="runs of (b) into a running worker, each between two runs of (a) (default 2)")
     p.add_argument("--profile", type=int, nargs="?", const=128, default=0, metavar="N",
                    help="also run one instrumented worker over N more images (default N 128)")
     p.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
@@ -872,26 +933,42 @@ def main(argv=None) -> int:
                 stages = stage_costs(encoder, blobs, min(64, len(blobs)))
                 runs.append(bare_model(encoder, tensors, settings.batch_size))
                 log(f"(a) {runs[-1][0]:.1f} img/s")
+                log("(a') the same forward as a worker runs it (PGCLIP_MODEL_THREADS)")
+                worker_rate, parts, worker_cpu = bare_worker_model(checkpoint, settings, tensors)
+                log(f"(a') {worker_rate:.1f} img/s in {parts} model thread(s)")
+            running_runs = []
+            if "b" in phases:
+                # The target figure first, each run between two runs of (a): the machine drifts.
+                b_env = {**env, **dict(item.split("=", 1) for item in args.worker_env)}
+                for repeat in range(args.repeats):
+                    log(f"(b) pgclip ingest with a pgclip worker already running ({repeat + 1} of {args.repeats})")
+                    wfolder = tmp / f"images-running-worker-{repeat}"
+                    folders.append(wfolder)
+                    write_jpegs(wfolder, args.images, (width, height), seed * 10 + (5 + repeat) * args.images)
+                    running = running_worker(wfolder, args.images, b_env, url, model_b.id)
+                    log(f"(b) running worker {running['images_per_s']:.1f} img/s")
+                    if "a" in phases:
+                        runs.append(bare_model(encoder, tensors, settings.batch_size))
+                        log(f"(a) again: {runs[-1][0]:.1f} img/s")
+                        # Against the runs of (a) just before and just after it.
+                        running["a_images_per_s"] = (runs[-2][0] + runs[-1][0]) / 2
+                    running_runs.append(running)
+            if "a" in phases:
+                if len(runs) == 1:
+                    runs.append(bare_model(encoder, tensors, settings.batch_size))
+                    log(f"(a) again: {runs[-1][0]:.1f} img/s")
+                rates = [rate for rate, _ in runs]
+                results["a"] = {"images": args.images, "runs": rates, "images_per_s": sum(rates) / len(rates),
+                                "cpu": [cpu for _, cpu in runs], "stages": stages,
+                                "worker_images_per_s": worker_rate, "worker_model_threads": parts, "worker_cpu": worker_cpu}
             if "b" in phases:
                 log("(b) pgclip ingest + pgclip worker --until-empty")
-                b_env = {**env, **dict(item.split("=", 1) for item in args.worker_env)}
                 b = end_to_end(folder, args.images, b_env, url, model_b.id)
                 b["images"] = args.images
                 b["jpeg_kib"] = sum(map(len, blobs)) / len(blobs) / 1024
+                b["running"] = running_runs
                 results["b"] = b
                 log(f"(b) worker {args.images / b['worker_s']:.1f} img/s")
-                log("(b) pgclip ingest with a pgclip worker already running")
-                wfolder = tmp / "images-running-worker"
-                folders.append(wfolder)
-                write_jpegs(wfolder, args.images, (width, height), seed * 10 + 5 * args.images)
-                b["running"] = running_worker(wfolder, args.images, b_env, url, model_b.id)
-                log(f"(b) running worker {b['running']['images_per_s']:.1f} img/s")
-            if "a" in phases:
-                runs.append(bare_model(encoder, tensors, settings.batch_size))
-                log(f"(a) again: {runs[-1][0]:.1f} img/s")
-                rates = [rate for rate, _ in runs]
-                results["a"] = {"images": args.images, "runs": rates, "images_per_s": sum(rates) / len(rates),
-                                "cpu": [cpu for _, cpu in runs], "stages": stages}
             if "b" in results and "a" in results:
                 b, a = results["b"], results["a"]["images_per_s"]
                 b["worker_images_per_s"] = args.images / b["worker_s"]
@@ -899,9 +976,12 @@ def main(argv=None) -> int:
                 b["ratio_worker"] = b["worker_images_per_s"] / a
                 b["ratio_e2e"] = b["e2e_images_per_s"] / a
                 b["ratio_steady"] = b["steady_images_per_s"] / a if b["steady_images_per_s"] else None
-                b["running"]["ratio"] = b["running"]["images_per_s"] / a
-                steady = b["running"]["steady_images_per_s"]
-                b["running"]["ratio_steady"] = steady / a if steady else None
+                for run in b["running"]:
+                    run["ratio"] = run["images_per_s"] / run["a_images_per_s"]
+                    run["ratio_worker_model"] = run["images_per_s"] / results["a"]["worker_images_per_s"]
+                    steady = run["steady_images_per_s"]
+                    run["ratio_steady"] = steady / run["a_images_per_s"] if steady else None
+                b["running_ratio"] = sum(run["ratio"] for run in b["running"]) / len(b["running"])
             if "a" in phases:
                 del tensors, encoder
             if args.profile:

@@ -5,9 +5,11 @@ queue rows together, with one NOTIFY for the batch (delivered at commit). The
 sha256 of the bytes identifies an image, so ingesting a tree again adds
 nothing and enqueues nothing; it only adds captions that are new.
 
-Files are checked here only as far as their header (is it an image, how big);
-decoding every pixel is the workers' job, and a file that fails there (e.g. a
-truncated JPEG) ends ``failed`` in the queue with its reason.
+Files are checked here as far as their pixels decode (JPEGs at 1/8 scale, which
+still reads every byte): an empty, truncated or over-sized file is rejected with
+its reason and never stored. Full decoding is the workers' job; bytes that fail
+there (stored by an older version, restored from a dump, inserted by hand) end
+``failed`` in the queue with their reason.
 """
 
 from __future__ import annotations
