@@ -93,7 +93,10 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         max_attempts=settings.max_attempts, model_threads=encoder.model_threads, on_done=bar.update,
     )
     install_signal_handlers(worker.stop)
-    logging.getLogger("pgclip.worker").info("worker %s on %s, model %s", worker.id, encoder.device, model.label)
+    logging.getLogger("pgclip.worker").info(
+        "worker %s on %s (%d model thread%s), model %s", worker.id, encoder.device, encoder.model_threads,
+        "" if encoder.model_threads == 1 else "s", model.label,
+    )
     with bar:
         stats = worker.run(until_empty=args.until_empty)
     _out(f"worker {worker.id}: {stats.done} done, {stats.failed} failed, {stats.retried} to retry, "
