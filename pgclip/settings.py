@@ -61,7 +61,7 @@ class Settings:
     model_threads: int = _field(
         0, "PGCLIP_MODEL_THREADS",
         "Worker on the CPU: threads running the model at once, each on its own batch, sharing the torch threads "
-        "(0: auto, 2 when there are 2+ torch threads).",
+        "(0: auto, 2 when there are 2+ torch threads, 1 on a GPU).",
     )
     lease_seconds: int = _field(120, "PGCLIP_LEASE_SECONDS", "How long a claimed job stays leased before another worker may take it.")
     max_attempts: int = _field(5, "PGCLIP_MAX_ATTEMPTS", "Attempts before a job with transient failures ends failed.")

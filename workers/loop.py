@@ -8,9 +8,10 @@ renews its lease every lease/3, so a slow batch is not taken by another worker.
 Threads form a pipeline around the model, so that it never waits: the
 decode thread claims, decodes, makes thumbnails and runs the model's
 preprocessing ahead of the model (``LOOKAHEAD_BATCHES``, so a stopping worker
-has little to give back); the model threads (the main thread, and more when the
-encoder asks for them: two on a CPU) each take the next decoded batch and run
-the model on it and nothing else; the write thread writes finished batches
+has little to give back); the model threads (the main thread and
+``model_threads - 1`` more: `pgclip worker` runs as many as its encoder is set up
+for, two on a CPU) each take the next decoded batch and run the model on it and
+nothing else; the write thread writes finished batches
 meanwhile (torch, Pillow and psycopg release the GIL).
 
 Failures: an image that cannot be decoded fails at once with its reason; an
