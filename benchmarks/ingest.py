@@ -843,6 +843,8 @@ def print_cpu(r: dict) -> None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from pgclip.cli_common import positive
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=1024, help="JPEGs for (a) and (b) (default 1024)")
     p.add_argument("--size", default="640x480", help="JPEG size WxH (default 640x480)")
@@ -850,7 +852,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vectors", type=int, default=100_000, help="rows bulk-loaded before (d) (default 100000)")
     p.add_argument("--writes", type=int, default=1024, help="rows written per measurement of (d) (default 1024)")
     p.add_argument("--only", default="a,b,c,d", help="phases to run, e.g. a,b (default all)")
-    p.add_argument("--repeats", type=int, default=2,
+    p.add_argument("--repeats", type=positive, default=2,
                    help="runs of (b) into a running worker, each between two runs of (a) (default 2)")
     p.add_argument("--profile", type=int, nargs="?", const=128, default=0, metavar="N",
                    help="also run one instrumented worker over N more images (default N 128)")
@@ -915,6 +917,7 @@ def main(argv=None) -> int:
             "torch_threads": torch.get_num_threads(), "open_clip": open_clip.__version__,
             "database": "external" if external else "embedded", **facts,
         }
+        worker_env = dict(item.split("=", 1) for item in args.worker_env)
         if phases & {"a", "b"}:
             folder = tmp / "images"
             folders.append(folder)
@@ -934,12 +937,13 @@ def main(argv=None) -> int:
                 runs.append(bare_model(encoder, tensors, settings.batch_size))
                 log(f"(a) {runs[-1][0]:.1f} img/s")
                 log("(a') the same forward as a worker runs it (PGCLIP_MODEL_THREADS)")
-                worker_rate, parts, worker_cpu = bare_worker_model(checkpoint, settings, tensors)
+                worker_settings = Settings.from_env({**env, **worker_env})  # what the (b) workers will read
+                worker_rate, parts, worker_cpu = bare_worker_model(checkpoint, worker_settings, tensors)
                 log(f"(a') {worker_rate:.1f} img/s in {parts} model thread(s)")
             running_runs = []
             if "b" in phases:
                 # The target figure first, each run between two runs of (a): the machine drifts.
-                b_env = {**env, **dict(item.split("=", 1) for item in args.worker_env)}
+                b_env = {**env, **worker_env}
                 for repeat in range(args.repeats):
                     log(f"(b) pgclip ingest with a pgclip worker already running ({repeat + 1} of {args.repeats})")
                     wfolder = tmp / f"images-running-worker-{repeat}"
