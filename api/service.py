@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from psycopg_pool import ConnectionPool
 
 from pgclip.db import images as db_images
 from pgclip.db import queue
 from pgclip.db import search as db_search
-from pgclip.db.engine import application_name, configure_vector
+from pgclip.db.engine import driver_errors
+from pgclip.db.pool import Pool
 from pgclip.db.indexes import IndexInfo, describe_indexes
 from pgclip.db.models import ModelRow, require_active_model
 from pgclip.errors import InvalidInput, NotFound
@@ -28,6 +28,7 @@ from pgclip.workers.encoder import ClipEncoder, is_test_model
 
 TEXT_CACHE_SIZE = 100  # recent query texts kept as vectors (Immich keeps an LRU of 100 too)
 POOL_MAX = 8  # connections per API process
+READY_WAIT_SECONDS = 2.0  # /readyz answers 503 after this long without a connection, well inside probes' timeouts
 
 
 def _read_file(path: str) -> bytes:
@@ -72,13 +73,10 @@ class Service:
         self._encoders: dict[tuple[str, str], ClipEncoder] = {(encoder.model_name, encoder.pretrained_identity): encoder}
         self._encoders_lock = threading.Lock()
         self.cache = VectorCache()
-        self.pool = ConnectionPool(
-            url, min_size=1, max_size=POOL_MAX, open=False, configure=configure_vector,
-            kwargs={"application_name": application_name("api")}, name="pgclip-api",
-        )
+        self.pool = Pool(url, role="api", max_size=POOL_MAX)
 
     def open(self) -> None:
-        self.pool.open(wait=True, timeout=30)
+        self.pool.open()
         self.encoder.load()
         # Warm both towers so the first real query does not pay for lazy initialisation.
         self.encoder.encode_texts(["warm-up"])
@@ -316,7 +314,8 @@ class Service:
         with self.pool.connection() as conn:
             model = models.model_by_id(conn, model_id)
             choice = indexes.choose(model, indexes.vector_count(conn, model), **options)
-        report = indexes.rebuild(self.url, model, choice)
+        with driver_errors():  # the rebuild opens its own connections
+            report = indexes.rebuild(self.url, model, choice)
         return self.model_info(model_id), report.built, report.seconds
 
     def status(self) -> dict[str, Any]:
@@ -330,7 +329,7 @@ class Service:
     def ready(self) -> None:
         from pgclip.db.migrate import require_head
 
-        with self.pool.connection(timeout=5) as conn:
+        with self.pool.connection(timeout=READY_WAIT_SECONDS) as conn:
             require_head(conn)
 
 

@@ -14,7 +14,7 @@ import psycopg
 from pgvector.psycopg import register_vector
 from psycopg.rows import Row
 
-from pgclip.errors import DatabaseUnavailable
+from pgclip.errors import DatabaseUnavailable, InvalidInput, PgclipError
 from pgclip.settings import Settings, mask_url
 
 if TYPE_CHECKING:
@@ -67,12 +67,67 @@ def translate_connect_error(url: str, exc: Exception) -> DatabaseUnavailable:
     return DatabaseUnavailable(f"cannot connect to PostgreSQL at {describe_target(url)}: {reason}")
 
 
-def connect(url: str, *, role: str = "cli", autocommit: bool = False, vector: bool = True) -> psycopg.Connection[Row]:
-    """Open a connection (with pgvector's types registered when the extension exists)."""
+# SQLSTATE classes and codes that mean "the database is not there for us right now", as
+# opposed to "this statement is wrong": connection exceptions (08), insufficient resources
+# (53: too many connections, out of memory, disk full), operator intervention (57P01 admin
+# shutdown, 57P02 crash shutdown, 57P03 starting up, 57P05 idle session timeout), system
+# errors (58), and a statement cancelled by statement_timeout (57014).
+_UNAVAILABLE_CLASSES = ("08", "53", "58")
+_UNAVAILABLE_CODES = frozenset({"57P01", "57P02", "57P03", "57P04", "57P05", "57014"})
+
+
+def translate_driver_error(exc: BaseException) -> PgclipError | None:
+    """The pgclip error for a psycopg or pool failure, or None when it is a bug of ours.
+
+    Translated here, once: callers above ``db/`` see ``DatabaseUnavailable`` (the API's
+    503, the CLI's one line) or ``InvalidInput``, never a driver exception.
+    """
+    from psycopg_pool import PoolTimeout, TooManyRequests
+
+    if isinstance(exc, PgclipError):
+        return exc
+    if isinstance(exc, (PoolTimeout, TooManyRequests)):
+        return DatabaseUnavailable(f"the database is unavailable or busy: {_first_line(exc)}")
+    if not isinstance(exc, psycopg.Error):
+        return None
+    state = exc.sqlstate or ""
+    if state.startswith("54"):  # program limit exceeded: a value or statement too large or too deep
+        return InvalidInput(f"the request is too large or complex for the database: {_first_line(exc)}")
+    if isinstance(exc, psycopg.InterfaceError) or (isinstance(exc, psycopg.OperationalError) and not state) \
+            or state.startswith(_UNAVAILABLE_CLASSES) or state in _UNAVAILABLE_CODES:
+        return DatabaseUnavailable(f"the database is unavailable: {_first_line(exc)}")
+    return None
+
+
+@contextmanager
+def driver_errors() -> Iterator[None]:
+    """Raise driver failures inside the block as pgclip errors (see ``translate_driver_error``)."""
+    try:
+        yield
+    except Exception as exc:
+        translated = translate_driver_error(exc)
+        if translated is None or translated is exc:
+            raise
+        raise translated from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def connect(
+    url: str, *, role: str = "cli", autocommit: bool = False, vector: bool = True, app_name: str | None = None
+) -> psycopg.Connection[Row]:
+    """Open a connection (with pgvector's types registered when the extension exists).
+
+    ``app_name``: an exact ``application_name`` instead of ``application_name(role)`` (a worker
+    names every connection after its worker id, so that others can tell it is alive).
+    """
     try:
         conn = psycopg.connect(
             _plain_url(url), autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT,
-            application_name=application_name(role),
+            application_name=app_name or application_name(role),
         )
     except psycopg.OperationalError as exc:
         raise translate_connect_error(url, exc) from exc

@@ -201,6 +201,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        # A lost database connection that no command caught: one line, not a traceback.
+        from pgclip.db.engine import translate_driver_error
+
+        translated = translate_driver_error(exc)
+        if translated is None:
+            raise
+        print(f"pgclip: error: {translated}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
