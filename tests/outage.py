@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import psycopg
@@ -23,10 +25,13 @@ PG_CTL_TIMEOUT = 60  # seconds
 class RestartablePostgres:
     """An embedded PostgreSQL in ``pgdata`` with crash, stop and start at the test's command."""
 
-    def __init__(self, pgdata: Path) -> None:
+    def __init__(self, pgdata: Path | None = None) -> None:
         from pgclip.db.embedded import EmbeddedPostgres
 
-        self.server = EmbeddedPostgres(pgdata, settings=FAST_SETTINGS)
+        # By default outside pytest's tree: pytest deletes old session folders when another
+        # session starts, and initdb runs as another user there (as root).
+        self._own_dir = None if pgdata else Path(tempfile.mkdtemp(prefix="pgclip-outage-"))
+        self.server = EmbeddedPostgres(pgdata or self._own_dir / "pg", settings=FAST_SETTINGS)
         self.pgdata = self.server.pgdata
         self.url: str | None = None
         self._start_options: list[str] = []
@@ -73,6 +78,8 @@ class RestartablePostgres:
             self.server.stop()
         except Exception:
             pass
+        if self._own_dir is not None:
+            shutil.rmtree(self._own_dir, ignore_errors=True)
 
     def _pg_ctl(self, args: list[str]) -> None:
         from pgclip.db.embedded import _library, _running_as_root
