@@ -21,6 +21,8 @@ from pgclip.errors import (
 
 log = logging.getLogger("pgclip.api")
 
+RETRY_AFTER_SECONDS = 2  # a 503's Retry-After: the database restarting, migrations running, a model loading
+
 STATUS = {
     ConfigError: 409,  # e.g. activating a model below full coverage, a rebuild already running
     InvalidInput: 400,
@@ -33,7 +35,9 @@ STATUS = {
 
 
 def _body(status: int, detail: str) -> Response:
-    return Response({"status_code": status, "detail": detail}, status_code=status)
+    # Every 503 is a state that passes (an outage, a migration, a model loading): say when to try again.
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
+    return Response({"status_code": status, "detail": detail}, status_code=status, headers=headers)
 
 
 def pgclip_error(request: Request, exc: PgclipError) -> Response:
@@ -52,12 +56,23 @@ def undecodable_form(request: Request, exc: UnicodeDecodeError) -> Response:
 
 def unexpected_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, HTTPException):  # Litestar's own 4xx (validation, 404 route, 405, 413)
-        body = {"status_code": exc.status_code, "detail": exc.detail}
+        body = {"status_code": exc.status_code, "detail": _litestar_detail(request, exc)}
         if getattr(exc, "extra", None):
             body["extra"] = exc.extra
         return Response(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return _body(500, "internal error (logged on the server)")
+
+
+def _litestar_detail(request: Request, exc: HTTPException) -> str:
+    """Litestar's detail; for its validation errors, the fields and reasons it lists in ``extra``
+    (so that the detail alone names the problem) and the path without the query string (which
+    it would echo back whole, however long)."""
+    extra = getattr(exc, "extra", None)
+    if not exc.detail.startswith("Validation failed for ") or not isinstance(extra, list):
+        return exc.detail
+    problems = [f"{e.get('key')}: {e.get('message')}" for e in extra if isinstance(e, dict) and e.get("message")]
+    return f"Validation failed for {request.method} {request.url.path}: {'; '.join(problems)}"
 
 
 HANDLERS = {

@@ -26,7 +26,7 @@ from litestar import Controller, MediaType, Response, get
 from litestar.params import FromPath, Parameter
 from litestar.static_files import create_static_files_router
 
-from pgclip.api.routes import ServiceDep
+from pgclip.api.routes import ApiController, ServiceDep
 from pgclip.api.service import Service
 from pgclip.db.models import ModelRow, require_active_model
 from pgclip.db.search import NotReady
@@ -169,8 +169,8 @@ def similarity(service: Service, ids: list[int]) -> SimilarityMatrix:
     return SimilarityMatrix(ids=ids, model=model.name, matrix=matrix.tolist())
 
 
-class VisualsController(Controller):
-    """Figures for the page's map and heat-map."""
+class VisualsController(ApiController):
+    """Figures for the page's map and heat-map (JSON: checked like the rest of the API)."""
 
     tags = ["visuals"]
 

@@ -1,16 +1,21 @@
-"""HTTP routes. Each handler parses, calls the service off the event loop, and shapes the answer."""
+"""HTTP routes. Each handler parses, calls the service off the event loop, and shapes the answer.
+
+Every controller here reads requests through ``CheckedRequest`` and ``check_request``:
+client text and JSON are checked (depth, NUL, surrogates, unknown or repeated form
+fields) before Litestar parses them further, so no client input reaches a layer that
+would fail on it with a 500.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import json
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, MediaType, Response, delete, get, patch, post
+from litestar import Controller, MediaType, Request, Response, delete, get, patch, post
 from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
+from litestar.exceptions import SerializationException
 from litestar.params import JSONBody, MultipartBody, Parameter
 
 from pgclip.api.auth import require_write_key
@@ -20,6 +25,7 @@ from pgclip.api.schemas import (
     Filters,
     ImageDetail,
     ImageEdit,
+    ImageSearchForm,
     IndexRebuild,
     IndexRebuildResponse,
     ModelInfo,
@@ -27,7 +33,12 @@ from pgclip.api.schemas import (
     SearchOptions,
     SearchRequest,
     SearchResponse,
+    UploadForm,
     UploadResponse,
+    check_json_depth,
+    check_text,
+    decode_json,
+    json_error,
 )
 from pgclip.api.service import Service
 from pgclip.db.images import UNSET
@@ -63,13 +74,64 @@ def _page(page: Page) -> SearchResponse:
     )
 
 
-def _json_field(raw: str | None, kind: type, name: str) -> Any:
+class CheckedRequest(Request):
+    """A request whose JSON body is checked for depth before it is parsed and for
+    unstorable text after (see ``schemas.check_json_depth`` and ``check_text``)."""
+
+    async def json(self) -> Any:
+        body = await self.body()
+        check_json_depth(body, "the request body")
+        try:
+            value = await super().json()
+        except SerializationException as exc:  # malformed JSON: Litestar's own 400, with a clearer message
+            raise InvalidInput(f"the request body is not valid JSON: {json_error(body, exc)}") from None
+        check_text(value, "")
+        return value
+
+
+async def check_request(request: Request) -> None:
+    """Before any handler: refuse NUL and repeats in query parameters, and check a multipart
+    form (``opt={"form": Struct}`` on the handler) for unknown, repeated and unstorable fields."""
+    declared = request.route_handler.parsed_fn_signature.parameters
+    for name in dict.fromkeys(request.query_params.keys()):
+        values = request.query_params.getall(name)
+        for value in values:
+            check_text(value, f"query parameter {name!r}")
+        if len(values) > 1 and name in declared and not declared[name].is_non_string_sequence:
+            raise InvalidInput(f"the query parameter {name!r} is given {len(values)} times; send it once")
+    form_type = request.route_handler.opt.get("form")
+    if form_type is None:
+        return
+    try:
+        # Parsed once here and cached on the connection; Litestar's body extraction reuses it.
+        form = await request.form()
+    except LookupError:  # a part's Content-Type names a charset Python does not know
+        raise InvalidInput("a form field declares an unknown charset: send text parts as UTF-8") from None
+    known = form_type.__struct_fields__
+    for name in dict.fromkeys(form.keys()):
+        if name not in known:
+            raise InvalidInput(f"unknown form field {name[:40]!r} (known: {', '.join(known)})")
+        values = form.getall(name)
+        if len(values) > 1:
+            raise InvalidInput(f"the form field {name!r} is given {len(values)} times; send it once")
+        value = values[0]
+        if isinstance(value, UploadFile):
+            check_text(value.filename, f"{name} (file name)")
+        else:
+            check_text(value, name)
+
+
+class ApiController(Controller):
+    """The API's controllers: every request checked as above before its handler runs."""
+
+    request_class = CheckedRequest
+    before_request = check_request
+
+
+def _json_field(raw: str | None, kind: Any, name: str) -> Any:
     if raw is None or raw == "":
         return None
-    try:
-        return msgspec.json.decode(raw, type=kind)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise InvalidInput(f"{name}: {exc}") from None
+    return decode_json(raw, kind, name)
 
 
 async def _read_upload(upload: UploadFile | None, name: str = "file") -> bytes:
@@ -79,25 +141,6 @@ async def _read_upload(upload: UploadFile | None, name: str = "file") -> bytes:
     if not data:
         raise InvalidInput(f"the uploaded {name!r} is empty")
     return data
-
-
-@dataclasses.dataclass
-class ImageSearchForm:
-    """Multipart: the query image, optional text to add, and the search options as JSON."""
-
-    file: UploadFile | None = None
-    text: str | None = None
-    options: str | None = None
-
-
-@dataclasses.dataclass
-class UploadForm:
-    """Multipart: the image, optional captions (a JSON list of strings, or one caption as plain
-    text) and optional metadata (a JSON object)."""
-
-    file: UploadFile | None = None
-    captions: str | None = None
-    metadata: str | None = None
 
 
 async def _detail(service: Service, image_id: int) -> ImageDetail:
@@ -112,7 +155,7 @@ async def _detail(service: Service, image_id: int) -> ImageDetail:
     )
 
 
-class SearchController(Controller):
+class SearchController(ApiController):
     path = "/api/search"
     tags = ["search"]
 
@@ -121,7 +164,8 @@ class SearchController(Controller):
         page = await asyncio.to_thread(service.search, text=data.text, raw=data.vector, image=None, options=_options(data))
         return _page(page)
 
-    @post("/image", status_code=200, summary="Search by an uploaded image (plus the same options)")
+    @post("/image", status_code=200, summary="Search by an uploaded image (plus the same options)",
+          opt={"form": ImageSearchForm})
     async def search_image(
         self, data: MultipartBody[ImageSearchForm], service: ServiceDep
     ) -> SearchResponse:
@@ -131,7 +175,7 @@ class SearchController(Controller):
         return _page(page)
 
 
-class ImageController(Controller):
+class ImageController(ApiController):
     path = "/api/images"
     tags = ["images"]
 
@@ -178,7 +222,8 @@ class ImageController(Controller):
         # The bytes never change for an id (the id is tied to their sha256).
         return Response(data, media_type=mime, headers={"Cache-Control": "public, max-age=31536000, immutable"})
 
-    @post("/", status_code=202, guards=[require_write_key], summary="Upload an image (queued for embedding)")
+    @post("/", status_code=202, guards=[require_write_key], summary="Upload an image (queued for embedding)",
+          opt={"form": UploadForm})
     async def upload(
         self, data: MultipartBody[UploadForm], service: ServiceDep
     ) -> UploadResponse:
@@ -196,20 +241,14 @@ def _captions(raw: str | None) -> list[str]:
     if raw is None or not raw.strip():
         return []
     if raw.lstrip().startswith("["):
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise InvalidInput(f"captions: not a JSON list ({exc.msg})") from None
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise InvalidInput("captions: expected a JSON list of strings")
-        return value
+        return decode_json(raw, list[str], "captions")
     return [raw]
 
 
 ModelId = Annotated[int, Parameter(ge=1, le=2**31 - 1, description="model id (GET /api/models lists them)")]
 
 
-class ModelController(Controller):
+class ModelController(ApiController):
     path = "/api/models"
     tags = ["models"]
 
@@ -232,7 +271,7 @@ class ModelController(Controller):
         return IndexRebuildResponse(model=msgspec.convert(info, ModelInfo), built=built, seconds=seconds)
 
 
-class SystemController(Controller):
+class SystemController(ApiController):
     tags = ["system"]
 
     @get("/api/status", summary="Queue figures: counts by state, throughput, ETA, failures")

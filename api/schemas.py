@@ -1,15 +1,29 @@
 """Wire types of the HTTP API (msgspec Structs: validated on the way in, fast on the way out).
 
-Request types forbid unknown fields: a misspelt option is a 400 naming it,
-never silently ignored.
+Request types forbid unknown fields (JSON bodies and multipart forms alike): a
+misspelt option is a 400 naming it, never silently ignored. Below the types,
+the checks every piece of client JSON and text passes before anything stores
+or parses it further (``check_json_depth``, ``check_text``, ``decode_json``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import re
 from typing import Annotated, Any, Literal
 
 import msgspec
+from litestar.datastructures import UploadFile
+
+from pgclip.errors import InvalidInput
+
+# Deepest nesting of [ and { in any JSON the API reads (a body, a form field, a query parameter).
+# msgspec, Python's json (psycopg's Jsonb dumper) and PostgreSQL's jsonb parser all recurse once
+# per level; deep enough input ends in RecursionError or "stack depth limit exceeded". 32 leaves
+# metadata and filters far more room than any real use needs.
+MAX_JSON_DEPTH = 32
+MAX_FORM_JSON = 1_000_000  # characters in a multipart field holding JSON (captions, metadata, options)
 
 K = Annotated[int, msgspec.Meta(ge=1, le=100, description="results per page (1-100)")]
 Similarity = Annotated[float, msgspec.Meta(ge=-1.0, le=1.0)]
@@ -174,3 +188,111 @@ class IndexRebuildResponse(msgspec.Struct):
     model: ModelInfo
     built: bool  # False: only query-time settings changed, or the index was dropped (kind none)
     seconds: float
+
+
+# --- multipart forms ---------------------------------------------------------------
+
+
+class ImageSearchForm(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Multipart: the query image, optional text to add, and the search options as JSON."""
+
+    file: UploadFile | None = None
+    text: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
+    options: Annotated[str, msgspec.Meta(max_length=MAX_FORM_JSON)] | None = None
+
+
+class UploadForm(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Multipart: the image, optional captions (a JSON list of strings, or one caption as plain
+    text) and optional metadata (a JSON object)."""
+
+    file: UploadFile | None = None
+    captions: Annotated[str, msgspec.Meta(max_length=MAX_FORM_JSON)] | None = None
+    metadata: Annotated[str, msgspec.Meta(max_length=MAX_FORM_JSON)] | None = None
+
+
+# --- what every client value passes ----------------------------------------------------
+
+# A JSON string literal, escapes included: brackets inside strings do not nest.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+# NUL: PostgreSQL text and jsonb cannot hold it. Surrogates: not characters; UTF-8 cannot encode them.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+# A \uD800-\uDBFF escape not followed by a low one, or a \uDC00-\uDFFF escape on its own.
+_LONE_SURROGATE_ESCAPE = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
+
+
+def check_json_depth(raw: bytes | str, where: str) -> None:
+    """Refuse JSON nested deeper than ``MAX_JSON_DEPTH`` before any parser recurses into it.
+
+    Counts brackets outside string literals; malformed text is left to the parser, which
+    fails on it without recursing further than this count.
+    """
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    depth = 0
+    for byte in _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKETS):
+        if byte in b"[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                raise InvalidInput(f"{where}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+        else:
+            depth -= 1
+            if depth < 0:
+                return  # a closing bracket too many: malformed, the parser says so
+
+
+def _key(path: str, key: Any) -> str:
+    name = key if isinstance(key, str) and key.isidentifier() else json.dumps(str(key)[:40])
+    return f"{path}.{name}" if path else name
+
+
+def _check_string(text: str, where: str) -> None:
+    found = _UNSTORABLE.search(text)
+    if found:
+        what = "NUL characters (\\u0000)" if found.group() == "\x00" else "lone UTF-16 surrogates"
+        raise InvalidInput(f"{where or 'the request body'}: {what} are not allowed")
+
+
+def check_text(value: Any, where: str) -> None:
+    """Refuse NUL characters and lone surrogates in any string of ``value`` (keys included),
+    naming where: PostgreSQL cannot store them and UTF-8 cannot encode surrogates, so the
+    API refuses them on the way in rather than stripping some and failing on others."""
+    stack = [(value, where)]  # a loop, not recursion: this runs before any depth is known to be sane
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            _check_string(item, path)
+        elif isinstance(item, dict):
+            for key, sub in item.items():
+                child = _key(path, key)
+                if isinstance(key, str):
+                    _check_string(key, f"{child} (a key)")
+                stack.append((sub, child))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((sub, f"{path}[{i}]") for i, sub in enumerate(item))
+
+
+def json_error(raw: bytes | str, exc: Exception) -> str:
+    """msgspec's message, or a plain one where msgspec's misleads (a lone surrogate escape
+    reads as "Input data was truncated")."""
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    if _LONE_SURROGATE_ESCAPE.search(data):
+        return "a \\uD800-\\uDFFF escape without its pair is not a character (lone UTF-16 surrogate)"
+    return str(exc)
+
+
+def decode_json(raw: str, kind: Any, where: str) -> Any:
+    """Client JSON held in a form field or a query parameter, as ``kind``: depth checked first,
+    then decoded, then every string checked; any problem is an InvalidInput naming ``where``."""
+    _check_string(raw, where)
+    check_json_depth(raw, where)
+    try:
+        value = msgspec.json.decode(raw, type=kind)
+    except msgspec.ValidationError as exc:
+        raise InvalidInput(f"{where}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise InvalidInput(f"{where}: {json_error(raw, exc)}") from None
+    check_text(msgspec.to_builtins(value), where)
+    return value
