@@ -31,7 +31,11 @@ class RestartablePostgres:
         # By default outside pytest's tree: pytest deletes old session folders when another
         # session starts, and initdb runs as another user there (as root).
         self._own_dir = None if pgdata else Path(tempfile.mkdtemp(prefix="pgclip-outage-"))
-        self.server = EmbeddedPostgres(pgdata or self._own_dir / "pg", settings=FAST_SETTINGS)
+        # synchronous_commit stays on: with it off, a crash loses commits already acknowledged,
+        # and "nothing lost" could not be asserted. fsync and full_page_writes matter only when
+        # the machine itself crashes, which these tests never do.
+        settings = {**FAST_SETTINGS, "synchronous_commit": "on"}
+        self.server = EmbeddedPostgres(pgdata or self._own_dir / "pg", settings=settings)
         self.pgdata = self.server.pgdata
         self.url: str | None = None
         self._start_options: list[str] = []
