@@ -1,4 +1,4 @@
-"""Calling ``pgclip.search`` (created by migration 0002) and reading its rows with image details.
+"""Calling ``pgclip.search`` (its SQL: ``db/sql/search.sql``) and reading its rows with image details.
 
 The search itself is SQL, written once; this module only validates what it
 can before any SQL runs, manages the paging cursor, and translates the
@@ -56,7 +56,7 @@ class SearchParams:
     cursor: str | None = None
     ts_config: str = "english"
 
-    def validate(self) -> None:
+    def validate(self, *, needs_query: bool = True) -> None:
         if not 1 <= self.k <= MAX_K:
             raise InvalidInput(f"k must be between 1 and {MAX_K}, got {self.k}")
         if self.fusion not in ("rrf", "weighted"):
@@ -72,14 +72,16 @@ class SearchParams:
         unknown = set(self.filters) - FILTER_KEYS
         if unknown:
             raise InvalidInput(f"unknown filter {sorted(unknown)[0]!r} (known: {', '.join(sorted(FILTER_KEYS))})")
-        if self.vector is None and not (self.caption_query or "").strip():
+        if needs_query and self.vector is None and not (self.caption_query or "").strip():
             raise InvalidInput("give a text, an image, an image id or a caption query to search for")
         if self.vector is not None and not np.all(np.isfinite(self.vector)):
             raise InvalidInput("the query vector has non-finite values")
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, similar_to: int | None = None) -> str:
         """Identifies the query a cursor belongs to (everything but the page)."""
         h = hashlib.sha256()
+        if similar_to is not None:
+            h.update(f"similar:{similar_to}".encode())
         if self.vector is not None:
             h.update(np.asarray(self.vector, dtype=np.float32).tobytes())
         h.update(json.dumps([self.caption_query, self.filters, self.fusion, self.weight, self.min_similarity,
@@ -133,22 +135,28 @@ def _decode_cursor(cursor: str, fingerprint: str) -> tuple[int, int]:
     return offset, window
 
 
-_SEARCH = """
+_ROWS = """
 SELECT s.image_id, s.score, s.similarity, s.text_rank, s.vector_rank, s.text_rank_position,
        i.source, i.width, i.height, i.format, i.taken_at, i.metadata,
        (SELECT c.text FROM pgclip.captions c WHERE c.image_id = s.image_id ORDER BY c.id LIMIT 1) AS caption,
        EXISTS (SELECT 1 FROM pgclip.thumbnails t WHERE t.image_id = s.image_id) AS has_thumbnail
-FROM pgclip.search(%(vector)s, %(caption_query)s, %(filters)s, %(k)s, %(offset)s::int, %(options)s)
+FROM {source}
      WITH ORDINALITY AS s(image_id, score, similarity, text_rank, vector_rank, text_rank_position, n)
 JOIN pgclip.images i ON i.id = s.image_id
 ORDER BY s.n
 """
+_SEARCH = _ROWS.format(
+    source="pgclip.search(%(vector)s, %(caption_query)s, %(filters)s, %(k)s, %(offset)s::int, %(options)s)")
+# "More like this" is pgclip.similar's, the one analysts call: not a second version here.
+_SIMILAR = _ROWS.format(source="pgclip.similar(%(image_id)s, %(k)s, %(filters)s, %(offset)s::int, %(options)s)")
 
 
-def search(conn: psycopg.Connection, params: SearchParams, *, model: ModelRow | None = None) -> Page:
-    """Run one page of a search with the active model (read in the same transaction)."""
-    params.validate()
-    fingerprint = params.fingerprint()
+def search(conn: psycopg.Connection, params: SearchParams, *, model: ModelRow | None = None,
+           similar_to: int | None = None) -> Page:
+    """Run one page of a search with the active model (read in the same transaction); with
+    ``similar_to``, of "more like this" for that image (its own vector, itself excluded)."""
+    params.validate(needs_query=similar_to is None)
+    fingerprint = params.fingerprint(similar_to)
     window = max(200, 4 * params.k)
     offset = 0
     if params.cursor:
@@ -169,8 +177,9 @@ def search(conn: psycopg.Connection, params: SearchParams, *, model: ModelRow | 
         try:
             with conn.cursor(row_factory=class_row(Hit)) as cur:
                 hits = cur.execute(
-                    _SEARCH,
-                    {"vector": None if params.vector is None else np.asarray(params.vector, dtype=np.float32),
+                    _SEARCH if similar_to is None else _SIMILAR,
+                    {"image_id": similar_to,
+                     "vector": None if params.vector is None else np.asarray(params.vector, dtype=np.float32),
                      "caption_query": params.caption_query, "filters": Jsonb(params.filters), "k": params.k,
                      "offset": offset, "options": Jsonb(options)},
                 ).fetchall()
@@ -208,12 +217,5 @@ def stored_vector(conn: psycopg.Connection, model: ModelRow, image_id: int) -> n
 
 
 def similar(conn: psycopg.Connection, image_id: int, params: SearchParams) -> Page:
-    """"More like this": search with an image's own vector, excluding the image."""
-    with conn.transaction():
-        model = require_active_model(conn)
-        vector = stored_vector(conn, model, image_id)
-    exclude = list(params.filters.get("exclude_ids") or []) + [image_id]
-    return search(
-        conn, dataclasses.replace(params, vector=vector, filters={**params.filters, "exclude_ids": exclude}),
-        model=model,
-    )
+    """"More like this": search with an image's own vector, excluding the image (``pgclip.similar``)."""
+    return search(conn, params, similar_to=image_id)
