@@ -29,6 +29,7 @@ class NewImage:
     taken_at: dt.datetime | None
     metadata: dict[str, Any]
     data: bytes
+    source_bytes: bytes | None = None  # the name's exact bytes when it is not UTF-8 (source escapes them)
 
 
 def insert_images(conn: psycopg.Connection, images: Sequence[NewImage]) -> tuple[dict[str, int], dict[str, int]]:
@@ -46,6 +47,7 @@ def insert_images(conn: psycopg.Connection, images: Sequence[NewImage]) -> tuple
         {
             "sha256": [i.sha256 for i in batch],
             "source": [i.source for i in batch],
+            "source_bytes": [i.source_bytes for i in batch],
             "byte_size": [i.byte_size for i in batch],
             "width": [i.width for i in batch],
             "height": [i.height for i in batch],

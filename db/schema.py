@@ -70,6 +70,10 @@ class Image(Base):
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
     sha256: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
     source: Mapped[str | None] = mapped_column(Text, comment="original filename or path, as ingested")
+    source_bytes: Mapped[bytes | None] = mapped_column(
+        LargeBinary,
+        comment="the exact bytes of source when they are not valid UTF-8 (source then escapes them as \\xNN); else null",
+    )
     byte_size: Mapped[int] = mapped_column(BigInteger, nullable=False)
     width: Mapped[int] = mapped_column(Integer, nullable=False)
     height: Mapped[int] = mapped_column(Integer, nullable=False)

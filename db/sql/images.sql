@@ -4,11 +4,12 @@
 -- insert_images --
 -- Insert a batch of probed images; an image whose bytes are already stored
 -- (same sha256) is skipped here and looked up by the next statement.
-INSERT INTO pgclip.images (sha256, source, byte_size, width, height, format, mime, taken_at, metadata)
+-- source_bytes is null except for names that are not UTF-8 (see migration 0005).
+INSERT INTO pgclip.images (sha256, source, source_bytes, byte_size, width, height, format, mime, taken_at, metadata)
 SELECT *
-FROM unnest(%(sha256)s::text[], %(source)s::text[], %(byte_size)s::bigint[], %(width)s::int[],
-            %(height)s::int[], %(format)s::text[], %(mime)s::text[], %(taken_at)s::timestamptz[],
-            %(metadata)s::jsonb[])
+FROM unnest(%(sha256)s::text[], %(source)s::text[], %(source_bytes)s::bytea[], %(byte_size)s::bigint[],
+            %(width)s::int[], %(height)s::int[], %(format)s::text[], %(mime)s::text[],
+            %(taken_at)s::timestamptz[], %(metadata)s::jsonb[])
 ON CONFLICT (sha256) DO NOTHING
 RETURNING id, sha256;
 

@@ -1,0 +1,41 @@
+"""db/sql/search.sql is what a migrated database runs, and NULL arguments mean defaults."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from pgclip.db.queries import SQL_DIR
+
+FUNCTIONS = ("pgclip.filter_sql(jsonb)", "pgclip.search(vector, text, jsonb, int, int, jsonb)",
+             "pgclip.similar(bigint, int, jsonb, int, jsonb)")
+
+
+def _definitions(conn: psycopg.Connection) -> dict[str, str]:
+    return {f: conn.execute("SELECT pg_get_functiondef(%s::regprocedure)", [f]).fetchone()[0] for f in FUNCTIONS}
+
+
+def test_the_migrated_functions_are_the_ones_in_search_sql(conn):
+    migrated = _definitions(conn)
+    with conn.transaction(force_rollback=True):
+        conn.execute((SQL_DIR / "search.sql").read_text())
+        from_file = _definitions(conn)
+    for name in FUNCTIONS:
+        assert migrated[name] == from_file[name], (
+            f"{name} in db/sql/search.sql differs from the migrated database: "
+            "add a migration that applies a copy of the changed file (see migrations/versions/0006_search_sql.py)"
+        )
+
+
+@pytest.mark.parametrize("call", [
+    "pgclip.search(NULL, 'dog', NULL, NULL, NULL, NULL)",
+    "pgclip.search(NULL, 'dog', '{}', 10, 0, '{}')",
+    "pgclip.search(NULL, 'dog')",
+])
+def test_null_for_an_optional_argument_is_its_default(conn, call):
+    conn.execute("INSERT INTO pgclip.images (sha256, source, width, height, format, mime, byte_size) "
+                 "VALUES (repeat('a', 64), 'a.jpg', 4, 3, 'JPEG', 'image/jpeg', 10)")
+    image_id = conn.execute("SELECT id FROM pgclip.images").fetchone()[0]
+    conn.execute("INSERT INTO pgclip.captions (image_id, text) VALUES (%s, 'a dog')", [image_id])
+    rows = conn.execute(f"SELECT image_id FROM {call}").fetchall()
+    assert rows == [(image_id,)]
