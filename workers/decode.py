@@ -7,12 +7,15 @@ caught here (it is transient and the job retries).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
 import math
 import re
-from collections.abc import Callable
+import threading
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
@@ -91,6 +94,55 @@ def probe(data: bytes) -> ImageInfo:
         orientation=orientation,
         frames=frames,
     )
+
+
+_capture = threading.local()
+
+
+def route_warnings() -> None:
+    """Send warnings raised inside :func:`captured_warnings` blocks to those blocks.
+
+    Call it once from the main thread before starting the threads that capture:
+    it changes process-wide state (``warnings.showwarning`` and the filters),
+    which ``warnings.catch_warnings`` would also swap for every thread at once
+    (it is not thread-safe), and ingest probes files on a thread pool.
+    Warnings outside any block are shown as before. Idempotent.
+    """
+    if warnings.showwarning is not _show_warning:
+        _show_warning.previous = warnings.showwarning  # type: ignore[attr-defined]
+        warnings.showwarning = _show_warning
+    # Python shows a warning once per code location by default: the second file with
+    # corrupt EXIF would go uncounted. Pillow's warnings are counted every time.
+    warnings.filterwarnings("always", module=r"PIL(\.|$)")
+    warnings.filterwarnings("always", category=Image.DecompressionBombWarning)
+
+
+@contextlib.contextmanager
+def captured_warnings() -> Iterator[list[str]]:
+    """The warnings this thread raises inside the block, as one-line texts, instead of printed.
+
+    Pillow warns rather than fails for what it can read around ("Corrupt EXIF
+    data", odd TIFF tags, DecompressionBombWarning): facts to count for the
+    user, not Python warnings with source lines. Needs :func:`route_warnings`.
+    """
+    sink: list[str] = []
+    outer = getattr(_capture, "sink", None)
+    _capture.sink = sink
+    try:
+        yield sink
+    finally:
+        _capture.sink = outer
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    sink = getattr(_capture, "sink", None)
+    if sink is None:
+        _show_warning.previous(message, category, filename, lineno, file, line)  # type: ignore[attr-defined]
+    else:
+        sink.append(f"{category.__name__}: {' '.join(str(message).split())}")
+
+
+_show_warning.previous = warnings.showwarning  # type: ignore[attr-defined]
 
 
 def decode(data: bytes) -> Image.Image:

@@ -3,19 +3,24 @@
 Each batch is one transaction: image rows, their bytes, captions, metadata and
 queue rows together, with one NOTIFY for the batch (delivered at commit). The
 sha256 of the bytes identifies an image, so ingesting a tree again adds
-nothing and enqueues nothing; it only adds captions that are new.
+nothing and enqueues nothing; it only adds captions that are new. A run that
+is killed keeps the batches it committed, and the same command again adds the
+rest.
 
 Files are checked here as far as their pixels decode (JPEGs at 1/8 scale, which
 still reads every byte): an empty, truncated or over-sized file is rejected with
 its reason and never stored. Full decoding is the workers' job; bytes that fail
 there (stored by an older version, restored from a dump, inserted by hand) end
 ``failed`` in the queue with their reason.
+
+No single file ends a run: what cannot be found, opened, read, decoded or
+stored is rejected with its reason (see ``ingest_files``). Only the database
+going away ends it early, as :class:`IngestInterrupted`, saying how far it got.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,17 +30,32 @@ import psycopg
 
 from pgclip.db import images as db_images
 from pgclip.db import queue
-from pgclip.errors import InvalidInput
-from pgclip.workers.decode import ImageInfo, ImageRejected, probe
+from pgclip.errors import DatabaseUnavailable, InvalidInput
+from pgclip.workers.decode import ImageInfo, ImageRejected, captured_warnings, probe, route_warnings
+from pgclip.workers.ingest_files import IMAGE_SUFFIXES, Unreadable, discover, read_file, readable_name, stored_name
 from pgclip.workers.manifest import Entry, Manifest
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+__all__ = ["IMAGE_SUFFIXES", "BATCH_FILES", "IngestInterrupted", "IngestReport", "discover", "ingest", "new_image"]
+
 BATCH_FILES = 64  # files per transaction: big enough to amortise round-trips, small enough to show progress
 READ_THREADS = 4  # reading + header parsing overlap with the database round-trips
 
 
+class IngestInterrupted(DatabaseUnavailable):
+    """The database went away (or failed) mid-run; the batches committed before stay.
+
+    The message is the one line for the user; ``report`` holds what was done.
+    """
+
+    def __init__(self, message: str, report: IngestReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
 @dataclasses.dataclass
 class IngestReport:
+    """What a run did; paths are readable names (undecodable bytes as ``\\xNN``)."""
+
     added: int = 0
     present: int = 0
     skipped: int = 0  # files that are not images by their extension
@@ -46,40 +66,27 @@ class IngestReport:
     manifest_problems: list[str] = dataclasses.field(default_factory=list)
     manifest_problem_count: int = 0
     image_ids: list[int] = dataclasses.field(default_factory=list)
+    # (path, warning) for what the image library warned about while reading a file
+    # (corrupt EXIF, odd TIFF tags, ...): the file was still judged on its pixels.
+    warnings: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    files: int = 0  # image files found (the run's total)
+    committed_files: int = 0  # of those, files whose outcome is final (their batch committed)
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["rejected"] = [{"path": p, "reason": r} for p, r in self.rejected]
+        d["warnings"] = [{"path": p, "warning": w} for p, w in self.warnings]
         return d
 
 
-def discover(paths: Iterable[Path]) -> tuple[list[Path], int, list[tuple[str, str]]]:
-    """Image files under ``paths`` (recursive, sorted), the count of other files, and paths that do not exist."""
-    found: list[Path] = []
-    skipped = 0
-    missing: list[tuple[str, str]] = []
-    for root in paths:
-        root = Path(root).expanduser()
-        if root.is_file():
-            if root.suffix.lower() in IMAGE_SUFFIXES:
-                found.append(root)
-            else:
-                skipped += 1
-            continue
-        if not root.is_dir():
-            missing.append((str(root), "no such file or directory"))
-            continue
-        for folder, dirs, files in os.walk(root, onerror=lambda e: missing.append((e.filename, e.strerror))):
-            dirs.sort()
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
-            for name in sorted(files):
-                if name.startswith("."):
-                    continue
-                if Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                    found.append(Path(folder) / name)
-                else:
-                    skipped += 1
-    return found, skipped, missing
+@dataclasses.dataclass(frozen=True)
+class _Probed:
+    """One file after reading: the image to store, or the reason it cannot be."""
+
+    path: Path
+    image: db_images.NewImage | None
+    reason: str | None
+    warnings: tuple[str, ...] = ()
 
 
 class _ManifestIndex:
@@ -107,17 +114,19 @@ class _ManifestIndex:
     def missing(self) -> list[str]:
         if not self.manifest:
             return []
-        return [key for key in self.manifest.entries if key not in self.used]
+        return [readable_name(key) for key in self.manifest.entries if key not in self.used]
 
 
 def _resolved(path: Path) -> Path:
     try:
         return path.resolve()
-    except OSError:
+    except (OSError, RuntimeError, ValueError):  # RuntimeError: a symlink loop (Python 3.11); ValueError: a NUL
         return path.absolute()
 
 
-def new_image(data: bytes, info: ImageInfo, *, source: str | None, metadata: dict[str, Any]) -> db_images.NewImage:
+def new_image(
+    data: bytes, info: ImageInfo, *, source: str | None, metadata: dict[str, Any], source_bytes: bytes | None = None
+) -> db_images.NewImage:
     """The row to store for probed bytes: EXIF facts into ``metadata``, given metadata winning."""
     exif = {
         "camera_make": info.camera_make,
@@ -130,19 +139,25 @@ def new_image(data: bytes, info: ImageInfo, *, source: str | None, metadata: dic
     return db_images.NewImage(
         sha256=info.sha256, source=source, byte_size=len(data), width=info.width, height=info.height,
         format=info.format, mime=info.mime, taken_at=info.taken_at, metadata=merged, data=data,
+        source_bytes=source_bytes,
     )
 
 
-def _read(path: Path) -> tuple[Path, db_images.NewImage | None, str | None]:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return path, None, f"cannot read: {exc.strerror or exc}"
-    try:
-        info = probe(data)
-    except ImageRejected as exc:
-        return path, None, str(exc)
-    return path, new_image(data, info, source=str(path), metadata={}), None
+def _read(path: Path) -> _Probed:
+    """Read and probe one file; whatever goes wrong is this file's reason, never the run's end."""
+    with captured_warnings() as warned:
+        try:
+            data = read_file(path)
+            info = probe(data)
+            source, source_bytes = stored_name(path)
+            image = new_image(data, info, source=source, metadata={}, source_bytes=source_bytes)
+            return _Probed(path, image, None, tuple(warned))
+        except (Unreadable, ImageRejected) as exc:
+            return _Probed(path, None, str(exc), tuple(warned))
+        except MemoryError:
+            return _Probed(path, None, "out of memory while decoding it", tuple(warned))
+        except Exception as exc:  # a bug or a library's surprise: still one file's problem
+            return _Probed(path, None, f"cannot read ({type(exc).__name__}: {exc})", tuple(warned))
 
 
 def _batches(items: list[Path], size: int) -> Iterator[list[Path]]:
@@ -159,37 +174,50 @@ def ingest(
     ts_config: str = "english",
     progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
+    batch_files: int = BATCH_FILES,
 ) -> IngestReport:
     """Ingest image files; ``progress(n)`` is called after every n files.
 
     Each batch commits on its own (so a crash keeps what was done), unless the
     caller holds a transaction open: then the batches are savepoints within it.
+    Raises :class:`IngestInterrupted` when the database goes away mid-run.
     """
     paths = list(paths)
+    as_files = False
     if not paths and manifest is not None:
-        # No folders given: ingest the files the manifest names.
-        paths = [manifest.resolve(key) for key in manifest.entries]
-    files, skipped, missing = discover(paths)
-    report = IngestReport(skipped=skipped, rejected=list(missing))
+        # No folders given: ingest the files the manifest names (files only: a folder there is an error).
+        paths, as_files = [manifest.resolve(key) for key in manifest.entries], True
+    files, skipped, problems = discover(paths, as_files=as_files)
+    report = IngestReport(skipped=skipped, rejected=list(problems), files=len(files))
     if manifest is not None:
         report.manifest_problems = list(manifest.problems)
         report.manifest_problem_count = manifest.problem_count
     index = _ManifestIndex(manifest)
     if on_total:
         on_total(len(files))
+    route_warnings()
     with ThreadPoolExecutor(READ_THREADS) as pool:
-        for batch in _batches(files, BATCH_FILES):
+        for batch in _batches(files, batch_files):
             probed = list(pool.map(_read, batch))
             _store_batch(conn, probed, index, report, model_id=model_id, ts_config=ts_config)
+            report.committed_files += len(batch)
             if progress:
                 progress(len(batch))
     report.manifest_missing = index.missing()
     return report
 
 
+@dataclasses.dataclass(frozen=True)
+class _Stored:
+    added: dict[str, int]
+    existing: dict[str, int]
+    captions_added: int
+    enqueued: int
+
+
 def _store_batch(
     conn: psycopg.Connection,
-    probed: list[tuple[Path, db_images.NewImage | None, str | None]],
+    probed: list[_Probed],
     index: _ManifestIndex,
     report: IngestReport,
     *,
@@ -197,30 +225,91 @@ def _store_batch(
     ts_config: str,
 ) -> None:
     good: list[tuple[Path, db_images.NewImage, Entry | None]] = []
-    for path, image, reason in probed:
-        if image is None:
-            report.rejected.append((str(path), reason or "rejected"))
+    for item in probed:
+        name = readable_name(item.path)
+        report.warnings.extend((name, warning) for warning in item.warnings)
+        if item.image is None:
+            report.rejected.append((name, item.reason or "rejected"))
             continue
-        entry = index.lookup(path)
+        entry = index.lookup(item.path)
+        image = item.image
         if entry and entry.metadata:
             image = dataclasses.replace(image, metadata={**image.metadata, **entry.metadata})
-        good.append((path, image, entry))
+        good.append((item.path, image, entry))
+    _store(conn, good, report, model_id=model_id, ts_config=ts_config)
+
+
+def _store(
+    conn: psycopg.Connection,
+    good: list[tuple[Path, db_images.NewImage, Entry | None]],
+    report: IngestReport,
+    *,
+    model_id: int,
+    ts_config: str,
+) -> None:
+    """Store a batch in one transaction; a batch the database refuses is stored file by file.
+
+    One file's values can make a statement fail (metadata PostgreSQL cannot
+    hold, say): then each file gets its own transaction, so only that file is
+    rejected, with the database's reason.
+    """
     if not good:
         return
-    with conn.transaction():
-        added, existing = db_images.insert_images(conn, [image for _, image, _ in good])
-        ids = {**existing, **added}
-        db_images.merge_metadata(
-            conn, {existing[img.sha256]: entry.metadata for _, img, entry in good if entry and img.sha256 in existing}
-        )
-        captions = [(ids[img.sha256], text) for _, img, entry in good if entry for text in entry.captions]
-        report.captions_added += db_images.add_captions(conn, captions, ts_config=ts_config)
-        report.enqueued += queue.enqueue(conn, sorted(added.values()), model_id)
-        # Known images never queued for this model (ingested under another one) are queued now.
-        report.enqueued += queue.enqueue(conn, sorted(existing.values()), model_id, only_unqueued=True)
-    report.added += len(added)
-    report.present += len(existing)
-    report.image_ids.extend(sorted(ids.values()))
+    try:
+        with conn.transaction():
+            stored = _write(conn, good, model_id=model_id, ts_config=ts_config)
+    except (psycopg.DataError, psycopg.IntegrityError, ValueError) as exc:
+        if conn.closed or conn.broken:
+            raise _interrupted(conn, exc, report) from exc
+        if len(good) > 1:
+            for one in good:
+                _store(conn, [one], report, model_id=model_id, ts_config=ts_config)
+            return
+        report.rejected.append((readable_name(good[0][0]), f"the database refused it: {_first_line(exc)}"))
+        return
+    except psycopg.Error as exc:
+        raise _interrupted(conn, exc, report) from exc
+    report.added += len(stored.added)
+    report.present += len(stored.existing)
+    report.captions_added += stored.captions_added
+    report.enqueued += stored.enqueued
+    report.image_ids.extend(sorted({**stored.existing, **stored.added}.values()))
+
+
+def _write(
+    conn: psycopg.Connection,
+    good: list[tuple[Path, db_images.NewImage, Entry | None]],
+    *,
+    model_id: int,
+    ts_config: str,
+) -> _Stored:
+    added, existing = db_images.insert_images(conn, [image for _, image, _ in good])
+    ids = {**existing, **added}
+    db_images.merge_metadata(
+        conn, {existing[img.sha256]: entry.metadata for _, img, entry in good if entry and img.sha256 in existing}
+    )
+    captions = [(ids[img.sha256], text) for _, img, entry in good if entry for text in entry.captions]
+    captions_added = db_images.add_captions(conn, captions, ts_config=ts_config)
+    enqueued = queue.enqueue(conn, sorted(added.values()), model_id)
+    # Known images never queued for this model (ingested under another one) are queued now.
+    enqueued += queue.enqueue(conn, sorted(existing.values()), model_id, only_unqueued=True)
+    return _Stored(added, existing, captions_added, enqueued)
+
+
+def _interrupted(conn: psycopg.Connection, exc: BaseException, report: IngestReport) -> IngestInterrupted:
+    done = f"after committing {report.committed_files} of {report.files} files"
+    state = getattr(exc, "sqlstate", None) or ""
+    # A crash or shutdown reaches the client as a broken connection, or first as 08xxx / 57Pxx.
+    if conn.closed or conn.broken or state.startswith(("08", "57P")):
+        what = "database connection lost"
+    else:
+        what = f"database error ({_first_line(exc)})"
+    return IngestInterrupted(f"{what} {done}; run the same command again to add the rest", report)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def require_paths(paths: list[Path], manifest: Manifest | None) -> None:

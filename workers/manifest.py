@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from pgclip.errors import InvalidInput
 
 MAX_CAPTION_CHARS = 10_000  # a caption, not a document; keeps to_tsvector far below its 1 MB limit
 MAX_PROBLEMS_KEPT = 50  # per manifest; the count of the rest is still reported
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 @dataclasses.dataclass
@@ -54,12 +56,28 @@ def clean_caption(text: Any) -> str | None:
     """A caption as stored, or None when it cannot be one (raises for a caption too long)."""
     if not isinstance(text, str):
         return None
-    text = " ".join(text.replace("\x00", "").split())  # PostgreSQL text cannot hold NUL
+    text = " ".join(_storable(text).split())
     if not text:
         return None
     if len(text) > MAX_CAPTION_CHARS:
         raise InvalidInput(f"caption of {len(text)} characters is longer than {MAX_CAPTION_CHARS}")
     return text
+
+
+def _storable(text: str) -> str:
+    """Text PostgreSQL can hold: no NUL, and each undecodable byte (a lone surrogate) as U+FFFD."""
+    return _SURROGATES.sub("\ufffd", text.replace("\x00", ""))
+
+
+def _storable_json(value: Any) -> Any:
+    """Manifest metadata with every key and string made :func:`_storable` (jsonb refuses NUL too)."""
+    if isinstance(value, str):
+        return _storable(value)
+    if isinstance(value, dict):
+        return {_storable(str(k)): _storable_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_storable_json(v) for v in value]
+    return value
 
 
 def load_manifest(path: Path) -> Manifest:
@@ -69,7 +87,9 @@ def load_manifest(path: Path) -> Manifest:
         raw = path.read_bytes()
     except OSError as exc:
         raise InvalidInput(f"cannot read captions file {path}: {exc.strerror or exc}") from exc
-    text = raw.decode("utf-8-sig", errors="replace")
+    # Bytes that are not UTF-8 (a latin-1 results.csv from an old archive) stay as Python keeps
+    # file names (lone surrogates), so such a name finds the file of the same bytes.
+    text = raw.decode("utf-8-sig", errors="surrogateescape")
     manifest = Manifest(path)
     if text.lstrip().startswith("{"):
         _parse_jsonl(text, manifest)
@@ -139,6 +159,6 @@ def _parse_jsonl(text: str, manifest: Manifest) -> None:
             manifest.problem(f'{where}: "metadata" must be an object')
             metadata = {}
         entry = manifest.entry(key)
-        entry.metadata.update(metadata)
+        entry.metadata.update(_storable_json(metadata))
         for caption in captions:
             _add_caption(manifest, key, caption, where)
