@@ -130,6 +130,40 @@ def release(conn: psycopg.Connection, job_ids: Sequence[int], *, worker: str) ->
     return {r[0] for r in rows}
 
 
+def release_strays(conn: psycopg.Connection, *, model_id: int, worker: str, held: Sequence[int]) -> set[int]:
+    """Give back jobs leased to ``worker`` other than ``held`` (lost with a connection); returns their ids."""
+    rows = conn.execute(
+        QUEUE["release_strays"], {"model_id": model_id, "worker": worker, "held": list(held)}
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def orphaned_workers(conn: psycopg.Connection) -> set[str]:
+    """Worker ids holding unexpired leases with no session open (dead, or reconnecting)."""
+    return {r[0] for r in conn.execute(QUEUE["orphaned_workers"]).fetchall()}
+
+
+def server_uptime(conn: psycopg.Connection) -> float:
+    """Seconds since the PostgreSQL server started (or restarted after a crash)."""
+    return float(conn.execute(QUEUE["server_uptime"]).fetchone()[0])
+
+
+def reap(conn: psycopg.Connection, workers: Sequence[str]) -> dict[str, int]:
+    """Expire the leases of ``workers`` that still have no session, and wake idle workers.
+
+    Returns worker id -> jobs made claimable (nothing for a worker that came back).
+    """
+    if not workers:
+        return {}
+    rows = conn.execute(QUEUE["reap"], {"workers": list(workers)}).fetchall()
+    reaped: dict[str, int] = {}
+    for _, model_id, worker in rows:
+        reaped[worker] = reaped.get(worker, 0) + 1
+    for model_id in {r[1] for r in rows}:
+        conn.execute(QUEUE["notify"], {"model_id": model_id})
+    return reaped
+
+
 def retry_failed(conn: psycopg.Connection, model_id: int | None = None) -> int:
     rows = conn.execute(QUEUE["retry_failed"], {"model_id": model_id}).fetchall()
     if rows:

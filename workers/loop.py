@@ -2,8 +2,11 @@
 
 Transactions are short and never span the model: the claim commits before any
 decoding, and the results are written in a second transaction fenced on
-ownership (``sql/queue.sql``). While a batch is in hand a background thread
-renews its lease every lease/3, so a slow batch is not taken by another worker.
+ownership (``sql/queue.sql``). The worker keeps the ids of the jobs it holds
+(claimed, not yet written); a lease keeper renews their leases every lease/3,
+and whatever is still held when the worker stops is given back in one
+statement, its attempt returned (``liveness.py`` has the keeper, the presence
+connection that reaps dead workers' leases, and the watchdog).
 
 Threads form a pipeline around the model, so that it never waits: the
 decode thread claims, decodes, makes thumbnails and runs the model's
@@ -16,22 +19,21 @@ meanwhile (torch, Pillow and psycopg release the GIL).
 
 Failures: an image that cannot be decoded fails at once with its reason; an
 exception from the model is retried (the batch split into single images first,
-so one bad image fails alone) with backoff until its attempts run out; a lost
-database connection is re-established and the batch in hand written again
-(the ownership fence makes that safe).
+so one bad image fails alone) with backoff until its attempts run out. The
+database going away is nobody's fault and costs no attempt: every connection
+waits for it and reconnects (``reconnect.py``), the batch in hand is written
+once it is back (the ownership fence makes that safe), and jobs whose claim or
+completion was lost with a connection are given back.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import queue as threadqueue
-import socket
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -41,17 +43,18 @@ import psycopg
 from pgclip.db import queue
 from pgclip.db.engine import connect
 from pgclip.db.models import ModelRow
-from pgclip.errors import DatabaseUnavailable
 from pgclip.workers.decode import ImageRejected, Thumbnail, decode, make_thumbnail
+from pgclip.workers.liveness import Held, LeaseKeeper, Presence, Watchdog, app_name, worker_id
+from pgclip.workers.reconnect import RETRYABLE, Abandoned, Outage, Reconnecting, reason
+
+__all__ = ["Worker", "WorkerStats", "worker_id"]
 
 log = logging.getLogger("pgclip.worker")
 
 LOOKAHEAD_BATCHES = 1  # decoded batches waiting for the model; more only holds leases longer
 POLL_SECONDS = 5.0  # fallback wake-up when a NOTIFY is lost (or the listener is reconnecting)
-LISTEN_TICK_SECONDS = 0.2  # the listener looks at the stop flag this often
-LISTEN_HEALTH_CHECK_SECONDS = 2.0  # and pings its connection this often
 UNTIL_EMPTY_POLL_SECONDS = 0.5  # --until-empty: how often to look whether others' leased jobs ended
-RECONNECT_MAX_SECONDS = 10.0  # longest wait between reconnection attempts
+PRODUCER_JOIN_SECONDS = 10.0  # a stopping worker waits this long for a claim in flight
 THUMBNAIL_SIDE = 256  # pixels, the longer side of the WebP thumbnail
 # How long a thread may hold the GIL while another waits for it (Python's default: 5 ms).
 # The decode thread runs Pillow's Python code (JPEG markers, EXIF) between the C calls
@@ -70,10 +73,6 @@ class ImageEncoder(Protocol):
 
     def encode_prepared(self, prepared: Sequence[Any]) -> np.ndarray:
         """Unit vectors for a batch of prepared inputs (runs in the main thread)."""
-
-
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 @dataclasses.dataclass
@@ -96,7 +95,6 @@ class Encoded:
     """A batch after the model, on its way to the writer."""
 
     batch: Decoded
-    keeper: LeaseKeeper  # renews the batch's leases until it is written
     vectors: dict[int, np.ndarray]
     errors: dict[int, str]  # job id -> transient failure (retried later)
 
@@ -118,7 +116,13 @@ class WorkerStats:
 
 
 class Worker:
-    """One worker process's loop over the queue of one model."""
+    """One worker process's loop over the queue of one model.
+
+    ``watchdog_seconds``: exit the process (status ``liveness.EXIT_HUNG``, with a thread
+    dump) after that long without progress while holding jobs; 0 = no watchdog (the
+    default for workers run inside another program). ``parent_pid``: stop when the
+    process that started this one is gone.
+    """
 
     def __init__(
         self,
@@ -131,6 +135,8 @@ class Worker:
         max_attempts: int,
         model_threads: int = 1,
         on_done: Callable[[int], None] | None = None,
+        watchdog_seconds: float = 0,
+        parent_pid: int | None = None,
     ) -> None:
         self.url = url
         self.model_threads = model_threads  # threads running the model, each on its own batch
@@ -143,20 +149,30 @@ class Worker:
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
         self.on_done = on_done
+        self.watchdog_seconds = watchdog_seconds
+        self.parent_pid = parent_pid
         self.id = worker_id()
         self.stats = WorkerStats()
+        self.held = Held()  # claimed and not yet written or given back
+        self.outage = Outage()
         self.stopping = threading.Event()
         self._wake = threading.Event()
-        # The main thread finishes the batch in hand even while stopping, waiting for a
-        # database that went away, but not forever: once a lease has passed since the
-        # stop, the batch's leases have expired and its writes would be refused anyway.
+        self._closed = threading.Event()  # run() is over: the presence, keeper and watchdog threads end
+        # The writer finishes the batch in hand even while stopping, waiting for a database
+        # that went away, but not forever: once a lease has passed since the stop, the batch's
+        # leases have expired and its writes would be refused anyway.
         self._abandon = threading.Event()
-        self._main = _Reconnecting(url, self._abandon)
+        self._main = self._connection(self._abandon)
+        self.last_progress = time.monotonic()
+        self.presence: Presence | None = None
 
-    def _with_db(self, fn: Callable[[psycopg.Connection], object]):
-        """Run ``fn(conn)`` in a transaction on the writer's connection, reconnecting
-        while the database is away (the batch in hand is written once it is back)."""
-        return self._main.run(fn)
+    def _connection(self, cancel: threading.Event, **options: Any) -> Reconnecting:
+        return Reconnecting(self.url, app_name=app_name(self.id), outage=self.outage, cancel=cancel,
+                            progress=self._beat, **options)
+
+    def _beat(self) -> None:
+        """The loop moved (a claim, a batch decoded, encoded or written, a reconnection attempt)."""
+        self.last_progress = time.monotonic()
 
     # --- the loop ----------------------------------------------------------------
 
@@ -165,23 +181,31 @@ class Worker:
         self.encoder.load()
         switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(GIL_SWITCH_SECONDS)
-        listener = Listener(self.url, self._wake, self.stopping)
-        listener.start()
+        self._beat()
+        self.presence = Presence(self.url, worker=self.id, outage=self.outage, wake=self._wake, done=self._closed)
+        services: list[threading.Thread] = [
+            self.presence,
+            LeaseKeeper(self.url, worker=self.id, held=self.held, lease_seconds=self.lease_seconds,
+                        outage=self.outage, done=self._closed),
+            Watchdog(seconds=self.watchdog_seconds, held=self.held, idle_for=lambda: time.monotonic() - self.last_progress,
+                     done=self._closed, parent_pid=self.parent_pid, on_orphaned=self.stop),
+        ]
+        for service in services:
+            service.start()
         decoded: threadqueue.Queue[Decoded | None] = threadqueue.Queue(maxsize=LOOKAHEAD_BATCHES)
         producer = threading.Thread(target=self._produce, args=(decoded, until_empty), name="decode", daemon=True)
         producer.start()
         encoded: threadqueue.Queue[Encoded | None] = threadqueue.Queue(maxsize=1)
         writer = threading.Thread(target=self._write_loop, args=(encoded,), name="write", daemon=True)
         writer.start()
-        unstarted: list[Decoded] = []  # decoded ahead but not started: given back once the writer is done
         helpers = [
-            threading.Thread(target=self._model_loop, args=(decoded, encoded, unstarted), name=f"model-{i}", daemon=True)
+            threading.Thread(target=self._model_loop, args=(decoded, encoded), name=f"model-{i}", daemon=True)
             for i in range(1, self.model_threads)
         ]
         for helper in helpers:
             helper.start()
         try:
-            self._model_loop(decoded, encoded, unstarted)
+            self._model_loop(decoded, encoded)
         finally:
             self.stopping.set()
             self._wake.set()
@@ -189,36 +213,29 @@ class Worker:
                 helper.join()
             encoded.put(None)
             writer.join()
-            while True:
-                try:
-                    batch = decoded.get_nowait()
-                except threadqueue.Empty:
-                    break
-                if batch is not None:
-                    unstarted.append(batch)
-            # Given back without counting an attempt.
-            for batch in unstarted:
-                self._release(batch)
-            producer.join(timeout=5)
-            listener.stop()
+            producer.join(timeout=PRODUCER_JOIN_SECONDS)
+            # Everything still held (decoded ahead, claimed by a stopping decode thread, a write
+            # abandoned) goes back in one statement, without counting an attempt.
+            self.give_back()
+            self._closed.set()
+            for service in services:
+                service.join(timeout=3)
             self._main.close()
             sys.setswitchinterval(switch_interval)
         return self.stats
 
-    def _model_loop(self, decoded: threadqueue.Queue, encoded: threadqueue.Queue, unstarted: list[Decoded]) -> None:
+    def _model_loop(self, decoded: threadqueue.Queue, encoded: threadqueue.Queue) -> None:
         """Encode decoded batches until the decode thread ends (runs in every model thread)."""
         while (batch := decoded.get()) is not None:
             if self.stopping.is_set():
-                unstarted.append(batch)
-                continue
-            keeper = LeaseKeeper(self, batch.job_ids)
-            keeper.start()
+                continue  # not started: still held, given back when the worker ends
             vectors, errors = self._encode(batch)
-            encoded.put(Encoded(batch, keeper, vectors, errors | batch.errors))
+            self._beat()
+            encoded.put(Encoded(batch, vectors, errors | batch.errors))
         decoded.put(None)  # the decode thread's end, passed on to the other model threads
 
     def stop(self) -> None:
-        """Stop claiming; the batches in hand are finished, batches decoded ahead are released."""
+        """Stop claiming; the batches in hand are finished, the rest is given back."""
         if not self.stopping.is_set():
             timer = threading.Timer(self.lease_seconds, self._abandon.set)
             timer.daemon = True
@@ -226,39 +243,59 @@ class Worker:
         self.stopping.set()
         self._wake.set()
 
+    def give_back(self) -> bool:
+        """Release every job still held, in one statement on a fresh connection, one try.
+
+        The attempt counted at claim is returned. True when nothing is left held. Safe at
+        any moment, from any thread: a batch being written meanwhile is refused by the
+        ownership fence or released, never both.
+        """
+        ids = self.held.snapshot()
+        if not ids:
+            return True
+        try:
+            with connect(self.url, role="worker", app_name=app_name(self.id)) as conn:
+                released = queue.release(conn, ids, worker=self.id)
+        except RETRYABLE as exc:
+            log.warning("could not give back %d jobs (%s): others take them over once this worker is gone",
+                        len(ids), reason(exc))
+            return False
+        self.held.discard(ids)
+        self.stats.add(released=len(released))
+        return True
+
     def _produce(self, out: threadqueue.Queue, until_empty: bool) -> None:
         """Claim and decode batches ahead of the model (runs in its own thread and connection)."""
-        conn_holder = _Reconnecting(self.url, self.stopping)
+        db = self._connection(self.stopping, on_connect=self._release_strays)
         try:
             while not self.stopping.is_set():
-                jobs = conn_holder.run(self._claim)
-                if jobs is None:
-                    break
+                jobs = db.run(self._claim)
+                self._beat()
                 live = [j for j in jobs if j.state == "leased"]
+                self.held.add(j.id for j in live)
                 self.stats.add(failed=len(jobs) - len(live))
                 if not live:
-                    if until_empty and conn_holder.run(lambda c: queue.open_jobs(c, self.model.id)[0]) == 0:
+                    if until_empty and db.run(lambda c: queue.open_jobs(c, self.model.id)[0]) == 0:
                         break
                     # Jobs leased elsewhere end without a notification: an emptying worker looks again soon.
                     self._wake.wait(UNTIL_EMPTY_POLL_SECONDS if until_empty else POLL_SECONDS)
                     self._wake.clear()
                     continue
-                blobs = conn_holder.run(lambda c: _fetch_blobs(c, [j.image_id for j in live]))
-                if blobs is None:
-                    break
+                blobs = db.run(lambda c: _fetch_blobs(c, [j.image_id for j in live]))
                 batch = self._decode(live, blobs)
+                self._beat()
                 while not self.stopping.is_set():
                     try:
                         out.put(batch, timeout=0.5)
                         break
                     except threadqueue.Full:
                         continue
-                else:
-                    self._release(batch, _Reconnecting(self.url, threading.Event()))
+        except Abandoned:
+            pass  # stopping: what this thread claimed is held, and given back when the worker ends
         except Exception:
             log.exception("worker's claim loop failed")
         finally:
-            conn_holder.close()
+            db.close()
             out.put(None)
 
     def _claim(self, conn: psycopg.Connection) -> list[queue.ClaimedJob]:
@@ -266,6 +303,14 @@ class Worker:
             conn, model_id=self.model.id, worker=self.id, limit=self.batch_size,
             lease_seconds=self.lease_seconds, max_attempts=self.max_attempts,
         )
+
+    def _release_strays(self, conn: psycopg.Connection) -> None:
+        """On each new claiming connection: give back jobs leased to us that we do not hold
+        (a claim whose answer was lost with the old connection, a completion that crash
+        recovery undid). Only this thread claims, so no claim is in flight meanwhile."""
+        strays = queue.release_strays(conn, model_id=self.model.id, worker=self.id, held=self.held.snapshot())
+        if strays:
+            log.info("gave back %d jobs whose claim or completion was lost with the connection", len(strays))
 
     def _decode(self, jobs: list[queue.ClaimedJob], blobs: dict[int, bytes]) -> Decoded:
         batch = Decoded(jobs, {}, {}, {}, {})
@@ -292,24 +337,32 @@ class Worker:
         while (item := encoded.get()) is not None:
             try:
                 self._write(item.batch, item.vectors, item.errors)
+            except Abandoned:
+                pass  # stopping with the database away: the batch stays held, given back if it can be
             except Exception:
+                # A bug, not the database: let the leases expire (counting the attempt) rather
+                # than give the batch back, so that a batch that breaks the writer ends failed.
+                self.held.discard(item.batch.job_ids)
                 log.exception("writing a batch failed; its jobs return to the queue when their leases expire")
-            finally:
-                item.keeper.stop()
 
     def _write(self, batch: Decoded, vectors: dict[int, np.ndarray], errors: dict[int, str]) -> None:
         results = []
         for job_id, vector in vectors.items():
             thumb = batch.thumbs[job_id]
             results.append(queue.Finished(job_id, vector, thumb.data, thumb.width, thumb.height))
-        # Each returns None only when abandoned (stopping, database gone for a whole lease).
-        owned = (self._with_db(lambda c: queue.complete(c, results, worker=self.id)) if results else None) or set()
-        failed = (self._with_db(lambda c: queue.fail(c, batch.rejected, worker=self.id))
-                  if batch.rejected else None) or set()
-        states = (
-            self._with_db(lambda c: queue.retry_later(c, errors, worker=self.id, max_attempts=self.max_attempts))
-            if errors else None
-        ) or {}
+
+        def write(conn: psycopg.Connection) -> tuple[set[int], set[int], dict[int, str]]:
+            # One transaction: the batch's outcome is written whole or not at all.
+            return (
+                queue.complete(conn, results, worker=self.id),
+                queue.fail(conn, batch.rejected, worker=self.id),
+                queue.retry_later(conn, errors, worker=self.id, max_attempts=self.max_attempts),
+            )
+
+        # Waits for the database while it is away; raises Abandoned once a stopping worker gives up.
+        owned, failed, states = self._main.run(write)
+        self.held.discard(batch.job_ids)
+        self._beat()
         sent = len(results) + len(batch.rejected) + len(errors)
         self.stats.add(
             done=len(owned),
@@ -342,18 +395,6 @@ class Worker:
                 errors[job_id] = _reason(exc)
         return out, errors
 
-    def _release(self, batch: Decoded, db: _Reconnecting | None = None) -> None:
-        """Give back claimed jobs without counting the attempt (the thread's own connection)."""
-        db = db or self._main
-        try:
-            released = db.run(lambda c: queue.release(c, batch.job_ids, worker=self.id))
-            self.stats.add(released=len(released or ()))
-        except Exception as exc:
-            log.warning("could not release %d jobs (%s); their leases will expire", len(batch.jobs), exc)
-        finally:
-            if db is not self._main:
-                db.close()
-
 
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
@@ -365,106 +406,3 @@ def _fetch_blobs(conn: psycopg.Connection, image_ids: list[int]) -> dict[int, by
         "SELECT image_id, data FROM pgclip.image_blobs WHERE image_id = ANY(%s)", [image_ids]
     ).fetchall()
     return {image_id: bytes(data) for image_id, data in rows}
-
-
-class _Reconnecting:
-    """A connection for the claiming thread that survives server restarts."""
-
-    def __init__(self, url: str, stopping: threading.Event) -> None:
-        self.url = url
-        self.stopping = stopping
-        self.conn: psycopg.Connection | None = None
-
-    def run(self, fn):
-        delay = 0.5
-        while not self.stopping.is_set():
-            try:
-                if self.conn is None or self.conn.closed:
-                    self.conn = connect(self.url, role="worker")
-                with self.conn.transaction():
-                    return fn(self.conn)
-            except (psycopg.OperationalError, DatabaseUnavailable) as exc:
-                log.warning("database unavailable (%s); retrying in %.1fs", exc, delay)
-                self.close()
-                self.stopping.wait(delay)
-                delay = min(delay * 2, RECONNECT_MAX_SECONDS)
-        return None
-
-    def close(self) -> None:
-        if self.conn is not None:
-            try:
-                self.conn.close()
-            except Exception:
-                pass
-        self.conn = None
-
-
-class LeaseKeeper:
-    """Renews a batch's lease every lease/3 while the batch is being processed."""
-
-    def __init__(self, worker: Worker, job_ids: list[int]) -> None:
-        self.worker = worker
-        self.job_ids = job_ids
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="lease", daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.done.set()
-        self.thread.join(timeout=5)
-
-    def _run(self) -> None:
-        interval = self.worker.lease_seconds / 3
-        conn = None
-        while not self.done.wait(interval):
-            try:
-                if conn is None or conn.closed:
-                    conn = connect(self.worker.url, role="worker-lease")
-                with conn.transaction():
-                    kept = queue.renew(conn, self.job_ids, worker=self.worker.id, lease_seconds=self.worker.lease_seconds)
-                if len(kept) < len(self.job_ids):
-                    log.warning("lost the lease of %d jobs", len(self.job_ids) - len(kept))
-            except Exception as exc:
-                log.warning("could not renew leases (%s)", exc)
-                conn = None
-        if conn is not None:
-            conn.close()
-
-
-class Listener(threading.Thread):
-    """LISTENs for enqueue notifications and wakes the worker; reconnects when the connection dies."""
-
-    def __init__(self, url: str, wake: threading.Event, stopping: threading.Event) -> None:
-        super().__init__(name="listen", daemon=True)
-        self.url = url
-        self.wake = wake
-        self.stopping = stopping
-
-    def run(self) -> None:
-        delay = 0.5
-        while not self.stopping.is_set():
-            try:
-                with connect(self.url, role="worker-listen", autocommit=True, vector=False) as conn:
-                    conn.execute(f"LISTEN {queue.NOTIFY_CHANNEL}")
-                    delay = 0.5
-                    checked = time.monotonic()
-                    while not self.stopping.is_set():
-                        # A short wait, so that a stopping worker need not wait for its listener.
-                        for _ in conn.notifies(timeout=LISTEN_TICK_SECONDS, stop_after=1):
-                            self.wake.set()
-                        if time.monotonic() - checked >= LISTEN_HEALTH_CHECK_SECONDS:
-                            conn.execute("SELECT 1")  # raises on a connection the server dropped
-                            checked = time.monotonic()
-            except Exception as exc:
-                if self.stopping.is_set():
-                    return
-                log.info("listener reconnecting (%s)", exc)
-                self.wake.set()  # poll once while we are deaf
-                self.stopping.wait(delay)
-                delay = min(delay * 2, RECONNECT_MAX_SECONDS)
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.join(timeout=3)

@@ -134,13 +134,68 @@ WHERE j.id = t.job_id AND j.locked_by = %(worker)s AND j.state = 'leased'
 RETURNING j.id, j.state;
 
 -- release --
--- Give back jobs claimed but not started (worker shutting down): pending again,
--- and the attempt counted at claim is returned since nothing was tried.
+-- Give back jobs claimed but not finished (a worker stopping: batches not started,
+-- or cut short by a second signal): pending again, and the attempt counted at
+-- claim is returned, since the image is not at fault.
 UPDATE pgclip.embedding_jobs
 SET state = 'pending', attempts = greatest(attempts - 1, 0), lease_until = NULL, locked_by = NULL,
     run_after = now(), updated_at = now()
 WHERE id = ANY(%(job_ids)s::bigint[]) AND locked_by = %(worker)s AND state = 'leased'
 RETURNING id;
+
+-- release_strays --
+-- Give back jobs leased to this worker that it does not know it holds: a claim
+-- that committed while its answer was lost with the connection, or a completion
+-- that the server's crash recovery undid. Run by the claiming thread right after
+-- it reconnects (before it claims again, so nothing in flight is mistaken for a
+-- stray). Nothing was tried, so the attempt is returned: an outage burns none.
+-- The first three conditions are the claim index's (a leased job's lease_until).
+UPDATE pgclip.embedding_jobs
+SET state = 'pending', attempts = greatest(attempts - 1, 0), lease_until = NULL, locked_by = NULL,
+    run_after = now(), updated_at = now()
+WHERE model_id = %(model_id)s AND state IN ('pending', 'leased') AND COALESCE(lease_until, run_after) > now()
+  AND state = 'leased' AND locked_by = %(worker)s AND id <> ALL(%(held)s::bigint[])
+RETURNING id;
+
+-- orphaned_workers --
+-- Workers that hold unexpired leases but have no open session. Every connection
+-- of a worker carries application_name `pgclip-worker[<its id>]`, and
+-- pg_stat_activity shows application_name to every role, so a worker process
+-- that died (kill -9, OOM kill, crash) shows up here as soon as the server has
+-- closed its sessions, a lease sooner than expiry would tell. The caller reaps
+-- only the workers it saw here on two checks some seconds apart, and not just
+-- after its own reconnection: after a server restart every session is gone for
+-- a moment, including those of live workers that are reconnecting.
+-- `model_id IN (...)` and the next two conditions let the claim index serve.
+SELECT DISTINCT j.locked_by AS worker
+FROM pgclip.embedding_jobs j
+WHERE j.model_id IN (SELECT id FROM pgclip.models)
+  AND j.state IN ('pending', 'leased') AND COALESCE(j.lease_until, j.run_after) > now()
+  AND j.state = 'leased'
+  AND NOT EXISTS (
+      SELECT 1 FROM pg_stat_activity a WHERE a.application_name = 'pgclip-worker[' || j.locked_by || ']');
+
+-- server_uptime --
+-- Seconds since the server (re)started: a worker whose first connection comes just
+-- after a restart holds off reaping, as one that reconnected does (see orphaned_workers).
+SELECT extract(epoch FROM now() - pg_postmaster_start_time())::float8 AS seconds;
+
+-- reap --
+-- Expire the leases of dead workers (confirmed by the caller, and checked again
+-- here in the same statement): the job becomes claimable at once and the normal
+-- claim takes it, counting the attempt, so a job that kills every worker that
+-- touches it still ends failed. The lease is set to expire when the job first
+-- became claimable (run_after), so it keeps its place at the head of the queue.
+-- Nothing else changes: if the "dead" worker was alive after all and writes before
+-- anyone re-claims the job, its write is still accepted (same ownership fence).
+UPDATE pgclip.embedding_jobs AS j
+SET lease_until = least(j.run_after, now()), updated_at = now()
+WHERE j.model_id IN (SELECT id FROM pgclip.models)
+  AND j.state IN ('pending', 'leased') AND COALESCE(j.lease_until, j.run_after) > now()
+  AND j.state = 'leased' AND j.locked_by = ANY(%(workers)s::text[])
+  AND NOT EXISTS (
+      SELECT 1 FROM pg_stat_activity a WHERE a.application_name = 'pgclip-worker[' || j.locked_by || ']')
+RETURNING j.id, j.model_id, j.locked_by AS worker;
 
 -- retry_failed --
 -- Re-queue failed jobs (after fixing the cause) with fresh attempts; skipped
