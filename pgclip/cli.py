@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("paths", nargs="*", metavar="PATH", help="image files or folders")
     ing.add_argument("--captions", metavar="FILE", help="Flickr30k results.csv or JSON Lines manifest")
     ing.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ing.add_argument("-v", "--verbose", action="store_true", help="list the image library's warnings, file by file")
+    ing.add_argument("--batch-files", type=_positive, metavar="N",
+                     help="files per transaction (default 64): a killed run keeps every batch it committed")
     ing.set_defaults(handler=cmd_ingest)
 
     wrk = sub.add_parser("worker", help="embed queued images (run as many as you like, on any host)")
@@ -126,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     wrk.add_argument("--until-empty", action="store_true", help="exit when no job is left to do")
     wrk.add_argument("--model", metavar="NAME", help="embed for this model instead of PGCLIP_MODEL (a re-embed)")
     wrk.add_argument("--pretrained", metavar="TAG_OR_PATH", help="its weights, instead of PGCLIP_PRETRAINED")
+    wrk.add_argument("--watchdog", type=float, default=120.0, metavar="SECONDS",
+                     help="a worker that holds jobs and makes no progress this long is hung: it prints a thread "
+                          "dump and exits with status 3 to be restarted (default 120; 0 = off)")
     wrk.set_defaults(handler=cmd_worker)
 
     st = sub.add_parser("status", help="queue counts, throughput, ETA and failures")

@@ -11,88 +11,142 @@ from pgclip.settings import Settings
 
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    """Exit status: 0 all stored (or skipped as not images), 1 some rejected, 2 usage error or a
+    PATH that does not exist, 3 the database unreachable or lost mid-run (committed batches stay)."""
+    import logging
+    import os
     from pathlib import Path
 
     from pgclip.bootstrap import ready_url, register_configured_model
-    from pgclip.db.engine import connection
-    from pgclip.workers.ingest import ingest, require_paths
+    from pgclip.db.engine import connection, translate_driver_error
+    from pgclip.errors import DatabaseUnavailable, InvalidInput
+    from pgclip.workers.ingest import BATCH_FILES, ingest, require_paths
+    from pgclip.workers.ingest_files import one_line, readable_name
     from pgclip.workers.manifest import load_manifest
 
-    paths = [Path(p) for p in args.paths]
-    manifest = load_manifest(Path(args.captions)) if args.captions else None
-    require_paths(paths, manifest)
-    url = ready_url(settings)
-    model = register_configured_model(url, settings, quick=True)
-    bar = _progress(None, "file", "ingest")
-    with bar, connection(url, role="ingest") as conn:
-        report = ingest(
-            conn, paths, model_id=model.id, manifest=manifest, ts_config=settings.text_search_config,
-            progress=bar.update, on_total=lambda n: setattr(bar, "total", n),
-        )
+    def usage_error(message: str) -> int:
+        print(f"pgclip: error: {one_line(message)}", file=sys.stderr)
+        return 2
+
+    paths = [Path(p).expanduser() for p in args.paths]
+    missing = [p for p in paths if not os.path.lexists(p)]
+    if missing:
+        return usage_error("no such file or directory: " + ", ".join(readable_name(p) for p in missing))
+    try:
+        manifest = load_manifest(Path(args.captions)) if args.captions else None
+        require_paths(paths, manifest)
+    except InvalidInput as exc:
+        return usage_error(str(exc))
+    # psycopg logs what it could not clean up after a lost connection ("error ignored terminating
+    # <psycopg.Pipeline [BAD]>"); that loss is reported below, in one line.
+    logging.getLogger("psycopg").setLevel(logging.CRITICAL)
+    try:
+        url = ready_url(settings)
+        model = register_configured_model(url, settings, quick=True)
+        with _progress(None, "file", "ingest") as bar, connection(url, role="ingest") as conn:
+            report = ingest(
+                conn, paths, model_id=model.id, manifest=manifest, ts_config=settings.text_search_config,
+                progress=bar.update, on_total=lambda n: setattr(bar, "total", n),
+                batch_files=args.batch_files or BATCH_FILES,
+            )
+    except Exception as exc:
+        # IngestInterrupted (lost mid-run) is a DatabaseUnavailable; so is a driver error of
+        # the start-up queries when the server goes away before the first batch.
+        lost = exc if isinstance(exc, DatabaseUnavailable) else translate_driver_error(exc)
+        if not isinstance(lost, DatabaseUnavailable):
+            raise
+        print(f"pgclip: error: {one_line(str(lost))}", file=sys.stderr)
+        return 3
+    status = 1 if report.rejected else 0
     if args.json:
         import json
 
         _out(json.dumps({k: v for k, v in report.as_dict().items() if k != "image_ids"}, indent=2))
-        return 0
+        return status
+    count = len(report.warnings)
+    warned = f"; {count} image library warning{'' if count == 1 else 's'}" if count else ""
     _out(
         f"added {report.added}, already present {report.present}, skipped {report.skipped} (not images), "
-        f"rejected {len(report.rejected)}; {report.captions_added} captions added, {report.enqueued} queued"
+        f"rejected {len(report.rejected)}; {report.captions_added} captions added, {report.enqueued} queued{warned}"
     )
     for path, reason in report.rejected:
-        _out(f"  rejected {path}: {reason}")
+        _out(f"  rejected {one_line(path)}: {one_line(reason)}")
+    if report.warnings and args.verbose:
+        for path, warning in report.warnings:
+            _out(f"  warning {one_line(path)}: {one_line(warning)}")
+    elif report.warnings:
+        _out("  (--verbose lists the warnings; the files were judged on their pixels)")
     if report.manifest_missing:
         _out(f"{len(report.manifest_missing)} manifest entries name no ingested image, e.g.:")
         for key in report.manifest_missing[:10]:
-            _out(f"  {key}")
+            _out(f"  {one_line(key)}")
     if report.manifest_problem_count:
         _out(f"{report.manifest_problem_count} manifest rows skipped, e.g.:")
         for problem in report.manifest_problems[:10]:
-            _out(f"  {problem}")
-    return 0
+            _out(f"  {one_line(problem)}")
+    return status
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     import logging
     import os
+    import signal
     from concurrent.futures import ThreadPoolExecutor
 
     from pgclip.bootstrap import ready_url, register_configured_model
-    from pgclip.db.engine import connection
+    from pgclip.db.engine import connection, describe_target
     from pgclip.db.queue import open_jobs
     from pgclip.workers.encoder import ClipEncoder
     from pgclip.workers.loop import Worker
-    from pgclip.workers.supervisor import install_signal_handlers, run_children
+    from pgclip.workers.reconnect import wait_for_database
+    from pgclip.workers.supervisor import install_signal_handlers, run_children, supervising_parent
 
     logging.basicConfig(
         level=logging.WARNING, stream=sys.stderr,
         format=f"%(asctime)s pgclip-worker[{os.getpid()}] %(levelname)s %(message)s",
     )
     logging.getLogger("pgclip").setLevel(logging.INFO)
+    parent = supervising_parent()
+
+    def quit_quietly(signum, frame):  # stopped before holding any job: nothing to give back
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, quit_quietly)
+    signal.signal(signal.SIGINT, quit_quietly)
     if args.model or args.pretrained:
         import dataclasses
 
         settings = dataclasses.replace(settings, model=args.model or settings.model,
                                        pretrained=args.pretrained or settings.pretrained)
+    # A worker started before its database (or while it restarts) waits for it.
+    target = describe_target(settings.database_url) if settings.database_url else "the embedded server"
     if args.concurrency > 1:
+        wait_for_database(target, lambda: ready_url(settings))  # errors that need a person, said once
         child_args = ["--until-empty"] if args.until_empty else []
-        child_args += ["--model", settings.model, "--pretrained", settings.pretrained]
+        child_args += ["--model", settings.model, "--pretrained", settings.pretrained, "--watchdog", str(args.watchdog)]
         threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // args.concurrency)
         return run_children(args.concurrency, child_args, threads_per_child=threads)
-    url = ready_url(settings)
+    url = wait_for_database(target, lambda: ready_url(settings))
+    target = describe_target(url)
     encoder = ClipEncoder.from_settings(settings, worker=True)
     with ThreadPoolExecutor(1) as pool:
         # Weights load (fail fast, before claiming anything) while a checkpoint is hashed to register it.
         loading = pool.submit(encoder.load)
-        model = register_configured_model(url, settings)
+        model = wait_for_database(target, lambda: register_configured_model(url, settings))
         loading.result()
-    with connection(url, role="worker") as conn:
-        total = open_jobs(conn, model.id)[0]
+
+    def count_open() -> int:
+        with connection(url, role="worker") as conn:
+            return open_jobs(conn, model.id)[0]
+
+    total = wait_for_database(target, count_open)
     bar = _progress(total if args.until_empty else None, "img", "embed")
     worker = Worker(
         url, encoder=encoder, model=model, batch_size=settings.batch_size, lease_seconds=settings.lease_seconds,
         max_attempts=settings.max_attempts, model_threads=encoder.model_threads, on_done=bar.update,
+        watchdog_seconds=args.watchdog, parent_pid=parent,
     )
-    install_signal_handlers(worker.stop)
+    install_signal_handlers(worker.stop, worker.give_back)
     logging.getLogger("pgclip.worker").info(
         "worker %s on %s (%d model thread%s), model %s", worker.id, encoder.device, encoder.model_threads,
         "" if encoder.model_threads == 1 else "s", model.label,
@@ -111,6 +165,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from pgclip.bootstrap import ready_url
     from pgclip.db import queue
     from pgclip.db.engine import connection
+    from pgclip.workers.ingest_files import one_line
 
     with connection(ready_url(settings)) as conn:
         status = queue.status(conn, failures=args.failures)
@@ -132,7 +187,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     if status.failures:
         _out(f"failures (most recent {len(status.failures)}):")
         for f in status.failures:
-            _out(f"  job {f.job_id} image {f.image_id} {f.source or ''} [{f.model}, {f.attempts} attempts]: {f.last_error}")
+            _out(f"  job {f.job_id} image {f.image_id} {one_line(f.source or '')} [{f.model}, {f.attempts} attempts]: "
+                 f"{one_line(f.last_error or '')}")
     return 0
 
 

@@ -6,14 +6,16 @@ import argparse
 
 from pgclip.cli_common import out as _out
 from pgclip.errors import InvalidInput
+from pgclip.workers.ingest_files import one_line
 from pgclip.settings import Settings
 
 
-def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn
+def listen_address(args: argparse.Namespace, settings: Settings) -> tuple[str, int]:
+    """Where ``pgclip serve`` listens: ``--host``/``--port``, else PGCLIP_HOST/PGCLIP_PORT.
 
-    from pgclip.api.app import build_service, create_app
-
+    Raises :class:`InvalidInput` for an address off loopback without PGCLIP_API_KEYS, before
+    anything else starts (tests/unit/test_compose.py runs it on the environment compose gives).
+    """
     from pgclip.api.auth import is_loopback
 
     host = args.host or settings.host
@@ -23,6 +25,15 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             f"refusing to listen on {host} without PGCLIP_API_KEYS: anyone who reaches it could upload and "
             "delete images; set PGCLIP_API_KEYS or listen on 127.0.0.1"
         )
+    return host, port
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from pgclip.api.app import build_service, create_app
+
+    host, port = listen_address(args, settings)
     service = build_service(settings)  # fails here, in one line, if the database or model is not usable
     _out(f"pgclip serving on http://{host}:{port}/ (API schema: http://{host}:{port}/schema), model {service.encoder.model_name}")
     uvicorn.run(create_app(settings, service=service), host=host, port=port, log_level="warning")
@@ -94,7 +105,7 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
         _out("no results")
     for n, h in enumerate(page.hits, start=1):
         sim = "" if h.similarity is None else f" similarity {h.similarity:.3f}"
-        _out(f"{n:>3}. #{h.image_id} score {h.score:.4f}{sim}  {h.source or ''}")
+        _out(f"{n:>3}. #{h.image_id} score {h.score:.4f}{sim}  {one_line(h.source or '')}")
         if h.caption:
             _out(f"      {h.caption}")
     return 0
@@ -182,5 +193,5 @@ def cmd_duplicates(args: argparse.Namespace, settings: Settings) -> int:
     for n, g in enumerate(groups, start=1):
         _out(f"group {n}: {len(g.ids)} images, similarity {g.min_similarity:.3f}-{g.max_similarity:.3f}")
         for image_id in g.ids:
-            _out(f"  #{image_id} {sources.get(image_id) or ''}")
+            _out(f"  #{image_id} {one_line(sources.get(image_id) or '')}")
     return 0

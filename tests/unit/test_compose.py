@@ -399,3 +399,10 @@ def test_the_image_model_understands_docker_rules():
     assert early.writable("/cache/huggingface")
     nobody = Image("FROM x\nENV HF_HOME=/cache/hf\nVOLUME /cache\nUSER nobody\n")
     assert not nobody.writable(nobody.env["HF_HOME"]) and not nobody.writable(f"{nobody.home()}/.cache")
+
+
+def test_long_running_services_are_restarted_when_they_exit():
+    """A worker's watchdog exits it (status 3) for its orchestrator to restart."""
+    services = _compose()["services"]
+    for name in ("api", "worker"):
+        assert services[name].get("restart") in ("unless-stopped", "always", "on-failure"), name
