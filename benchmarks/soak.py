@@ -97,7 +97,9 @@ RETRY_AFTER_MAX_S = 5.0  # longest a client honours Retry-After
 SAMPLE_EVERY_S = 5.0  # collection size sampled this often
 READY_TIMEOUT_S = 300.0  # for `pgclip serve` to answer /readyz, and for the starting collection's vectors
 DRAIN_TIMEOUT_S = 180.0  # for the queue to empty after the load
-SETTLE_TIMEOUT_S = 15.0  # for connections to come back to the start count
+# For connections to come back to the start count: the API's pool closes a connection idle
+# for db.pool.MAX_IDLE_SECONDS (30 s) one at a time, so two surplus ones take about a minute.
+SETTLE_TIMEOUT_S = 120.0
 PROBE_TEXT, PROBE_IMAGE = 60, 20  # queries of the search mix (each run once untimed, then timed)
 MIX_ROUNDS = 3
 RSS_GROWTH_MAX = 0.10

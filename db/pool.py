@@ -32,6 +32,10 @@ CONNECT_TIMEOUT = 3  # seconds per connection attempt by the pool's background w
 # after a 40 s outage its next attempt came 16 s after PostgreSQL was back. Capped here, the
 # pool is back within this long of the database.
 RECONNECT_MAX_DELAY = 1.0  # seconds
+# A burst (or the waiting during an outage) grows the pool toward its maximum; once the
+# connections beyond the first sit idle this long, they are closed one by one, so the
+# process goes back to the connections it needs.
+MAX_IDLE_SECONDS = 30.0
 
 
 class _CappedAttempt(AttemptWithBackoff):
@@ -55,7 +59,7 @@ class Pool:
             # replaced, instead of failing the request that drew it.
             check=ConnectionPool.check_connection,
             kwargs={"application_name": application_name(role), "connect_timeout": CONNECT_TIMEOUT},
-            name=f"pgclip-{role}", timeout=WAIT_SECONDS,
+            name=f"pgclip-{role}", timeout=WAIT_SECONDS, max_idle=MAX_IDLE_SECONDS,
         )
         self._down_since: float | None = None
         self._connect_errors = 0  # the pool's count of failed connection attempts when last up

@@ -163,8 +163,15 @@ class LeaseKeeper(threading.Thread):
         self.db = Reconnecting(url, app_name=app_name(worker), outage=outage, cancel=done)
 
     def run(self) -> None:
-        # While the server is away, run() waits for it, so leases are renewed as soon as it is
-        # back: a worker that was away for less than a lease keeps its jobs.
+        # Connected from the start, so that a worker holds the same connections all its life
+        # (operators can count on them, and a leak shows). While the server is away, run()
+        # waits for it, so leases are renewed as soon as it is back: a worker that was away
+        # for less than a lease keeps its jobs.
+        try:
+            self.db.run(lambda c: None)
+        except Abandoned:
+            self.db.close()
+            return
         while not self.done.wait(self.lease_seconds / 3):
             ids = self.held.snapshot()
             if not ids:
