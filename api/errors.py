@@ -8,13 +8,13 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
 
-from pgclip.db.search import NotReady
 from pgclip.errors import (
     ConfigError,
     DatabaseUnavailable,
     InvalidInput,
     ModelLoadError,
     NotFound,
+    NotReady,
     PgclipError,
     SchemaNotReady,
 )

@@ -29,7 +29,7 @@ from litestar.static_files import create_static_files_router
 from pgclip.api.routes import ApiController, ServiceDep
 from pgclip.api.service import Service
 from pgclip.db.models import ModelRow, require_active_model
-from pgclip.db.search import NotReady
+from pgclip.errors import NotReady
 from pgclip.errors import InvalidInput, NotFound
 
 STATIC = Path(__file__).parent / "static"

@@ -21,7 +21,7 @@ from pgclip.db.engine import driver_errors
 from pgclip.db.pool import Pool
 from pgclip.db.indexes import IndexInfo, describe_indexes
 from pgclip.db.models import ModelRow, require_active_model
-from pgclip.errors import InvalidInput, NotFound
+from pgclip.errors import InvalidInput, NotFound, NotReady
 from pgclip.settings import Settings
 from pgclip.workers.decode import ImageRejected, decode, probe
 from pgclip.workers.encoder import ClipEncoder, is_test_model
@@ -105,7 +105,7 @@ class Service:
         configured = self.encoder
         if configured.model_name == model.name and configured.pretrained_identity == model.pretrained:
             return configured.pretrained
-        raise db_search.NotReady(
+        raise NotReady(
             f"the active model {model.label} uses a local checkpoint this API process does not have: "
             "set PGCLIP_PRETRAINED to that file and restart it"
         )

@@ -28,7 +28,7 @@ from psycopg import sql
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
-from pgclip.errors import ConfigError, NotFound
+from pgclip.errors import ConfigError, NotFound, NotReady
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +86,7 @@ def list_models(conn: psycopg.Connection) -> list[ModelRow]:
 def require_active_model(conn: psycopg.Connection) -> ModelRow:
     model = active_model(conn)
     if model is None:
-        raise NotFound("no active model: run `pgclip migrate` to register the configured one")
+        raise NotReady("no active model: run `pgclip migrate` to register the configured one")
     return model
 
 

@@ -21,7 +21,7 @@ from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 from pgclip.db.models import ModelRow, require_active_model
-from pgclip.errors import InvalidInput, NotFound, PgclipError
+from pgclip.errors import InvalidInput, NotFound, NotReady, PgclipError
 
 MAX_K = 100
 DEFAULT_K = 10
@@ -33,10 +33,6 @@ FILTER_KEYS = frozenset(
 
 Fusion = Literal["rrf", "weighted"]
 Order = Literal["relevance", "newest", "oldest"]
-
-
-class NotReady(PgclipError):
-    """The search cannot run yet (no active model, or the image has no vector yet)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,5 +30,10 @@ class NotFound(PgclipError):
     """A requested row (image, model, job) does not exist."""
 
 
+class NotReady(PgclipError):
+    """The request is right but cannot be answered yet: no active model, or an image
+    without a vector for it (the API's 409; the SQL functions' SQLSTATE 55000)."""
+
+
 class InvalidInput(PgclipError):
     """A user-supplied value is malformed (bad image, bad filter, bad manifest)."""

@@ -39,3 +39,18 @@ def test_null_for_an_optional_argument_is_its_default(conn, call):
     conn.execute("INSERT INTO pgclip.captions (image_id, text) VALUES (%s, 'a dog')", [image_id])
     rows = conn.execute(f"SELECT image_id FROM {call}").fetchall()
     assert rows == [(image_id,)]
+
+
+def test_no_active_model_is_one_error_from_python_and_from_sql(conn):
+    """The same state gets the same answer (NotReady: the API's 409) whichever path meets it."""
+    from pgclip.db.models import require_active_model
+    from pgclip.db.search import translate
+    from pgclip.errors import NotReady
+
+    conn.execute("UPDATE pgclip.models SET state = 'retired'")
+    with pytest.raises(NotReady, match="no active model"):
+        require_active_model(conn)
+    with pytest.raises(psycopg.Error) as raised:
+        conn.execute("SELECT * FROM pgclip.search(NULL, 'dog')")
+    assert isinstance(translate(raised.value), NotReady)
+    assert "no active model" in str(translate(raised.value))
