@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import pytest
 from tests.acceptance.test_cli_db import PGCLIP, run
 from tests.images import jpeg_bytes, write_jpegs
 from tests.unit.test_ingest_files import LATIN1, corrupt_exif_jpeg, under
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -33,16 +33,6 @@ HELD_FILE = 55  # the test holds this file's row uncommitted: batch 5 waits, bat
 def env_for(db_url: str, tmp_path: Path) -> dict[str, str]:
     return {"PGCLIP_DATABASE_URL": db_url, "PGCLIP_DATA_DIR": str(tmp_path / "data"),
             "PGCLIP_MODEL": "test-tiny", "PGCLIP_PRETRAINED": "random"}
-
-
-def wait_for(condition, timeout: float = 60, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def assert_clean_stderr(result) -> None:

@@ -19,7 +19,8 @@ import pytest
 
 from tests.acceptance import test_workers
 from tests.acceptance.test_cli_db import run
-from tests.acceptance.test_workers import assert_every_image_embedded_once, env_for, job_states, wait_for
+from tests.acceptance.test_workers import assert_every_image_embedded_once, env_for, job_states
+from tests.waiting import wait_for
 from tests.images import write_jpegs
 
 pytestmark = pytest.mark.slow

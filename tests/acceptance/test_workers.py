@@ -17,6 +17,7 @@ import pytest
 
 from tests.acceptance.test_cli_db import run
 from tests.images import jpeg_bytes, png_claiming_size, write_jpegs
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -50,16 +51,6 @@ def start_worker(env: dict[str, str], *args: str) -> subprocess.Popen:
     )
     _started.append(proc)
     return proc
-
-
-def wait_for(condition, timeout: float = 60, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def job_states(db_url: str) -> dict[str, int]:
