@@ -212,9 +212,10 @@ class UploadForm(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 # --- what every client value passes ----------------------------------------------------
 
-# A JSON string literal, escapes included: brackets inside strings do not nest.
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+# What the depth check looks at: an escape (two bytes), a quote, a bracket. One left-to-right
+# pass over these, so the cost is linear in the body whatever it holds (a regex matching whole
+# string literals backtracks quadratically on an unterminated string full of escaped quotes).
+_JSON_TOKENS = re.compile(rb'\\.|["\[\]{}]', re.DOTALL)
 # NUL: PostgreSQL text and jsonb cannot hold it. Surrogates: not characters; UTF-8 cannot encode them.
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 # A \uD800-\uDBFF escape not followed by a low one, or a \uDC00-\uDFFF escape on its own.
@@ -232,12 +233,18 @@ def check_json_depth(raw: bytes | str, where: str) -> None:
     """
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
     depth = 0
-    for byte in _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKETS):
-        if byte in b"[{":
+    in_string = False
+    for token in _JSON_TOKENS.finditer(data):
+        char = token.group()
+        if in_string:
+            in_string = char != b'"'  # an escape (\" included) stays inside the string
+        elif char == b'"':
+            in_string = True
+        elif char in (b"[", b"{"):
             depth += 1
             if depth > MAX_JSON_DEPTH:
                 raise InvalidInput(f"{where}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
-        else:
+        elif char in (b"]", b"}"):
             depth -= 1
             if depth < 0:
                 return  # a closing bracket too many: malformed, the parser says so

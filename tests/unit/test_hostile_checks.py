@@ -84,3 +84,12 @@ def test_a_400_has_no_retry_after():
     with TestClient(Litestar([bad], exception_handlers=HANDLERS)) as client:
         response = client.get("/bad")
     assert response.status_code == 400 and "retry-after" not in response.headers
+
+
+@pytest.mark.timeout(30)
+def test_the_depth_check_is_linear_in_the_body_whatever_it_holds():
+    """An unterminated string full of escaped quotes made a string-literal regex backtrack
+    quadratically (a 160 KB body held the event loop for a minute); a hang fails this test."""
+    check_json_depth(b'"' + b'\\"' * 2_000_000, "the request body")  # malformed: left to the parser
+    with pytest.raises(InvalidInput, match="deeper than"):
+        check_json_depth(b'{"a": "\\"[[[[", "b": ' + b"[" * (MAX_JSON_DEPTH + 1), "the request body")
