@@ -59,12 +59,17 @@ def describe_target(url: str) -> str:
     return f"{host}{port}/{parts.path.lstrip('/') or '(default database)'}"
 
 
+def driver_message(exc: BaseException) -> str:
+    """The first line of what PostgreSQL, libpq or the pool said, without libpq's
+    "connection to server at ... failed:" prefix (it names the target, which callers say better)."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return re.sub(r'^(connection failed: )?(connection to server (at|on socket) ".*?"(, port \d+)? failed: )?', "", line)
+
+
 def translate_connect_error(url: str, exc: Exception) -> DatabaseUnavailable:
     """One line naming where we tried and what PostgreSQL (or the network) said."""
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    # libpq prefixes every attempt with "connection to server at ... failed:"; keep the reason.
-    reason = re.sub(r'^(connection failed: )?(connection to server (at|on socket) ".*?"(, port \d+)? failed: )?', "", message)
-    return DatabaseUnavailable(f"cannot connect to PostgreSQL at {describe_target(url)}: {reason}")
+    return DatabaseUnavailable(f"cannot connect to PostgreSQL at {describe_target(url)}: {driver_message(exc)}")
 
 
 # SQLSTATE classes and codes that mean "the database is not there for us right now", as
@@ -87,15 +92,15 @@ def translate_driver_error(exc: BaseException) -> PgclipError | None:
     if isinstance(exc, PgclipError):
         return exc
     if isinstance(exc, (PoolTimeout, TooManyRequests)):
-        return DatabaseUnavailable(f"the database is unavailable or busy: {_first_line(exc)}")
+        return DatabaseUnavailable(f"the database is unavailable or busy: {driver_message(exc)}")
     if not isinstance(exc, psycopg.Error):
         return None
     state = exc.sqlstate or ""
     if state.startswith("54"):  # program limit exceeded: a value or statement too large or too deep
-        return InvalidInput(f"the request is too large or complex for the database: {_first_line(exc)}")
+        return InvalidInput(f"the request is too large or complex for the database: {driver_message(exc)}")
     if isinstance(exc, psycopg.InterfaceError) or (isinstance(exc, psycopg.OperationalError) and not state) \
             or state.startswith(_UNAVAILABLE_CLASSES) or state in _UNAVAILABLE_CODES:
-        return DatabaseUnavailable(f"the database is unavailable: {_first_line(exc)}")
+        return DatabaseUnavailable(f"the database is unavailable: {driver_message(exc)}")
     return None
 
 
@@ -109,11 +114,6 @@ def driver_errors() -> Iterator[None]:
         if translated is None or translated is exc:
             raise
         raise translated from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def connect(

@@ -30,6 +30,7 @@ import psycopg
 
 from pgclip.db import images as db_images
 from pgclip.db import queue
+from pgclip.db.engine import driver_message
 from pgclip.errors import DatabaseUnavailable, InvalidInput
 from pgclip.workers.decode import ImageInfo, ImageRejected, captured_warnings, probe, route_warnings
 from pgclip.workers.ingest_files import IMAGE_SUFFIXES, Unreadable, discover, read_file, readable_name, stored_name
@@ -265,7 +266,7 @@ def _store(
             for one in good:
                 _store(conn, [one], report, model_id=model_id, ts_config=ts_config)
             return
-        report.rejected.append((readable_name(good[0][0]), f"the database refused it: {_first_line(exc)}"))
+        report.rejected.append((readable_name(good[0][0]), f"the database refused it: {driver_message(exc)}"))
         return
     except psycopg.Error as exc:
         raise _interrupted(conn, exc, report) from exc
@@ -303,13 +304,8 @@ def _interrupted(conn: psycopg.Connection, exc: BaseException, report: IngestRep
     if conn.closed or conn.broken or state.startswith(("08", "57P")):
         what = "database connection lost"
     else:
-        what = f"database error ({_first_line(exc)})"
+        what = f"database error ({driver_message(exc)})"
     return IngestInterrupted(f"{what} {done}; run the same command again to add the rest", report)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def require_paths(paths: list[Path], manifest: Manifest | None) -> None:

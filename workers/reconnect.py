@@ -20,6 +20,7 @@ from typing import TypeVar
 import psycopg
 
 from pgclip.db.engine import connect
+from pgclip.db.engine import driver_message as reason
 from pgclip.errors import DatabaseUnavailable
 
 log = logging.getLogger("pgclip.worker")
@@ -43,13 +44,6 @@ RETRYABLE = (psycopg.OperationalError, psycopg.InterfaceError, psycopg.errors.Tr
 
 class Abandoned(Exception):
     """The caller gave up waiting for the database (the worker is stopping)."""
-
-
-def reason(exc: BaseException) -> str:
-    """The first line of what PostgreSQL or libpq said, without libpq's "connection to ... failed:" prefix."""
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else type(exc).__name__
-    return line.split(" failed: ")[-1] if "connection to server" in line else line
 
 
 class Outage:
