@@ -9,6 +9,8 @@ RUN pip install torch==2.14.1 torchvision==0.29.1 --index-url https://download.p
 
 COPY pyproject.toml README.md alembic.ini ./
 COPY pgclip ./pgclip
+COPY core ./core
+COPY application ./application
 COPY api ./api
 COPY db ./db
 COPY workers ./workers

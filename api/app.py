@@ -13,8 +13,8 @@ from pgclip import __version__
 from pgclip.api.errors import HANDLERS
 from pgclip.api.pages import ROUTE_HANDLERS as PAGE_HANDLERS
 from pgclip.api.routes import ImageController, ModelController, SearchController, SystemController
-from pgclip.api.service import Service
-from pgclip.settings import Settings
+from pgclip.application.service import Service
+from pgclip.core.settings import Settings
 
 
 def build_service(settings: Settings) -> Service:
@@ -22,7 +22,7 @@ def build_service(settings: Settings) -> Service:
 
     Fails with a pgclip error (one line in ``pgclip serve``) before any request is served.
     """
-    from pgclip.bootstrap import ready_url, register_configured_model
+    from pgclip.application.bootstrap import ready_url, register_configured_model
     from pgclip.workers.encoder import ClipEncoder
 
     url = ready_url(settings)

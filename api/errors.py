@@ -8,7 +8,7 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
 
-from pgclip.errors import (
+from pgclip.core.errors import (
     ConfigError,
     DatabaseUnavailable,
     InvalidInput,

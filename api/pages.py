@@ -27,10 +27,10 @@ from litestar.params import FromPath, Parameter
 from litestar.static_files import create_static_files_router
 
 from pgclip.api.routes import ApiController, ServiceDep
-from pgclip.api.service import Service
+from pgclip.application.service import Service
 from pgclip.db.models import ModelRow, require_active_model
-from pgclip.errors import NotReady
-from pgclip.errors import InvalidInput, NotFound
+from pgclip.core.errors import NotReady
+from pgclip.core.errors import InvalidInput, NotFound
 
 STATIC = Path(__file__).parent / "static"
 MAP_MAX_POINTS = 20_000  # points in the map; a larger collection is sampled (deterministically)

@@ -40,10 +40,10 @@ from pgclip.api.schemas import (
     decode_json,
     json_error,
 )
-from pgclip.api.service import Service
+from pgclip.application.service import Service
 from pgclip.db.images import UNSET
 from pgclip.db.search import Page
-from pgclip.errors import InvalidInput
+from pgclip.core.errors import InvalidInput
 
 ServiceDep = NamedDependency[Service]  # provided by create_app
 LARGE_BODY_BYTES = 64 * 1024

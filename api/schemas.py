@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from litestar.datastructures import UploadFile
 
-from pgclip.errors import InvalidInput
+from pgclip.core.errors import InvalidInput
 
 # Deepest nesting of [ and { in any JSON the API reads (a body, a form field, a query parameter).
 # msgspec, Python's json (psycopg's Jsonb dumper) and PostgreSQL's jsonb parser all recurse once

@@ -66,7 +66,7 @@ from pathlib import Path
 
 import numpy as np
 from pgclip.db.engine import connect, database_url
-from pgclip.settings import Settings
+from pgclip.core.settings import Settings
 from psycopg import sql
 
 # benchmarks/search.py and index.py: this script's folder is first on sys.path.

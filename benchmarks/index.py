@@ -60,7 +60,7 @@ from pathlib import Path
 import numpy as np
 import psycopg
 from pgclip.db.engine import connect, database_url
-from pgclip.settings import Settings
+from pgclip.core.settings import Settings
 
 # benchmarks/search.py: this script's folder is first on sys.path.
 from search import (DIM, HNSW_EFC, HNSW_M, K, PGCLIP, REPO, CpuMeter, generate_vectors, log, machine_facts,

@@ -843,7 +843,7 @@ def print_cpu(r: dict) -> None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from pgclip.cli_common import positive
+    from pgclip.cli.common import positive
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=1024, help="JPEGs for (a) and (b) (default 1024)")
@@ -883,7 +883,7 @@ def main(argv=None) -> int:
     env["PGCLIP_PRETRAINED"] = str(checkpoint)
     os.environ.update(env)  # this process and its children read the same settings
 
-    from pgclip.settings import Settings
+    from pgclip.core.settings import Settings
 
     settings = Settings.from_env()
     results: dict = {"date": time.strftime("%Y-%m-%d"), "batch_size": settings.batch_size,

@@ -700,7 +700,7 @@ def main(argv=None) -> int:
         from pgclip.db.engine import connect, database_url
         from pgclip.db.models import require_active_model
 
-        from pgclip.settings import Settings
+        from pgclip.core.settings import Settings
 
         url = database_url(Settings.from_env())
         with connect(url) as conn:

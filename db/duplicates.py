@@ -14,7 +14,7 @@ import psycopg
 from psycopg import sql
 
 from pgclip.db.models import ModelRow, require_active_model, vector_sql
-from pgclip.errors import InvalidInput
+from pgclip.core.errors import InvalidInput
 
 NEIGHBOURS = 5  # per image: copies beyond the 5th nearest are still found through the others
 MIN_THRESHOLD = 0.5

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import psycopg
 
-from pgclip.errors import DatabaseUnavailable
+from pgclip.core.errors import DatabaseUnavailable
 
 DATABASE = "pgclip"
 USER = "postgres"

@@ -14,8 +14,8 @@ import psycopg
 from pgvector.psycopg import register_vector
 from psycopg.rows import Row
 
-from pgclip.errors import DatabaseUnavailable, InvalidInput, PgclipError
-from pgclip.settings import Settings, mask_url
+from pgclip.core.errors import DatabaseUnavailable, InvalidInput, PgclipError
+from pgclip.core.settings import Settings, mask_url
 
 if TYPE_CHECKING:
     import sqlalchemy

@@ -108,7 +108,7 @@ def edit_image(
 
     Raises NotFound for an unknown image or a caption id that is not the image's.
     """
-    from pgclip.errors import NotFound
+    from pgclip.core.errors import NotFound
 
     if conn.execute("SELECT 1 FROM pgclip.images WHERE id = %s FOR UPDATE", [image_id]).fetchone() is None:
         raise NotFound(f"no image with id {image_id}")

@@ -29,7 +29,7 @@ from psycopg.types.json import Jsonb
 
 from pgclip.db.engine import connect
 from pgclip.db.models import BUILD_PARAMS, HNSW_DEFAULTS, Coverage, ModelRow, coverage, index_ddl, model_by_id
-from pgclip.errors import ConfigError, InvalidInput
+from pgclip.core.errors import ConfigError, InvalidInput
 
 KINDS = ("hnsw", "ivfflat", "none")
 QUERY_PARAMS = {"hnsw": ("ef_search",), "ivfflat": ("probes",), "none": ()}

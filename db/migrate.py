@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
-from pgclip.errors import SchemaNotReady
+from pgclip.core.errors import SchemaNotReady
 
 if TYPE_CHECKING:
     from alembic.config import Config

@@ -28,7 +28,7 @@ from psycopg import sql
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
-from pgclip.errors import ConfigError, NotFound, NotReady
+from pgclip.core.errors import ConfigError, NotFound, NotReady
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from psycopg_pool.base import AttemptWithBackoff
 
 from pgclip.db.engine import application_name, configure_vector, driver_errors
-from pgclip.errors import DatabaseUnavailable
+from pgclip.core.errors import DatabaseUnavailable
 
 log = logging.getLogger("pgclip.db")
 

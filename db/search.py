@@ -21,7 +21,7 @@ from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 from pgclip.db.models import ModelRow, require_active_model
-from pgclip.errors import InvalidInput, NotFound, NotReady, PgclipError
+from pgclip.core.errors import InvalidInput, NotFound, NotReady, PgclipError
 
 MAX_K = 100
 DEFAULT_K = 10

@@ -48,7 +48,7 @@ def run_migrations_online() -> None:
     url = config.get_main_option("sqlalchemy.url")
     if not url:
         from pgclip.db.engine import database_url
-        from pgclip.settings import Settings
+        from pgclip.core.settings import Settings
 
         url = database_url(Settings.from_env())
     from pgclip.db.engine import create_engine

@@ -15,7 +15,7 @@ import json
 import os
 from pathlib import Path
 
-from pgclip.errors import InvalidInput
+from pgclip.core.errors import InvalidInput
 
 MANIFEST_NAME = "demo.jsonl"  # the file materialize_demo writes into its folder
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pgclip.settings import Settings
+from pgclip.core.settings import Settings
 from tests.pg import Databases, test_server
 
 TEST_MODEL = "test-tiny"
@@ -56,7 +56,7 @@ def pg_server() -> Iterator[tuple[str, object | None]]:
 
 @pytest.fixture(scope="session")
 def databases(pg_server, tmp_path_factory) -> Databases:
-    from pgclip.bootstrap import migrate
+    from pgclip.application.bootstrap import migrate
 
     admin_url, _ = pg_server
     dbs = Databases(admin_url)

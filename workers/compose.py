@@ -24,7 +24,7 @@ from typing import Literal
 
 import numpy as np
 
-from pgclip.errors import InvalidInput
+from pgclip.core.errors import InvalidInput
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 PATH_PREFIXES = ("./", "../", "/", "~/")

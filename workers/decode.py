@@ -23,7 +23,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from pgclip.errors import InvalidInput
+from pgclip.core.errors import InvalidInput
 
 # Pillow's own default (Image.MAX_IMAGE_PIXELS, about a 9459 x 9459 image, ~256 MiB as
 # RGB). Checked here against our own constant so that another module raising or

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from pgclip.errors import ModelLoadError
+from pgclip.core.errors import ModelLoadError
 
 if TYPE_CHECKING:
-    from pgclip.settings import Settings
+    from pgclip.core.settings import Settings
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 TEST_WEIGHTS_IDENTITY = "random-seed-0"

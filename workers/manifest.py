@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pgclip.errors import InvalidInput
+from pgclip.core.errors import InvalidInput
 
 MAX_CAPTION_CHARS = 10_000  # a caption, not a document; keeps to_tsvector far below its 1 MB limit
 MAX_PROBLEMS_KEPT = 50  # per manifest; the count of the rest is still reported

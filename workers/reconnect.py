@@ -21,7 +21,7 @@ import psycopg
 
 from pgclip.db.engine import connect
 from pgclip.db.engine import driver_message as reason
-from pgclip.errors import DatabaseUnavailable
+from pgclip.core.errors import DatabaseUnavailable
 
 log = logging.getLogger("pgclip.worker")
 

@@ -23,12 +23,11 @@ so tests can pass an oracle encoder whose right answers are known.
 The package's modules: ``common`` (the papers' figures, limits, the encoder
 interface, progress), ``captions`` and ``classes`` (the two protocols),
 ``datasets`` (labeled image sets for ``classes``), ``report`` (tables and the
-Markdown/PNG report) and ``cli`` (the ``pgclip eval`` sub-commands).
+Markdown/PNG report). The ``pgclip eval`` sub-commands live in ``pgclip.cli.evaluate``.
 """
 
 from pgclip.evaluate.captions import CaptionQuery, CaptionResult, eval_captions, match_manifest
 from pgclip.evaluate.classes import ClassResult, eval_classes
-from pgclip.evaluate.cli import add_eval_parser, cmd_eval_captions, cmd_eval_classes
 from pgclip.evaluate.common import (
     CAPTION_TOP,
     CLASS_K,
@@ -59,11 +58,8 @@ __all__ = [
     "Encoder",
     "LabeledImages",
     "Progress",
-    "add_eval_parser",
     "caption_table",
     "class_table",
-    "cmd_eval_captions",
-    "cmd_eval_classes",
     "digits_dataset",
     "eval_captions",
     "eval_classes",

@@ -9,7 +9,7 @@ import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pgclip.errors import InvalidInput, NotFound
+from pgclip.core.errors import InvalidInput, NotFound
 from pgclip.evaluate.common import (
     CLASS_K,
     PAPER_CLASSES,

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pgclip.errors import InvalidInput
+from pgclip.core.errors import InvalidInput
 
 if TYPE_CHECKING:  # the db modules load when a command runs, not with the CLI
     from pgclip.db.models import ModelRow

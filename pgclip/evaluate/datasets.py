@@ -6,7 +6,7 @@ import dataclasses
 import random
 from pathlib import Path
 
-from pgclip.errors import InvalidInput, NotFound, PgclipError
+from pgclip.core.errors import InvalidInput, NotFound, PgclipError
 from pgclip.evaluate.common import DEFAULT_SIZE, DIGITS
 
 

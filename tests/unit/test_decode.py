@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image
 
-from pgclip.errors import InvalidInput
+from pgclip.core.errors import InvalidInput
 from pgclip.workers.decode import MAX_IMAGE_PIXELS, ImageRejected, decode, make_thumbnail, probe
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)

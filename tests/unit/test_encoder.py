@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pgclip.errors import ModelLoadError
+from pgclip.core.errors import ModelLoadError
 from pgclip.workers.decode import decode
 from pgclip.workers.encoder import ClipEncoder, model_dimension, pretrained_identity, register_test_models
 from tests.unit.test_decode import odd_images

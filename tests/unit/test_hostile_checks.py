@@ -10,7 +10,7 @@ from litestar.testing import TestClient
 
 from pgclip.api.errors import HANDLERS, RETRY_AFTER_SECONDS
 from pgclip.api.schemas import MAX_JSON_DEPTH, Filters, check_json_depth, check_text, decode_json
-from pgclip.errors import DatabaseUnavailable, InvalidInput, ModelLoadError, SchemaNotReady
+from pgclip.core.errors import DatabaseUnavailable, InvalidInput, ModelLoadError, SchemaNotReady
 
 
 def nested(depth: int) -> str:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pgclip.errors import InvalidInput
+from pgclip.core.errors import InvalidInput
 from pgclip.workers.manifest import MAX_CAPTION_CHARS, load_manifest
 
 FLICKR = """image_name| comment_number| comment

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pgclip.cli_common import out as _out
-from pgclip.cli_common import progress as _progress
-from pgclip.settings import Settings
+from pgclip.cli.common import out as _out
+from pgclip.cli.common import progress as _progress
+from pgclip.core.settings import Settings
 
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
@@ -17,9 +17,9 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     import os
     from pathlib import Path
 
-    from pgclip.bootstrap import ready_url, register_configured_model
+    from pgclip.application.bootstrap import ready_url, register_configured_model
     from pgclip.db.engine import connection, translate_driver_error
-    from pgclip.errors import DatabaseUnavailable, InvalidInput
+    from pgclip.core.errors import DatabaseUnavailable, InvalidInput
     from pgclip.workers.ingest import BATCH_FILES, ingest, require_paths
     from pgclip.workers.ingest_files import one_line, readable_name
     from pgclip.workers.manifest import load_manifest
@@ -93,7 +93,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     import signal
     from concurrent.futures import ThreadPoolExecutor
 
-    from pgclip.bootstrap import ready_url, register_configured_model
+    from pgclip.application.bootstrap import ready_url, register_configured_model
     from pgclip.db.engine import connection, describe_target
     from pgclip.db.queue import open_jobs
     from pgclip.workers.encoder import ClipEncoder
@@ -162,7 +162,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     import dataclasses
     import json
 
-    from pgclip.bootstrap import ready_url
+    from pgclip.application.bootstrap import ready_url
     from pgclip.db import queue
     from pgclip.db.engine import connection
     from pgclip.workers.ingest_files import one_line
@@ -193,7 +193,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_retry_failed(args: argparse.Namespace, settings: Settings) -> int:
-    from pgclip.bootstrap import ready_url
+    from pgclip.application.bootstrap import ready_url
     from pgclip.db import queue
     from pgclip.db.engine import connection
 
@@ -207,7 +207,7 @@ def cmd_retry_failed(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_rm(args: argparse.Namespace, settings: Settings) -> int:
-    from pgclip.bootstrap import ready_url
+    from pgclip.application.bootstrap import ready_url
     from pgclip.db.engine import connection
     from pgclip.db.images import delete_images
 
@@ -222,10 +222,10 @@ def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
     import datetime as dt
     import json
 
-    from pgclip.bootstrap import ready_url
+    from pgclip.application.bootstrap import ready_url
     from pgclip.db.engine import connection
     from pgclip.db.images import UNSET, edit_image
-    from pgclip.errors import InvalidInput
+    from pgclip.core.errors import InvalidInput
     from pgclip.workers.manifest import clean_caption
 
     metadata = {}

@@ -21,8 +21,8 @@ from pgclip.db.engine import driver_errors
 from pgclip.db.pool import Pool
 from pgclip.db.indexes import IndexInfo, describe_indexes
 from pgclip.db.models import ModelRow, require_active_model
-from pgclip.errors import InvalidInput, NotFound, NotReady
-from pgclip.settings import Settings
+from pgclip.core.errors import InvalidInput, NotFound, NotReady
+from pgclip.core.settings import Settings
 from pgclip.workers.decode import ImageRejected, decode, probe
 from pgclip.workers.encoder import ClipEncoder, is_test_model
 

@@ -12,16 +12,16 @@ import sys
 from collections.abc import Callable, Sequence
 
 from pgclip import __version__
-from pgclip.errors import PgclipError
-from pgclip.settings import Settings
+from pgclip.core.errors import PgclipError
+from pgclip.core.settings import Settings
 
 Handler = Callable[[argparse.Namespace, Settings], int | None]
 
 
-from pgclip.cli_common import out as _out
-from pgclip.cli_common import positive as _positive
-from pgclip.cli_queue import cmd_edit, cmd_ingest, cmd_retry_failed, cmd_rm, cmd_status, cmd_worker
-from pgclip.cli_search import cmd_demo, cmd_duplicates, cmd_search, cmd_serve
+from pgclip.cli.common import out as _out
+from pgclip.cli.common import positive as _positive
+from pgclip.cli.queue import cmd_edit, cmd_ingest, cmd_retry_failed, cmd_rm, cmd_status, cmd_worker
+from pgclip.cli.search import cmd_demo, cmd_duplicates, cmd_search, cmd_serve
 
 
 # --- pgclip db ---------------------------------------------------------------
@@ -50,7 +50,7 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     # status
     if settings.database_url:
-        from pgclip.bootstrap import reachable_url
+        from pgclip.application.bootstrap import reachable_url
 
         url = reachable_url(settings)
         _out(f"external database reachable: {_masked(url)}")
@@ -65,7 +65,7 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _masked(url: str) -> str:
-    from pgclip.settings import mask_url
+    from pgclip.core.settings import mask_url
 
     return mask_url(url)
 
@@ -74,7 +74,7 @@ def _masked(url: str) -> str:
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from pgclip.bootstrap import migrate
+    from pgclip.application.bootstrap import migrate
     from pgclip.db.migrate import head_revision
 
     url, model = migrate(settings)
@@ -178,8 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--json", action="store_true")
     se.set_defaults(handler=cmd_search)
 
-    from pgclip.cli_models import add_model_parsers
-    from pgclip.evaluate import add_eval_parser
+    from pgclip.cli.models import add_model_parsers
+    from pgclip.cli.evaluate import add_eval_parser
 
     add_model_parsers(sub, _positive)
     add_eval_parser(sub)

@@ -15,7 +15,7 @@ from typing import Any
 
 import platformdirs
 
-from pgclip.errors import ConfigError
+from pgclip.core.errors import ConfigError
 
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"

@@ -7,25 +7,25 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pgclip.cli_common import nonnegative
-from pgclip.errors import InvalidInput, NotFound
+from pgclip.cli.common import nonnegative
+from pgclip.core.errors import InvalidInput, NotFound
 from pgclip.evaluate.captions import CaptionResult, eval_captions
 from pgclip.evaluate.classes import ClassResult, eval_classes
 from pgclip.evaluate.common import DEFAULT_SIZE, DIGITS
 from pgclip.evaluate.datasets import load_dataset
 from pgclip.evaluate.report import caption_table, class_table, write_report
-from pgclip.settings import Settings
+from pgclip.core.settings import Settings
 
 
 def _bar(total: int | None, unit: str, desc: str):
-    from pgclip.cli_common import progress
+    from pgclip.cli.common import progress
 
     return progress(total, unit, desc)
 
 
 def _setup(settings: Settings):
     """The database URL, the active model (which must be the configured one) and the configured encoder."""
-    from pgclip.bootstrap import ready_url, register_configured_model
+    from pgclip.application.bootstrap import ready_url, register_configured_model
     from pgclip.db.engine import connection
     from pgclip.db.models import require_active_model
     from pgclip.workers.encoder import ClipEncoder
@@ -45,7 +45,7 @@ def _setup(settings: Settings):
 
 
 def _emit(args: argparse.Namespace, result: CaptionResult | ClassResult, table: list[str]) -> None:
-    from pgclip.cli_common import out
+    from pgclip.cli.common import out
 
     paths = write_report(result, Path(args.report)) if args.report else None
     if args.json:
@@ -61,7 +61,7 @@ def _emit(args: argparse.Namespace, result: CaptionResult | ClassResult, table: 
 
 
 def cmd_eval_captions(args: argparse.Namespace, settings: Settings) -> int:
-    from pgclip.cli_search import parse_filters
+    from pgclip.cli.search import parse_filters
     from pgclip.db.engine import connection
     from pgclip.workers.manifest import load_manifest
 
@@ -103,7 +103,7 @@ def cmd_eval_classes(args: argparse.Namespace, settings: Settings) -> int:
 
 def add_eval_parser(subparsers: Any) -> None:
     """Add ``pgclip eval captions|classes`` to the CLI's sub-command parsers."""
-    from pgclip.cli_common import positive
+    from pgclip.cli.common import positive
 
     ev = subparsers.add_parser(
         "eval", help="measure retrieval quality through the API's search (the papers' protocols)",

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pgclip.db import migrate as migrations
 from pgclip.db.engine import connect, database_url, describe_target, require_pgvector
 from pgclip.db.models import ModelRow, ensure_model, registered_model
-from pgclip.errors import DatabaseUnavailable
-from pgclip.settings import Settings
+from pgclip.core.errors import DatabaseUnavailable
+from pgclip.core.settings import Settings
 
 
 def reachable_url(settings: Settings) -> str:

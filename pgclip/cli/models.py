@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from pgclip.cli_common import out
-from pgclip.settings import Settings
+from pgclip.cli.common import out
+from pgclip.core.settings import Settings
 
 
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
-    from pgclip.bootstrap import ready_url
+    from pgclip.application.bootstrap import ready_url
     from pgclip.db import models
     from pgclip.db.engine import connection
 
@@ -35,7 +35,7 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_reembed(args: argparse.Namespace, settings: Settings) -> int:
-    from pgclip.bootstrap import ready_url, register_configured_model
+    from pgclip.application.bootstrap import ready_url, register_configured_model
     from pgclip.db.engine import connection
     from pgclip.db.queue import enqueue_model
 
@@ -52,7 +52,7 @@ def cmd_reembed(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_index(args: argparse.Namespace, settings: Settings) -> int:
-    from pgclip.bootstrap import ready_url
+    from pgclip.application.bootstrap import ready_url
     from pgclip.db import indexes, models
     from pgclip.db.engine import connection
 
@@ -127,7 +127,7 @@ def add_model_parsers(sub, positive) -> None:
 
 
 def _checked_index(args: argparse.Namespace, settings: Settings) -> int:
-    from pgclip.errors import InvalidInput
+    from pgclip.core.errors import InvalidInput
 
     if args.action == "rebuild" and not args.name:
         raise InvalidInput("`pgclip index rebuild` needs a model name (see `pgclip models`)")
@@ -135,7 +135,7 @@ def _checked_index(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _checked_models(args: argparse.Namespace, settings: Settings) -> int:
-    from pgclip.errors import InvalidInput
+    from pgclip.core.errors import InvalidInput
 
     if args.action in ("activate", "drop") and not args.name:
         raise InvalidInput(f"`pgclip models {args.action}` needs a model name (see `pgclip models`)")

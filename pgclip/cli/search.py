@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from pgclip.cli_common import out as _out
-from pgclip.errors import InvalidInput
+from pgclip.cli.common import out as _out
+from pgclip.core.errors import InvalidInput
 from pgclip.workers.ingest_files import one_line
-from pgclip.settings import Settings
+from pgclip.core.settings import Settings
 
 
 def listen_address(args: argparse.Namespace, settings: Settings) -> tuple[str, int]:
@@ -118,13 +118,13 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     import dataclasses
 
     from pgclip.api.app import build_service, create_app
-    from pgclip.bootstrap import migrate
-    from pgclip.cli_common import progress
+    from pgclip.application.bootstrap import migrate
+    from pgclip.cli.common import progress
     from pgclip.db.engine import connection
     from pgclip.db.models import activate_if_unused
     from pgclip.db.queue import open_jobs
     from pgclip.demo import materialize_demo
-    from pgclip.errors import ModelLoadError
+    from pgclip.core.errors import ModelLoadError
     from pgclip.workers.encoder import ClipEncoder, is_test_model
     from pgclip.workers.ingest import ingest
     from pgclip.workers.loop import Worker
@@ -175,7 +175,7 @@ def cmd_duplicates(args: argparse.Namespace, settings: Settings) -> int:
     import dataclasses
     import json
 
-    from pgclip.bootstrap import ready_url
+    from pgclip.application.bootstrap import ready_url
     from pgclip.db.duplicates import near_duplicates
     from pgclip.db.engine import connection
 

@@ -1,0 +1,5 @@
+import sys
+
+from pgclip.cli.main import main
+
+sys.exit(main())
