@@ -17,22 +17,6 @@ from pgclip.application.service import Service
 from pgclip.core.settings import Settings
 
 
-def build_service(settings: Settings) -> Service:
-    """Reach the database (at schema head), register the model, load and warm the encoder.
-
-    Fails with a pgclip error (one line in ``pgclip serve``) before any request is served.
-    """
-    from pgclip.application.bootstrap import ready_url, register_configured_model
-    from pgclip.workers.encoder import ClipEncoder
-
-    url = ready_url(settings)
-    register_configured_model(url, settings)
-    encoder = ClipEncoder.from_settings(settings)
-    service = Service(settings, url, encoder)
-    service.open()
-    return service
-
-
 def create_app(settings: Settings | None = None, *, service: Service | None = None) -> Litestar:
     """The application; with ``service`` given (``pgclip serve`` builds it first), start-up does no I/O."""
 
@@ -42,7 +26,9 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
         if service is None:
             import asyncio
 
-            service = await asyncio.to_thread(build_service, settings or Settings.from_env())
+            from pgclip.application.bootstrap import open_service
+
+            service = await asyncio.to_thread(open_service, settings or Settings.from_env())
         app.state.service = service
         try:
             yield

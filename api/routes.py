@@ -29,7 +29,6 @@ from pgclip.api.schemas import (
     IndexRebuild,
     IndexRebuildResponse,
     ModelInfo,
-    Result,
     SearchOptions,
     SearchRequest,
     SearchResponse,
@@ -41,38 +40,14 @@ from pgclip.api.schemas import (
     json_error,
 )
 from pgclip.application.service import Service
-from pgclip.db.images import UNSET
-from pgclip.db.search import Page
 from pgclip.core.errors import InvalidInput
+from pgclip.core.search_request import MAX_FILTERS_JSON, PARAMS
+from pgclip.db.images import UNSET
 
 ServiceDep = NamedDependency[Service]  # provided by create_app
 LARGE_BODY_BYTES = 64 * 1024
 ImageId = Annotated[int, Parameter(ge=1, le=2**62, description="image id")]
-
-
-def _options(opts: SearchOptions) -> dict[str, Any]:
-    return {
-        "caption_query": opts.caption_query, "filters": opts.filters.as_sql(), "k": opts.k, "fusion": opts.fusion,
-        "weight": opts.weight, "min_similarity": opts.min_similarity, "max_drop": opts.max_drop,
-        "order": opts.order, "cursor": opts.cursor,
-    }
-
-
-def _page(page: Page) -> SearchResponse:
-    return SearchResponse(
-        results=[
-            Result(
-                id=h.image_id, score=h.score, similarity=h.similarity, text_rank=h.text_rank,
-                vector_rank=h.vector_rank, text_rank_position=h.text_rank_position, source=h.source, width=h.width,
-                height=h.height, format=h.format, taken_at=h.taken_at, metadata=h.metadata, caption=h.caption,
-                thumbnail_url=f"/api/images/{h.image_id}/thumbnail" if h.has_thumbnail else None,
-                url=f"/api/images/{h.image_id}",
-            )
-            for h in page.hits
-        ],
-        next_cursor=page.next_cursor,
-        model=page.model,
-    )
+K, CURSOR = PARAMS["k"], PARAMS["cursor"]  # the query parameters of "more like this"
 
 
 class CheckedRequest(Request):
@@ -165,8 +140,9 @@ class SearchController(ApiController):
 
     @post("/", status_code=200, summary="Search by text, caption words, a vector, or any mix")
     async def search(self, data: JSONBody[SearchRequest], service: ServiceDep) -> SearchResponse:
-        page = await asyncio.to_thread(service.search, text=data.text, raw=data.vector, image=None, options=_options(data))
-        return _page(page)
+        page = await asyncio.to_thread(service.search, text=data.text, raw=data.vector, image=None,
+                                       options=data.as_options())
+        return SearchResponse.of(page)
 
     @post("/image", status_code=200, summary="Search by an uploaded image (plus the same options)",
           opt={"form": ImageSearchForm})
@@ -175,8 +151,9 @@ class SearchController(ApiController):
     ) -> SearchResponse:
         image = await _read_upload(data.file)
         opts = _json_field(data.options, SearchOptions, "options") or SearchOptions()
-        page = await asyncio.to_thread(service.search, text=data.text, raw=None, image=image, options=_options(opts))
-        return _page(page)
+        page = await asyncio.to_thread(service.search, text=data.text, raw=None, image=image,
+                                       options=opts.as_options())
+        return SearchResponse.of(page)
 
 
 class ImageController(ApiController):
@@ -206,14 +183,15 @@ class ImageController(ApiController):
         self,
         image_id: ImageId,
         service: ServiceDep,
-        k: Annotated[int, Parameter(ge=1, le=100)] = 10,
-        cursor: Annotated[str | None, Parameter(max_length=512)] = None,
-        filters: Annotated[str | None, Parameter(description="filters as a JSON object", max_length=20000)] = None,
+        k: Annotated[int, Parameter(ge=K.minimum, le=K.maximum, description=K.help)] = K.default,
+        cursor: Annotated[str | None, Parameter(max_length=CURSOR.max_length, description=CURSOR.help)] = None,
+        filters: Annotated[str | None, Parameter(description="filters as a JSON object",
+                                                 max_length=MAX_FILTERS_JSON)] = None,
     ) -> SearchResponse:
         parsed = _json_field(filters, Filters, "filters") or Filters()
-        options = _options(SearchOptions(filters=parsed, k=k, cursor=cursor))
-        options.pop("caption_query")
-        return _page(await asyncio.to_thread(service.similar, image_id, options))
+        options = SearchOptions(filters=parsed, k=k, cursor=cursor).as_options()
+        options.pop("caption_query")  # "more like this" searches by the image's own vector alone
+        return SearchResponse.of(await asyncio.to_thread(service.similar, image_id, options))
 
     @get("/{image_id:int}/thumbnail", summary="The WebP thumbnail (once embedded)", media_type="image/webp")
     async def thumbnail(self, image_id: ImageId, service: ServiceDep) -> Response[bytes]:

@@ -8,15 +8,19 @@ or parses it further (``check_json_depth``, ``check_text``, ``decode_json``).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import re
+import typing
 from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar.datastructures import UploadFile
 
 from pgclip.core.errors import InvalidInput
+from pgclip.core.search_request import FORMAT_NAME_PATTERN, MAX_FORMAT_NAME, MAX_TEXT, PARAMS
+from pgclip.db.search import Hit, Page
 
 # Deepest nesting of [ and { in any JSON the API reads (a body, a form field, a query parameter).
 # msgspec, Python's json (psycopg's Jsonb dumper) and PostgreSQL's jsonb parser all recurse once
@@ -25,22 +29,37 @@ from pgclip.core.errors import InvalidInput
 MAX_JSON_DEPTH = 32
 MAX_FORM_JSON = 1_000_000  # characters in a multipart field holding JSON (captions, metadata, options)
 
-K = Annotated[int, msgspec.Meta(ge=1, le=100, description="results per page (1-100)")]
-Similarity = Annotated[float, msgspec.Meta(ge=-1.0, le=1.0)]
+
+def _meta(name: str) -> msgspec.Meta:
+    """msgspec's constraints and help for one field of the search request, from its definition
+    (``pgclip.core.search_request``); its choices are the field's ``Literal`` type, and a
+    list's bounds are its items' (``_item_meta``)."""
+    p = PARAMS[name]
+    if p.kind in ("ids", "texts"):
+        return msgspec.Meta(max_length=p.max_length, description=p.help)
+    return msgspec.Meta(ge=p.minimum, le=p.maximum, max_length=p.max_length, description=p.help)
+
+
+def _item_meta(name: str) -> msgspec.Meta:
+    p = PARAMS[name]
+    return msgspec.Meta(ge=p.minimum, le=p.maximum)
+
+
+FormatName = Annotated[str, msgspec.Meta(max_length=MAX_FORMAT_NAME, pattern=FORMAT_NAME_PATTERN)]
 
 
 class Filters(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """Narrow a search; every given filter must hold."""
 
-    taken_after: dt.datetime | None = None
-    taken_before: dt.datetime | None = None
-    min_width: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
-    min_height: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
-    orientation: Literal["landscape", "portrait", "square"] | None = None
-    format: Annotated[list[Annotated[str, msgspec.Meta(max_length=16, pattern=r"^[A-Za-z0-9]+$")]], msgspec.Meta(max_length=16)] | None = None
-    metadata: dict[str, Any] | None = None
-    has_caption: bool | None = None
-    exclude_ids: Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=2**62)]], msgspec.Meta(max_length=1000)] | None = None
+    taken_after: Annotated[dt.datetime, _meta("taken_after")] | None = None
+    taken_before: Annotated[dt.datetime, _meta("taken_before")] | None = None
+    min_width: Annotated[int, _meta("min_width")] | None = None
+    min_height: Annotated[int, _meta("min_height")] | None = None
+    orientation: Annotated[Literal[PARAMS["orientation"].choices], _meta("orientation")] | None = None
+    format: Annotated[list[FormatName], _meta("format")] | None = None
+    metadata: Annotated[dict[str, Any], _meta("metadata")] | None = None
+    has_caption: Annotated[bool, _meta("has_caption")] | None = None
+    exclude_ids: Annotated[list[Annotated[int, _item_meta("exclude_ids")]], _meta("exclude_ids")] | None = None
 
     def as_sql(self) -> dict[str, Any]:
         """The filters object ``pgclip.search`` takes."""
@@ -49,47 +68,63 @@ class Filters(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
 
 
 class SearchOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    caption_query: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
+    caption_query: Annotated[str, _meta("caption_query")] | None = None
     filters: Filters = msgspec.field(default_factory=Filters)
-    k: K = 10
-    fusion: Literal["rrf", "weighted"] = "rrf"
-    weight: Annotated[float, msgspec.Meta(ge=0.0, le=1.0, description="vector share in weighted fusion")] = 0.5
-    min_similarity: Similarity | None = None
-    max_drop: Annotated[float, msgspec.Meta(ge=0.0, le=2.0)] | None = None
-    order: Literal["relevance", "newest", "oldest"] = "relevance"
-    cursor: Annotated[str, msgspec.Meta(max_length=512)] | None = None
+    k: Annotated[int, _meta("k")] = PARAMS["k"].default
+    fusion: Annotated[Literal[PARAMS["fusion"].choices], _meta("fusion")] = PARAMS["fusion"].default
+    weight: Annotated[float, _meta("weight")] = PARAMS["weight"].default
+    min_similarity: Annotated[float, _meta("min_similarity")] | None = None
+    max_drop: Annotated[float, _meta("max_drop")] | None = None
+    order: Annotated[Literal[PARAMS["order"].choices], _meta("order")] = PARAMS["order"].default
+    cursor: Annotated[str, _meta("cursor")] | None = None
+
+    def as_options(self) -> dict[str, Any]:
+        """The options as ``Service.search`` and ``Service.similar`` take them (a request's
+        text and vector are the query, passed apart)."""
+        options = {name: getattr(self, name) for name in SearchOptions.__struct_fields__}
+        return {**options, "filters": self.filters.as_sql()}
 
 
 class SearchRequest(SearchOptions, forbid_unknown_fields=True, kw_only=True):
     """A search by text (optionally composed: ``"2:dog" + #12 - grass``), caption words, a raw
     vector, or any mix. At least one of text, caption_query and vector is required."""
 
-    text: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
-    vector: Annotated[list[float], msgspec.Meta(max_length=4096)] | None = None
+    text: Annotated[str, _meta("text")] | None = None
+    vector: Annotated[list[float], _meta("vector")] | None = None
 
 
-class Result(msgspec.Struct):
-    id: int
-    score: float
-    similarity: float | None
-    text_rank: float | None
-    vector_rank: int | None
-    text_rank_position: int | None
-    source: str | None
-    width: int
-    height: int
-    format: str
-    taken_at: dt.datetime | None
-    metadata: dict[str, Any]
-    caption: str | None
-    thumbnail_url: str | None
-    url: str
+def _result_type() -> type[msgspec.Struct]:
+    """One search result as the API sends it, built from the one description of a result
+    (``pgclip.db.search.Hit``): its ``image_id`` is sent as ``id``, and links stand in for
+    ``has_thumbnail``."""
+    hints = typing.get_type_hints(Hit)
+    fields = [(f.name, hints[f.name]) for f in dataclasses.fields(Hit) if f.name != "has_thumbnail"]
+    return msgspec.defstruct("Result", [*fields, ("thumbnail_url", str | None), ("url", str)],
+                             rename={"image_id": "id"}, module=__name__)
+
+
+Result = _result_type()
+_RESULT_FIELDS = tuple(name for name in Result.__struct_fields__ if name not in ("thumbnail_url", "url"))
 
 
 class SearchResponse(msgspec.Struct):
     results: list[Result]
     next_cursor: str | None
     model: str
+
+    @classmethod
+    def of(cls, page: Page) -> SearchResponse:
+        """The API's answer for one page of hits."""
+        return cls(
+            results=[
+                Result(**{name: getattr(hit, name) for name in _RESULT_FIELDS},
+                       thumbnail_url=f"/api/images/{hit.image_id}/thumbnail" if hit.has_thumbnail else None,
+                       url=f"/api/images/{hit.image_id}")
+                for hit in page.hits
+            ],
+            next_cursor=page.next_cursor,
+            model=page.model,
+        )
 
 
 class Caption(msgspec.Struct):
@@ -197,7 +232,7 @@ class ImageSearchForm(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Multipart: the query image, optional text to add, and the search options as JSON."""
 
     file: UploadFile | None = None
-    text: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
+    text: Annotated[str, msgspec.Meta(max_length=MAX_TEXT)] | None = None
     options: Annotated[str, msgspec.Meta(max_length=MAX_FORM_JSON)] | None = None
 
 

@@ -6,11 +6,16 @@ the API's start-up), so they all fail the same way with the same fix.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pgclip.db import migrate as migrations
 from pgclip.db.engine import connect, database_url, describe_target, require_pgvector
 from pgclip.db.models import ModelRow, ensure_model, registered_model
 from pgclip.core.errors import DatabaseUnavailable
 from pgclip.core.settings import Settings
+
+if TYPE_CHECKING:
+    from pgclip.application.service import Service
 
 
 def reachable_url(settings: Settings) -> str:
@@ -45,7 +50,7 @@ def register_configured_model(url: str, settings: Settings, *, quick: bool = Fal
     # The encoder module imports torch lazily; its config lookups do not load weights.
     from pgclip.workers.encoder import model_dimension, pretrained_identity
 
-    identity = pretrained_identity(settings.model, settings.pretrained)
+    identity = pretrained_identity(settings.model, settings.pretrained, settings.encoder)  # int8: a row of its own
     with connect(url, role="migrate") as conn:
         known = registered_model(conn, settings.model, identity) if quick else None
         if known is not None:
@@ -62,3 +67,19 @@ def ready_url(settings: Settings) -> str:
     with connect(url) as conn:
         migrations.require_head(conn)
     return url
+
+
+def open_service(settings: Settings) -> Service:
+    """The Service of a process that answers searches (``pgclip serve``, ``search``, ``demo``):
+    the database at schema head, the configured model registered, the encoder loaded and warm.
+
+    Fails with a pgclip error (one line on the CLI) before anything is served.
+    """
+    from pgclip.application.service import Service
+    from pgclip.workers.encoder import ClipEncoder
+
+    url = ready_url(settings)
+    register_configured_model(url, settings)
+    service = Service(settings, url, ClipEncoder.from_settings(settings))
+    service.open()
+    return service

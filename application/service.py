@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
+from pgclip.application import atlas
 from pgclip.db import images as db_images
 from pgclip.db import queue
 from pgclip.db import search as db_search
@@ -24,7 +25,7 @@ from pgclip.db.models import ModelRow, require_active_model
 from pgclip.core.errors import InvalidInput, NotFound, NotReady
 from pgclip.core.settings import Settings
 from pgclip.workers.decode import ImageRejected, decode, probe
-from pgclip.workers.encoder import ClipEncoder, is_test_model
+from pgclip.workers.encoder import ClipEncoder, backend_for_identity, is_test_model, weights_of
 
 TEXT_CACHE_SIZE = 100  # recent query texts kept as vectors (Immich keeps an LRU of 100 too)
 POOL_MAX = 8  # connections per API process
@@ -88,22 +89,25 @@ class Service:
 
     def encoder_for(self, model: ModelRow) -> ClipEncoder:
         """The encoder of ``model``, loaded on first use: when `pgclip models activate` switches
-        the active model, running API processes follow without a restart."""
+        the active model, running API processes follow without a restart. It runs on the
+        backend the model's identity implies: int8 for an int8 model, whatever PGCLIP_ENCODER says."""
         key = (model.name, model.pretrained)
         with self._encoders_lock:
             encoder = self._encoders.get(key)
             if encoder is None:
                 encoder = ClipEncoder(model.name, self._pretrained_for(model), device=self.settings.device,
-                                      torch_threads=self.settings.torch_threads)
+                                      torch_threads=self.settings.torch_threads,
+                                      backend=backend_for_identity(model.pretrained, self.settings.encoder))
                 encoder.load()
                 self._encoders[key] = encoder
         return encoder
 
     def _pretrained_for(self, model: ModelRow) -> str:
-        if is_test_model(model.name) or not model.pretrained.startswith("sha256:"):
-            return model.pretrained  # a tag (test models ignore it)
+        weights = weights_of(model.pretrained)
+        if is_test_model(model.name) or not weights.startswith("sha256:"):
+            return weights  # a tag (test models ignore it)
         configured = self.encoder
-        if configured.model_name == model.name and configured.pretrained_identity == model.pretrained:
+        if configured.model_name == model.name and configured.weights_identity == weights:
             return configured.pretrained
         raise NotReady(
             f"the active model {model.label} uses a local checkpoint this API process does not have: "
@@ -193,48 +197,20 @@ class Service:
     # --- images ------------------------------------------------------------------
 
     def image(self, image_id: int) -> dict[str, Any]:
+        """The image as the active model sees it, with its captions and that model's name."""
         with self.pool.connection() as conn, conn.transaction():
             model = require_active_model(conn)
-            row = conn.execute(
-                """
-                SELECT i.id, i.sha256, i.source, i.width, i.height, i.format, i.mime, i.byte_size, i.taken_at,
-                       i.created_at, i.metadata,
-                       EXISTS (SELECT 1 FROM pgclip.embeddings e WHERE e.image_id = i.id AND e.model_id = %(m)s),
-                       (SELECT j.state FROM pgclip.embedding_jobs j WHERE j.image_id = i.id AND j.model_id = %(m)s
-                        ORDER BY j.id DESC LIMIT 1),
-                       (SELECT j.last_error FROM pgclip.embedding_jobs j WHERE j.image_id = i.id AND j.model_id = %(m)s
-                        ORDER BY j.id DESC LIMIT 1),
-                       EXISTS (SELECT 1 FROM pgclip.thumbnails t WHERE t.image_id = i.id)
-                FROM pgclip.images i WHERE i.id = %(id)s
-                """,
-                {"id": image_id, "m": model.id},
-            ).fetchone()
-            if row is None:
-                raise NotFound(f"no image with id {image_id}")
-            captions = conn.execute(
-                "SELECT id, text FROM pgclip.captions WHERE image_id = %s ORDER BY id", [image_id]
-            ).fetchall()
-        keys = ("id", "sha256", "source", "width", "height", "format", "mime", "byte_size", "taken_at", "created_at",
-                "metadata", "embedded", "queue_state", "last_error", "has_thumbnail")
-        detail = dict(zip(keys, row, strict=True))
-        detail["captions"] = [{"id": c[0], "text": c[1]} for c in captions]
-        detail["model"] = model.name
-        return detail
+            detail = db_images.image_detail(conn, image_id, model.id)
+            captions = db_images.captions(conn, image_id)
+        return {**dataclasses.asdict(detail), "captions": [dataclasses.asdict(c) for c in captions],
+                "model": model.name}
 
     def blob(self, image_id: int, table: str) -> tuple[bytes, str]:
         """The original bytes (``image_blobs``) or the thumbnail (``thumbnails``) with its MIME type."""
-        query = {
-            "image_blobs": "SELECT b.data, i.mime FROM pgclip.image_blobs b JOIN pgclip.images i ON i.id = b.image_id"
-                           " WHERE b.image_id = %s",
-            "thumbnails": "SELECT data, mime FROM pgclip.thumbnails WHERE image_id = %s",
-        }[table]
+        read = {"image_blobs": db_images.original, "thumbnails": db_images.thumbnail}[table]
         with self.pool.connection() as conn:
-            row = conn.execute(query, [image_id]).fetchone()
-            if row is None:
-                exists = conn.execute("SELECT 1 FROM pgclip.images WHERE id = %s", [image_id]).fetchone()
-                what = "thumbnail (not embedded yet)" if exists and table == "thumbnails" else "image"
-                raise NotFound(f"no {what} with id {image_id}" if not exists else f"image {image_id} has no {what}")
-        return bytes(row[0]), row[1]
+            blob = read(conn, image_id)
+        return blob.data, blob.mime
 
     def add_image(self, data: bytes, *, filename: str | None, captions: list[str],
                   metadata: dict[str, Any]) -> tuple[int, bool, str | None]:
@@ -256,11 +232,8 @@ class Service:
                 db_images.merge_metadata(conn, {image_id: metadata})
             db_images.add_captions(conn, [(image_id, t) for t in texts], ts_config=self.settings.text_search_config)
             queue.enqueue(conn, list(added.values()), model.id)
-            state = conn.execute(
-                "SELECT state FROM pgclip.embedding_jobs WHERE image_id = %s AND model_id = %s ORDER BY id DESC LIMIT 1",
-                [image_id, model.id],
-            ).fetchone()
-        return image_id, bool(added), state[0] if state else None
+            state = queue.latest_state(conn, image_id, model.id)
+        return image_id, bool(added), state
 
     def edit_image(self, image_id: int, *, metadata: dict[str, Any] | None, replace: bool, unset: list[str],
                    taken_at: Any, add: list[str], remove: list[int]) -> None:
@@ -277,6 +250,15 @@ class Service:
         with self.pool.connection() as conn, conn.transaction():
             if not db_images.delete_images(conn, [image_id]):
                 raise NotFound(f"no image with id {image_id}")
+
+    # --- the page's figures (application/atlas.py) ------------------------------------
+
+    def projection(self) -> list[atlas.MapPoint]:
+        """The map: the active model's vectors in 2-D, kept until they change."""
+        return atlas.projection(self)
+
+    def similarity_matrix(self, ids: list[int]) -> atlas.Similarity:
+        return atlas.similarity(self, ids)
 
     def duplicates(self, threshold: float) -> dict[str, Any]:
         from pgclip.db.duplicates import near_duplicates
@@ -313,7 +295,7 @@ class Service:
 
         with self.pool.connection() as conn:
             model = models.model_by_id(conn, model_id)
-            choice = indexes.choose(model, indexes.vector_count(conn, model), **options)
+            choice = indexes.choose(model, models.vector_count(conn, model), **options)
         with driver_errors():  # the rebuild opens its own connections
             report = indexes.rebuild(self.url, model, choice)
         return self.model_info(model_id), report.built, report.seconds

@@ -65,15 +65,29 @@ import time
 from pathlib import Path
 
 import numpy as np
-from pgclip.db.engine import connect, database_url
-from pgclip.core.settings import Settings
-from psycopg import sql
 
 # benchmarks/search.py and index.py: this script's folder is first on sys.path.
 from index import markdown_table
-from search import (DIM, HNSW_EFC, HNSW_M, MODEL, PGCLIP, REPO, CpuMeter, generate_vectors, load, log,
-                    machine_facts, make_checkpoint, run_cli)
+from psycopg import sql
+from search import (
+    DIM,
+    HNSW_EFC,
+    HNSW_M,
+    MODEL,
+    PGCLIP,
+    REPO,
+    CpuMeter,
+    generate_vectors,
+    load,
+    log,
+    machine_facts,
+    make_checkpoint,
+    run_cli,
+)
 from search import parse_args as parse_search_args
+
+from pgclip.core.settings import Settings
+from pgclip.db.engine import connect, database_url
 
 GENERATOR = ("clusters", "subspace", "spread", "iso", "common", "seed")  # search.py's options, its defaults
 EXACT_CHUNK = 1_000  # rows per matrix product of the exact search: 1000 x N floats at a time (400 MB at 100k)

@@ -59,13 +59,28 @@ from pathlib import Path
 
 import numpy as np
 import psycopg
-from pgclip.db.engine import connect, database_url
-from pgclip.core.settings import Settings
 
 # benchmarks/search.py: this script's folder is first on sys.path.
-from search import (DIM, HNSW_EFC, HNSW_M, K, PGCLIP, REPO, CpuMeter, generate_vectors, log, machine_facts,
-                    percentiles, recall, run_cli, timed)
+from search import (
+    DIM,
+    HNSW_EFC,
+    HNSW_M,
+    PGCLIP,
+    REPO,
+    CpuMeter,
+    K,
+    generate_vectors,
+    log,
+    machine_facts,
+    percentiles,
+    recall,
+    run_cli,
+    timed,
+)
 from search import parse_args as parse_search_args
+
+from pgclip.core.settings import Settings
+from pgclip.db.engine import connect, database_url
 
 VARIANTS = ("exact", "ivfflat", "hnsw", "halfvec", "binary")
 GENERATOR = ("clusters", "subspace", "spread", "iso", "common", "seed")  # search.py's options, its defaults

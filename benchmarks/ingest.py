@@ -6,8 +6,10 @@
 
 Phases (``--only`` picks some):
 
-  a  bare model: ViT-B-32 ``encode_image`` under ``torch.inference_mode`` on tensors
-     decoded and preprocessed beforehand, in batches of PGCLIP_BATCH_SIZE; images/s.
+  a  bare model: ViT-B-32's image tower on the backend PGCLIP_ENCODER names (torch under
+     ``torch.inference_mode``, or ONNX Runtime) on tensors decoded and preprocessed
+     beforehand, in batches of PGCLIP_BATCH_SIZE; images/s. (``benchmarks/encoder.py``
+     compares the backends side by side.)
      Measured twice (before and after b) and averaged, to expose drift.
   b  end to end: the same JPEGs (640x480, photo-like) through the real CLI in
      subprocesses, ``pgclip ingest DIR`` then ``pgclip worker --until-empty`` with
@@ -196,8 +198,10 @@ def check_weights(encoder, checkpoint: Path) -> None:
     """The model pgclip loaded holds exactly the checkpoint's weights (the real loading path)."""
     import torch
 
+    if encoder.backend != "torch":
+        return  # an ONNX export holds no torch state: tests/unit/test_encoder_backends.py holds it to torch
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    loaded = encoder._model.state_dict()
+    loaded = encoder._runner.model.state_dict()
     mismatched = [k for k, v in saved.items() if k not in loaded or not torch.equal(loaded[k].float(), v.float())]
     if mismatched:
         raise SystemExit(f"pgclip's ClipEncoder did not load the checkpoint: {len(mismatched)} tensors differ")
@@ -223,16 +227,14 @@ def stage_costs(encoder, blobs: list[bytes], sample: int) -> dict[str, float]:
 
 
 def bare_model(encoder, tensors, batch_size: int) -> tuple[float, dict]:
-    """Images/s of model.encode_image alone (pgclip's model object, inference mode), and CPU use."""
-    import torch
-
-    model = encoder._model
+    """Images/s of the image tower alone (the encoder's backend runner: torch under inference mode,
+    or an ONNX Runtime session), and CPU use."""
+    run = encoder._runner.encode_images
     batches = [tensors[i : i + batch_size] for i in range(0, len(tensors), batch_size)]
-    with torch.inference_mode():
-        model.encode_image(batches[0])  # warm-up: first-call allocations, oneDNN kernel choice
-        with CpuMeter() as cpu:
-            for batch in batches:
-                model.encode_image(batch)
+    run(batches[0])  # warm-up: first-call allocations, kernel choice
+    with CpuMeter() as cpu:
+        for batch in batches:
+            run(batch)
     return len(tensors) / cpu.wall, cpu.as_dict()
 
 
@@ -248,7 +250,7 @@ def bare_worker_model(checkpoint: Path, settings, tensors) -> tuple[float, int, 
 
     threads = torch.get_num_threads()
     encoder = ClipEncoder(MODEL, str(checkpoint), device=settings.device, torch_threads=settings.torch_threads,
-                          model_threads=settings.model_threads)
+                          model_threads=settings.model_threads, backend=settings.encoder)
     try:
         encoder.load()
         size = max(1, settings.batch_size // encoder.model_threads)  # each thread's batch, as in Worker
@@ -258,7 +260,7 @@ def bare_worker_model(checkpoint: Path, settings, tensors) -> tuple[float, int, 
         warmed, go = threading.Barrier(encoder.model_threads + 1), threading.Event()
 
         def model_thread() -> None:
-            encoder._encode(encoder._model.encode_image, tensors[:size])  # warm-up, as in (a)
+            encoder._runner.encode_images(tensors[:size])  # warm-up, as in (a)
             warmed.wait()
             go.wait()
             while True:
@@ -266,7 +268,7 @@ def bare_worker_model(checkpoint: Path, settings, tensors) -> tuple[float, int, 
                     batch = todo.get_nowait()
                 except threadqueue.Empty:
                     return
-                encoder._encode(encoder._model.encode_image, batch)
+                encoder._runner.encode_images(batch)
 
         workers = [threading.Thread(target=model_thread) for _ in range(encoder.model_threads)]
         for w in workers:
@@ -405,6 +407,7 @@ def profiled_worker(out_path: str) -> int:
     from pgclip import cli
     from pgclip.db import queue
     from pgclip.workers import loop
+    from pgclip.workers.backends import OnnxRunner, TorchRunner
     from pgclip.workers.encoder import ClipEncoder
 
     t_process = time.perf_counter()
@@ -432,8 +435,9 @@ def profiled_worker(out_path: str) -> int:
     ClipEncoder.load = timed("main thread: model load", ClipEncoder.load)
     ClipEncoder.prepare = timed("decode thread: preprocess (open_clip transform)", ClipEncoder.prepare)
     ClipEncoder.encode_prepared = timed("main thread: encode_prepared (stack + forward)", ClipEncoder.encode_prepared)
-    ClipEncoder._encode = staticmethod(timed("main thread: forward (encode_image + normalize)", ClipEncoder._encode))
-    loop.Worker._process = timed("main thread: process batches (encode + write)", loop.Worker._process)
+    for runner in (TorchRunner, OnnxRunner):
+        runner.encode_images = timed("main thread: forward (image tower + normalize)", runner.encode_images)
+    loop.Worker._encode = timed("model threads: encode a batch", loop.Worker._encode)
     loop.Worker.run = timed("worker.run (wall)", loop.Worker.run)
     profile = cProfile.Profile()
     cpu0 = time.process_time()
@@ -907,7 +911,7 @@ def main(argv=None) -> int:
         url = database_url(settings)
         with connection(url) as conn:
             facts = server_facts(conn)
-            model_b = get_model(conn, MODEL, pretrained_identity(MODEL, str(checkpoint)))
+            model_b = get_model(conn, MODEL, pretrained_identity(MODEL, str(checkpoint), settings.encoder))
         import open_clip
         import torch
 
@@ -929,7 +933,7 @@ def main(argv=None) -> int:
                 from pgclip.workers.decode import decode
 
                 encoder = ClipEncoder(MODEL, str(checkpoint), device=settings.device,
-                                      torch_threads=settings.torch_threads)
+                                      torch_threads=settings.torch_threads, backend=settings.encoder)
                 encoder.load()
                 check_weights(encoder, checkpoint)
                 tensors = torch.stack([encoder.preprocess(decode(b)) for b in blobs]).to(encoder._device)

@@ -404,8 +404,9 @@ def sql_search(conn, kind: dict, queries: np.ndarray, warmup: int) -> dict:
 def plan_of(url: str, kind: dict, query: np.ndarray) -> dict:
     """The plan of the statement pgclip.search runs for this kind (auto_explain, nested statements,
     sent to this client as NOTICEs), boiled down to the path it takes."""
-    from pgclip.db.engine import connect
     from psycopg.types.json import Jsonb
+
+    from pgclip.db.engine import connect
 
     notices: list[str] = []
     with connect(url, autocommit=True) as conn:
@@ -697,10 +698,9 @@ def main(argv=None) -> int:
         make_checkpoint(checkpoint, args.seed)
         run_cli("migrate", env=env)
 
+        from pgclip.core.settings import Settings
         from pgclip.db.engine import connect, database_url
         from pgclip.db.models import require_active_model
-
-        from pgclip.core.settings import Settings
 
         url = database_url(Settings.from_env())
         with connect(url) as conn:

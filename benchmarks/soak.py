@@ -65,11 +65,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import psutil
-import psycopg
 
 # benchmarks/soak.py: this script's folder is first on sys.path; the repository root for tests.*.
 import ingest as ingest_bench
+import psutil
+import psycopg
 from ingest import CpuMeter, write_jpegs
 from search import PGCLIP, REPO, free_port, log, machine_facts, percentiles, run_cli, timed
 

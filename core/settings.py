@@ -19,6 +19,7 @@ from pgclip.core.errors import ConfigError
 
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+ENCODERS = ("auto", "torch", "onnx", "onnx-int8")  # PGCLIP_ENCODER (workers/encoder.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +57,11 @@ class Settings:
         DEFAULT_PRETRAINED, "PGCLIP_PRETRAINED", "open_clip pretrained tag, or the path of a local checkpoint file."
     )
     device: str = _field("auto", "PGCLIP_DEVICE", "Torch device for the encoder: auto (CUDA when present), cpu, cuda, cuda:N.")
+    encoder: str = _field(
+        "auto", "PGCLIP_ENCODER",
+        "What runs the model: auto (torch on a GPU, onnx on the CPU), torch, onnx (ONNX Runtime fp32: torch's "
+        "vectors, faster on a CPU), onnx-int8 (faster still; other vectors, so a model of its own: a re-embed).",
+    )
     batch_size: int = _field(32, "PGCLIP_BATCH_SIZE", "Images a worker claims and encodes at once.")
     torch_threads: int = _field(0, "PGCLIP_TORCH_THREADS", "Torch intra-op threads per process (0: torch's default, one per core).")
     model_threads: int = _field(
@@ -101,6 +107,8 @@ class Settings:
         for name in ("torch_threads", "model_threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{self._env(name)} must be 0 or more, got {getattr(self, name)}")
+        if self.encoder not in ENCODERS:
+            raise ConfigError(f"PGCLIP_ENCODER must be one of {', '.join(ENCODERS)}, got {self.encoder!r}")
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", self.text_search_config):
             raise ConfigError(f"PGCLIP_TEXT_SEARCH_CONFIG is not a text search configuration name: {self.text_search_config!r}")
         if self.database_url is not None and not re.match(r"postgres(ql)?(\+\w+)?://", self.database_url):

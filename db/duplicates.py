@@ -13,8 +13,11 @@ import dataclasses
 import psycopg
 from psycopg import sql
 
-from pgclip.db.models import ModelRow, require_active_model, vector_sql
 from pgclip.core.errors import InvalidInput
+from pgclip.db.models import ModelRow, require_active_model, vector_sql
+from pgclip.db.queries import load
+
+DUPLICATES = load("duplicates.sql")
 
 NEIGHBOURS = 5  # per image: copies beyond the 5th nearest are still found through the others
 MIN_THRESHOLD = 0.5
@@ -35,25 +38,11 @@ def _pairs(conn: psycopg.Connection, model: ModelRow, threshold: float) -> list[
     """Each image's nearest neighbours above the threshold (in the caller's transaction)."""
     if model.index_kind == "hnsw":
         ef_search = max(NEIGHBOURS, int(model.index_params.get("ef_search", EF_SEARCH)))
-        conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(ef_search)])
+        conn.execute(DUPLICATES["hnsw_ef_search"], {"value": str(ef_search)})
     elif model.index_kind == "ivfflat":
         probes = int(model.index_params.get("probes", 1))
-        conn.execute("SELECT set_config('ivfflat.probes', %s, true)", [str(probes)])
-    f = vector_sql(model)
-    query = sql.SQL(
-        """
-        SELECT a.image_id, n.image_id, 1 - n.distance
-        FROM pgclip.embeddings a
-        CROSS JOIN LATERAL (
-            SELECT e.image_id, {vec} <=> a.embedding::{qcast} AS distance
-            FROM pgclip.embeddings e
-            WHERE {model_pred} AND e.image_id <> a.image_id
-            ORDER BY {vec} <=> a.embedding::{qcast}
-            LIMIT %(neighbours)s
-        ) n
-        WHERE a.model_id = {model_id} AND n.distance <= %(max_distance)s
-        """
-    ).format(model_id=sql.Literal(int(model.id)), **f)
+        conn.execute(DUPLICATES["ivfflat_probes"], {"value": str(probes)})
+    query = sql.SQL(DUPLICATES["pairs"]).format(model_id=sql.Literal(int(model.id)), **vector_sql(model))
     return conn.execute(query, {"neighbours": NEIGHBOURS, "max_distance": 1 - threshold}).fetchall()
 
 

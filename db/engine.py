@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import os
 import re
 import socket
@@ -72,35 +73,75 @@ def translate_connect_error(url: str, exc: Exception) -> DatabaseUnavailable:
     return DatabaseUnavailable(f"cannot connect to PostgreSQL at {describe_target(url)}: {driver_message(exc)}")
 
 
-# SQLSTATE classes and codes that mean "the database is not there for us right now", as
-# opposed to "this statement is wrong": connection exceptions (08), insufficient resources
-# (53: too many connections, out of memory, disk full), operator intervention (57P01 admin
-# shutdown, 57P02 crash shutdown, 57P03 starting up, 57P05 idle session timeout), system
-# errors (58), and a statement cancelled by statement_timeout (57014).
-_UNAVAILABLE_CLASSES = ("08", "53", "58")
-_UNAVAILABLE_CODES = frozenset({"57P01", "57P02", "57P03", "57P04", "57P05", "57014"})
+class Failure(enum.Enum):
+    """What a driver or pool error says about the database: the one classification that
+    both :func:`translate_driver_error` (API, CLI) and the workers' reconnection follow."""
+
+    UNAVAILABLE = "unavailable"  # not there for us right now: wait, reconnect, run it again
+    REFUSED = "refused"  # there, but refuses us (a password, a database, pgvector): a person must act
+    CONFLICT = "conflict"  # the transaction lost a race (deadlock, serialization): run it again at once
+    TOO_LARGE = "too large"  # the statement exceeds a server limit: the input's fault, no retry helps
+
+
+# SQLSTATE classes that mean "the database is not there for us right now", as opposed to
+# "this statement is wrong": connection exceptions (08), insufficient resources (53: too
+# many connections, out of memory, disk full), operator intervention (57: admin or crash
+# shutdown, starting up, idle session timeout, a statement cancelled by statement_timeout),
+# system errors (58).
+_UNAVAILABLE_CLASSES = ("08", "53", "57", "58")
+_CONFLICT_CLASS = "40"  # transaction rollback: serialization failure, deadlock detected
+_TOO_LARGE_CLASS = "54"  # program limit exceeded: a value or statement too large or too deep
+# What a server says when it is there but will not have us; anything else that looks like
+# an outage passes once the server is back (starting, stopping, restarting, unreachable).
+_REFUSED = ("password authentication failed", "does not exist", "no pg_hba.conf entry", "pgvector",
+            "invalid database URL")
+
+
+def classify(exc: BaseException) -> Failure | None:
+    """What ``exc`` (a psycopg or pool error, or a ``DatabaseUnavailable``) says about the
+    database; None when it says nothing about it (a bug of ours, or not a driver error)."""
+    from psycopg_pool import PoolTimeout, TooManyRequests
+
+    if isinstance(exc, DatabaseUnavailable):
+        return _unavailable_or_refused(exc)
+    if isinstance(exc, (PoolTimeout, TooManyRequests)):
+        return Failure.UNAVAILABLE
+    if not isinstance(exc, psycopg.Error):
+        return None
+    state = exc.sqlstate or ""
+    if state.startswith(_TOO_LARGE_CLASS):
+        return Failure.TOO_LARGE
+    if state.startswith(_CONFLICT_CLASS):
+        return Failure.CONFLICT
+    # A connection lost or never made is an OperationalError without a SQLSTATE (libpq's own).
+    if isinstance(exc, psycopg.InterfaceError) or (isinstance(exc, psycopg.OperationalError) and not state) \
+            or state.startswith(_UNAVAILABLE_CLASSES):
+        return _unavailable_or_refused(exc)
+    return None
+
+
+def _unavailable_or_refused(exc: BaseException) -> Failure:
+    text = str(exc)
+    return Failure.REFUSED if any(marker in text for marker in _REFUSED) else Failure.UNAVAILABLE
 
 
 def translate_driver_error(exc: BaseException) -> PgclipError | None:
     """The pgclip error for a psycopg or pool failure, or None when it is a bug of ours.
 
     Translated here, once: callers above ``db/`` see ``DatabaseUnavailable`` (the API's
-    503, the CLI's one line) or ``InvalidInput``, never a driver exception.
+    503, the CLI's one line) or ``InvalidInput``, never a driver exception. A lost race
+    (:attr:`Failure.CONFLICT`) stays itself: the workers run it again, a request fails with it.
     """
     from psycopg_pool import PoolTimeout, TooManyRequests
 
     if isinstance(exc, PgclipError):
         return exc
-    if isinstance(exc, (PoolTimeout, TooManyRequests)):
-        return DatabaseUnavailable(f"the database is unavailable or busy: {driver_message(exc)}")
-    if not isinstance(exc, psycopg.Error):
-        return None
-    state = exc.sqlstate or ""
-    if state.startswith("54"):  # program limit exceeded: a value or statement too large or too deep
+    failure = classify(exc)
+    if failure is Failure.TOO_LARGE:
         return InvalidInput(f"the request is too large or complex for the database: {driver_message(exc)}")
-    if isinstance(exc, psycopg.InterfaceError) or (isinstance(exc, psycopg.OperationalError) and not state) \
-            or state.startswith(_UNAVAILABLE_CLASSES) or state in _UNAVAILABLE_CODES:
-        return DatabaseUnavailable(f"the database is unavailable: {driver_message(exc)}")
+    if failure in (Failure.UNAVAILABLE, Failure.REFUSED):
+        busy = " or busy" if isinstance(exc, (PoolTimeout, TooManyRequests)) else ""
+        return DatabaseUnavailable(f"the database is unavailable{busy}: {driver_message(exc)}")
     return None
 
 

@@ -8,8 +8,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg
+from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
+from pgclip.core.errors import NotFound
 from pgclip.db.queries import load
 
 IMAGES = load("images.sql")
@@ -33,7 +35,7 @@ class NewImage:
 
 
 def insert_images(conn: psycopg.Connection, images: Sequence[NewImage]) -> tuple[dict[str, int], dict[str, int]]:
-    """Insert images not yet stored, with their bytes.
+    """Insert images not yet stored, with their bytes (and the bytes of stored images that lack them).
 
     Returns (added, existing): sha256 -> image id for the new rows and for the
     ones already in the database.
@@ -62,9 +64,13 @@ def insert_images(conn: psycopg.Connection, images: Sequence[NewImage]) -> tuple
     existing = {}
     if rest:
         existing = {sha: image_id for image_id, sha in conn.execute(IMAGES["ids_by_sha256"], {"sha256": rest})}
+    # Bytes for the new rows, and for known rows stored without them (`pgclip import` brings none).
+    bare = {r[0] for r in conn.execute(IMAGES["without_bytes"], {"image_ids": list(existing.values())})} \
+        if existing else set()
+    wanted = {**added, **{sha: i for sha, i in existing.items() if i in bare}}
     with conn.cursor() as cur:
         cur.executemany(
-            IMAGES["insert_blob"], [{"image_id": added[sha], "data": by_sha[sha].data} for sha in added]
+            IMAGES["insert_blob"], [{"image_id": image_id, "data": by_sha[sha].data} for sha, image_id in wanted.items()]
         )
     return added, existing
 
@@ -108,9 +114,7 @@ def edit_image(
 
     Raises NotFound for an unknown image or a caption id that is not the image's.
     """
-    from pgclip.core.errors import NotFound
-
-    if conn.execute("SELECT 1 FROM pgclip.images WHERE id = %s FOR UPDATE", [image_id]).fetchone() is None:
+    if conn.execute(IMAGES["lock_image"], {"image_id": image_id}).fetchone() is None:
         raise NotFound(f"no image with id {image_id}")
     if metadata is not None or replace_metadata:
         conn.execute(IMAGES["set_metadata"],
@@ -133,3 +137,109 @@ def delete_images(conn: psycopg.Connection, image_ids: Sequence[int]) -> set[int
     """Delete images and everything hanging off them; returns the ids that existed."""
     rows = conn.execute(IMAGES["delete_images"], {"image_ids": list(image_ids)}).fetchall()
     return {r[0] for r in rows}
+
+
+# --- reading one image -------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Caption:
+    id: int
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageDetail:
+    """One stored image as its page shows it, seen from one model (``embedded``, the queue)."""
+
+    id: int
+    sha256: str
+    source: str | None
+    width: int
+    height: int
+    format: str
+    mime: str
+    byte_size: int
+    taken_at: dt.datetime | None
+    created_at: dt.datetime
+    metadata: dict[str, Any]
+    embedded: bool  # the model's vector exists
+    queue_state: str | None  # of the newest job for the model; None: never queued for it
+    last_error: str | None
+    has_thumbnail: bool
+
+
+def image_detail(conn: psycopg.Connection, image_id: int, model_id: int) -> ImageDetail:
+    """The image as model ``model_id`` sees it; NotFound if there is none."""
+    with conn.cursor(row_factory=class_row(ImageDetail)) as cur:
+        row = cur.execute(IMAGES["detail"], {"image_id": image_id, "model_id": model_id}).fetchone()
+    if row is None:
+        raise NotFound(f"no image with id {image_id}")
+    return row
+
+
+def captions(conn: psycopg.Connection, image_id: int) -> list[Caption]:
+    """The image's captions, oldest first."""
+    with conn.cursor(row_factory=class_row(Caption)) as cur:
+        return cur.execute(IMAGES["captions"], {"image_id": image_id}).fetchall()
+
+
+def image_exists(conn: psycopg.Connection, image_id: int) -> bool:
+    return bool(conn.execute(IMAGES["exists"], {"image_id": image_id}).fetchone()[0])
+
+
+def known_ids(conn: psycopg.Connection, image_ids: Sequence[int]) -> set[int]:
+    """The ids among ``image_ids`` that name stored images."""
+    return {r[0] for r in conn.execute(IMAGES["known_ids"], {"image_ids": list(image_ids)})}
+
+
+@dataclasses.dataclass(frozen=True)
+class Blob:
+    data: bytes
+    mime: str
+
+
+def original(conn: psycopg.Connection, image_id: int) -> Blob:
+    """The image's bytes as stored; NotFound if there is no such image (or no bytes stored for it)."""
+    row = conn.execute(IMAGES["original"], {"image_id": image_id}).fetchone()
+    if row is None:
+        if image_exists(conn, image_id):
+            raise NotFound(f"image {image_id} has no stored bytes")
+        raise NotFound(f"no image with id {image_id}")
+    return Blob(bytes(row[0]), row[1])
+
+
+def thumbnail(conn: psycopg.Connection, image_id: int) -> Blob:
+    """The image's thumbnail; NotFound if there is no such image or it has not been embedded yet."""
+    row = conn.execute(IMAGES["thumbnail"], {"image_id": image_id}).fetchone()
+    if row is None:
+        if image_exists(conn, image_id):
+            raise NotFound(f"image {image_id} has no thumbnail (not embedded yet)")
+        raise NotFound(f"no image with id {image_id}")
+    return Blob(bytes(row[0]), row[1])
+
+
+@dataclasses.dataclass(frozen=True)
+class Described:
+    metadata: dict[str, Any]
+    taken_at: dt.datetime | None
+
+
+def described(conn: psycopg.Connection, image_id: int) -> Described:
+    """The image's metadata and date; NotFound if there is no such image."""
+    with conn.cursor(row_factory=class_row(Described)) as cur:
+        row = cur.execute(IMAGES["metadata"], {"image_id": image_id}).fetchone()
+    if row is None:
+        raise NotFound(f"no image with id {image_id}")
+    return row
+
+
+def sources(conn: psycopg.Connection, image_ids: Sequence[int]) -> dict[int, str | None]:
+    """Each stored image's source (its path or upload name), by id."""
+    return dict(conn.execute(IMAGES["sources"], {"image_ids": list(image_ids)}).fetchall())
+
+
+def blobs(conn: psycopg.Connection, image_ids: Sequence[int]) -> dict[int, bytes]:
+    """The stored bytes of these images, by id (an image without bytes is left out)."""
+    rows = conn.execute(IMAGES["blobs"], {"image_ids": list(image_ids)}).fetchall()
+    return {image_id: bytes(data) for image_id, data in rows}

@@ -27,9 +27,23 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from pgclip.db.engine import connect
-from pgclip.db.models import BUILD_PARAMS, HNSW_DEFAULTS, Coverage, ModelRow, coverage, index_ddl, model_by_id
 from pgclip.core.errors import ConfigError, InvalidInput
+from pgclip.db.engine import connect
+from pgclip.db.models import (
+    BUILD_PARAMS,
+    HNSW_DEFAULTS,
+    MODELS,
+    Coverage,
+    ModelRow,
+    coverage,
+    drop_index_ddl,
+    index_ddl,
+    model_by_id,
+    vector_count,  # noqa: F401  (pgclip.db.indexes.vector_count too: choose() takes the count)
+)
+from pgclip.db.queries import load
+
+INDEXES = load("indexes.sql")
 
 KINDS = ("hnsw", "ivfflat", "none")
 QUERY_PARAMS = {"hnsw": ("ef_search",), "ivfflat": ("probes",), "none": ()}
@@ -110,10 +124,6 @@ class RebuildReport:
     size_bytes: int | None
 
 
-def vector_count(conn: psycopg.Connection, model: ModelRow) -> int:
-    return conn.execute("SELECT count(*) FROM pgclip.embeddings WHERE model_id = %s", [model.id]).fetchone()[0]
-
-
 def rebuild(url: str, model: ModelRow, choice: IndexChoice, *, build_memory: str = "1GB") -> RebuildReport:
     """Give ``model`` the index ``choice`` describes without stopping searches (see the module doc)."""
     previous = current_choice(model)
@@ -121,41 +131,40 @@ def rebuild(url: str, model: ModelRow, choice: IndexChoice, *, build_memory: str
     t0 = time.perf_counter()
     # CREATE/DROP INDEX CONCURRENTLY cannot run inside a transaction block.
     with connect(url, role="index-rebuild", autocommit=True) as conn:
-        if not conn.execute("SELECT pg_try_advisory_lock(%s, %s)", [_LOCK_CLASS, model.id]).fetchone()[0]:
+        lock = {"lock_class": _LOCK_CLASS, "model_id": model.id}
+        if not conn.execute(INDEXES["try_lock"], lock).fetchone()[0]:
             raise ConfigError(f"another `pgclip index rebuild` of {model.label} is running: wait for it to finish")
         # Leftovers of a rebuild that was interrupted (an INVALID index, or an old one not dropped yet).
         for name in (staged, retired):
-            conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS pgclip.{}").format(sql.Identifier(name)))
+            conn.execute(drop_index_ddl(name, concurrently=True))
         target = dataclasses.replace(model, index_kind=choice.kind, storage=choice.storage, index_params=choice.params)
-        index_exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [f"pgclip.{model.index_name}"]).fetchone()[0]
+        index_exists = conn.execute(INDEXES["exists"], {"index": f"pgclip.{model.index_name}"}).fetchone()[0]
         build = choice.kind != "none" and (_build_part(choice) != _build_part(previous) or not index_exists)
         if build:
             try:
-                conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", [build_memory])
+                conn.execute(INDEXES["build_memory"], {"memory": build_memory})
             except psycopg.errors.InvalidParameterValue as exc:
                 raise InvalidInput(f"--memory {build_memory!r}: {exc.diag.message_primary or exc} "
                                    "(a size such as 512MB or 2GB)") from None
             try:
                 conn.execute(index_ddl(target, name=staged, concurrently=True))
             except psycopg.Error as exc:
-                conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS pgclip.{}").format(sql.Identifier(staged)))
+                conn.execute(drop_index_ddl(staged, concurrently=True))
                 raise ConfigError(f"building the new index of {model.label} failed, the old one is in use: "
                                   f"{str(exc).strip().splitlines()[0]}") from exc
         with conn.transaction():
-            conn.execute("SELECT 1 FROM pgclip.models WHERE id = %s FOR UPDATE", [model.id])
-            conn.execute(
-                "UPDATE pgclip.models SET index_kind = %s, storage = %s, index_params = %s WHERE id = %s",
-                [choice.kind, choice.storage, Jsonb(choice.params), model.id],
-            )
+            conn.execute(MODELS["lock_model"], {"model_id": model.id})
+            conn.execute(MODELS["set_index"], {"kind": choice.kind, "storage": choice.storage,
+                                               "params": Jsonb(choice.params), "model_id": model.id})
             if build or choice.kind == "none":
                 conn.execute(sql.SQL("ALTER INDEX IF EXISTS pgclip.{} RENAME TO {}").format(
                     sql.Identifier(model.index_name), sql.Identifier(retired)))
             if build:
                 conn.execute(sql.SQL("ALTER INDEX pgclip.{} RENAME TO {}").format(
                     sql.Identifier(staged), sql.Identifier(model.index_name)))
-        conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS pgclip.{}").format(sql.Identifier(retired)))
-        size = conn.execute("SELECT pg_relation_size(to_regclass(%s))", [f"pgclip.{model.index_name}"]).fetchone()[0]
-        conn.execute("SELECT pg_advisory_unlock(%s, %s)", [_LOCK_CLASS, model.id])
+        conn.execute(drop_index_ddl(retired, concurrently=True))
+        size = conn.execute(INDEXES["size"], {"index": f"pgclip.{model.index_name}"}).fetchone()[0]
+        conn.execute(INDEXES["unlock"], lock)
         return RebuildReport(model_by_id(conn, model.id), previous, build, time.perf_counter() - t0, size)
 
 
@@ -170,9 +179,6 @@ def describe_indexes(conn: psycopg.Connection) -> list[IndexInfo]:
     """Each model's coverage and its index as it exists in the database: size and validity."""
     out = []
     for cov in coverage(conn):
-        row = conn.execute(
-            "SELECT pg_relation_size(i.indexrelid), i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)",
-            [f"pgclip.{cov.model.index_name}"],
-        ).fetchone()
+        row = conn.execute(INDEXES["state"], {"index": f"pgclip.{cov.model.index_name}"}).fetchone()
         out.append(IndexInfo(cov, row[0] if row else None, row[1] if row else None))
     return out

@@ -15,6 +15,10 @@ predicate *literally*: ``model_id = $1`` as a bound parameter falls back to a
 sequential scan under a generic plan. So every vector query is composed with
 :func:`vector_sql`, which writes the model id, dimension and storage type as
 literals (they come from the ``models`` table, never from a user).
+
+The registry's statements are in ``db/sql/models.sql``; the DDL of an index
+(:func:`index_ddl`, :func:`drop_index_ddl`) is composed here, because its name,
+dimension and storage type are identifiers and literals that cannot be bound.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 from pgclip.core.errors import ConfigError, NotFound, NotReady
+from pgclip.db.queries import load
+
+MODELS = load("models.sql")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,25 +69,20 @@ class ModelRow:
         return f"{self.name} ({self.pretrained})"
 
 
-_COLUMNS = "id, name, pretrained, dimension, state, created_at, index_kind, storage, index_params"
-
-
 def get_model(conn: psycopg.Connection, name: str, pretrained: str) -> ModelRow | None:
     with conn.cursor(row_factory=class_row(ModelRow)) as cur:
-        return cur.execute(
-            f"SELECT {_COLUMNS} FROM pgclip.models WHERE name = %s AND pretrained = %s", [name, pretrained]
-        ).fetchone()
+        return cur.execute(MODELS["by_name"], {"name": name, "pretrained": pretrained}).fetchone()
 
 
 def active_model(conn: psycopg.Connection) -> ModelRow | None:
     """The model that answers searches, or None before any model is registered."""
     with conn.cursor(row_factory=class_row(ModelRow)) as cur:
-        return cur.execute(f"SELECT {_COLUMNS} FROM pgclip.models WHERE state = 'active'").fetchone()
+        return cur.execute(MODELS["active"]).fetchone()
 
 
 def list_models(conn: psycopg.Connection) -> list[ModelRow]:
     with conn.cursor(row_factory=class_row(ModelRow)) as cur:
-        return cur.execute(f"SELECT {_COLUMNS} FROM pgclip.models ORDER BY id").fetchall()
+        return cur.execute(MODELS["all"]).fetchall()
 
 
 def require_active_model(conn: psycopg.Connection) -> ModelRow:
@@ -99,22 +101,17 @@ def ensure_model(
     The first model a database sees becomes active; later ones start as
     ``building`` until someone activates them.
     """
-    conn.execute(
-        "INSERT INTO pgclip.models (name, pretrained, dimension, index_params) VALUES (%s, %s, %s, %s)"
-        " ON CONFLICT (name, pretrained) DO NOTHING",
-        [name, pretrained, dimension, Jsonb({"m": hnsw_m, "ef_construction": hnsw_ef_construction})],
-    )
+    conn.execute(MODELS["register"], {
+        "name": name, "pretrained": pretrained, "dimension": dimension,
+        "index_params": Jsonb({"m": hnsw_m, "ef_construction": hnsw_ef_construction}),
+    })
     model = get_model(conn, name, pretrained)
     assert model is not None
     if model.dimension != dimension:
         raise ConfigError(
             f"model {model.label} is registered with dimension {model.dimension}, but its config says {dimension}"
         )
-    conn.execute(
-        "UPDATE pgclip.models SET state = 'active' WHERE id = %s"
-        " AND NOT EXISTS (SELECT 1 FROM pgclip.models WHERE state = 'active')",
-        [model.id],
-    )
+    conn.execute(MODELS["activate_if_none"], {"model_id": model.id})
     if (ddl := index_ddl(model)) is not None:
         conn.execute(ddl)
     conn.commit()
@@ -128,9 +125,7 @@ def registered_model(conn: psycopg.Connection, name: str, pretrained: str) -> Mo
     if model is None:
         return None
     ready = conn.execute(
-        "SELECT (%s OR to_regclass(%s) IS NOT NULL)"
-        " AND EXISTS (SELECT 1 FROM pgclip.models WHERE state = 'active')",
-        [model.index_kind == "none", f"pgclip.{model.index_name}"],
+        MODELS["is_ready"], {"no_index": model.index_kind == "none", "index": f"pgclip.{model.index_name}"}
     ).fetchone()[0]
     return model if ready else None
 
@@ -168,7 +163,7 @@ def index_ddl(model: ModelRow, *, name: str | None = None, concurrently: bool = 
 
 def model_by_id(conn: psycopg.Connection, model_id: int) -> ModelRow:
     with conn.cursor(row_factory=class_row(ModelRow)) as cur:
-        row = cur.execute(f"SELECT {_COLUMNS} FROM pgclip.models WHERE id = %s", [model_id]).fetchone()
+        row = cur.execute(MODELS["by_id"], {"model_id": model_id}).fetchone()
     if row is None:
         raise NotFound(f"no model with id {model_id}")
     return row
@@ -195,13 +190,13 @@ def activate_if_unused(conn: psycopg.Connection, model: ModelRow) -> bool:
     is a deliberate act (re-embed, then activate).
     """
     with conn.transaction():
-        current = conn.execute("SELECT id FROM pgclip.models WHERE state = 'active' FOR UPDATE").fetchone()
+        current = conn.execute(MODELS["lock_active"]).fetchone()
         if current is None or current[0] == model.id:
             return False
-        if conn.execute("SELECT 1 FROM pgclip.embeddings WHERE model_id = %s LIMIT 1", [current[0]]).fetchone():
+        if conn.execute(MODELS["has_vectors"], {"model_id": current[0]}).fetchone()[0]:
             return False
-        conn.execute("UPDATE pgclip.models SET state = 'building' WHERE id = %s", [current[0]])
-        conn.execute("UPDATE pgclip.models SET state = 'active' WHERE id = %s", [model.id])
+        conn.execute(MODELS["set_state"], {"state": "building", "model_id": current[0]})
+        conn.execute(MODELS["set_state"], {"state": "active", "model_id": model.id})
     return True
 
 
@@ -218,8 +213,8 @@ class Coverage:
 
 def coverage(conn: psycopg.Connection) -> list[Coverage]:
     """Every model with how many of the collection's images have its vector."""
-    images = conn.execute("SELECT count(*) FROM pgclip.images").fetchone()[0]
-    counts = dict(conn.execute("SELECT model_id, count(*) FROM pgclip.embeddings GROUP BY model_id").fetchall())
+    images = conn.execute(MODELS["image_count"]).fetchone()[0]
+    counts = dict(conn.execute(MODELS["vector_counts"]).fetchall())
     return [Coverage(m, counts.get(m.id, 0), images) for m in list_models(conn)]
 
 
@@ -241,7 +236,7 @@ def activate(conn: psycopg.Connection, model: ModelRow, *, force: bool = False) 
     """
     with conn.transaction():
         # Serialise concurrent activations on the row of the model being replaced.
-        current = conn.execute("SELECT id FROM pgclip.models WHERE state = 'active' FOR UPDATE").fetchone()
+        current = conn.execute(MODELS["lock_active"]).fetchone()
         if current and current[0] == model.id:
             return None
         cov = next(c for c in coverage(conn) if c.model.id == model.id)
@@ -250,22 +245,33 @@ def activate(conn: psycopg.Connection, model: ModelRow, *, force: bool = False) 
                 f"{model.label} has vectors for {cov.vectors} of {cov.images} images ({cov.fraction:.0%}): "
                 "let its workers finish (`pgclip status`), or activate anyway with --force"
             )
-        conn.execute("UPDATE pgclip.models SET state = 'retired' WHERE state = 'active'")
-        conn.execute("UPDATE pgclip.models SET state = 'active' WHERE id = %s", [model.id])
+        conn.execute(MODELS["retire_active"])
+        conn.execute(MODELS["set_state"], {"state": "active", "model_id": model.id})
     return model_by_id(conn, current[0]) if current else None
 
 
 def drop(conn: psycopg.Connection, model: ModelRow) -> int:
     """Remove a model that is not active: its vectors, queue rows and index. Returns the vectors removed."""
     with conn.transaction():
-        state = conn.execute("SELECT state FROM pgclip.models WHERE id = %s FOR UPDATE", [model.id]).fetchone()
+        state = conn.execute(MODELS["lock_model"], {"model_id": model.id}).fetchone()
         if state is None:
             raise NotFound(f"no model with id {model.id}")
         if state[0] == "active":
             raise ConfigError(f"{model.label} is the active model: activate another one before dropping it")
-        removed = conn.execute("SELECT count(*) FROM pgclip.embeddings WHERE model_id = %s", [model.id]).fetchone()[0]
+        removed = vector_count(conn, model)
         # Its index, and those an interrupted `pgclip index rebuild` may have left.
         for name in (model.index_name, model.staged_index_name, model.retired_index_name):
-            conn.execute(sql.SQL("DROP INDEX IF EXISTS pgclip.{}").format(sql.Identifier(name)))
-        conn.execute("DELETE FROM pgclip.models WHERE id = %s", [model.id])  # cascades to vectors and jobs
+            conn.execute(drop_index_ddl(name))
+        conn.execute(MODELS["delete"], {"model_id": model.id})  # cascades to vectors and jobs
     return removed
+
+
+def vector_count(conn: psycopg.Connection, model: ModelRow) -> int:
+    """How many vectors ``model`` has."""
+    return conn.execute(MODELS["vector_count"], {"model_id": model.id}).fetchone()[0]
+
+
+def drop_index_ddl(name: str, *, concurrently: bool = False) -> sql.Composed:
+    """DROP INDEX IF EXISTS for one of a model's index names (``ModelRow.index_name`` and its kin)."""
+    return sql.SQL("DROP INDEX {concurrently} IF EXISTS pgclip.{name}").format(
+        concurrently=sql.SQL("CONCURRENTLY" if concurrently else ""), name=sql.Identifier(name))

@@ -18,8 +18,8 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 from psycopg_pool.base import AttemptWithBackoff
 
-from pgclip.db.engine import application_name, configure_vector, driver_errors
 from pgclip.core.errors import DatabaseUnavailable
+from pgclip.db.engine import application_name, configure_vector, driver_errors
 
 log = logging.getLogger("pgclip.db")
 

@@ -177,6 +177,12 @@ def open_jobs(conn: psycopg.Connection, model_id: int) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
+def latest_state(conn: psycopg.Connection, image_id: int, model_id: int) -> str | None:
+    """The state of the image's newest job for the model; None if it was never queued for it."""
+    row = conn.execute(QUEUE["latest_state"], {"image_id": image_id, "model_id": model_id}).fetchone()
+    return row[0] if row else None
+
+
 @dataclasses.dataclass(frozen=True)
 class Failure:
     job_id: int

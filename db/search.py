@@ -13,61 +13,51 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import psycopg
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
-from pgclip.db.models import ModelRow, require_active_model
 from pgclip.core.errors import InvalidInput, NotFound, NotReady, PgclipError
 
-MAX_K = 100
-DEFAULT_K = 10
-RRF_K = 60  # reciprocal rank fusion's constant, as in the RRF paper and pgvector's example
-FILTER_KEYS = frozenset(
-    {"taken_after", "taken_before", "min_width", "min_height", "orientation", "format", "metadata", "has_caption",
-     "exclude_ids"}
-)
+# MAX_K is read from here by pgclip.evaluate as well.
+from pgclip.core.search_request import FILTER_KEYS, MAX_K, MAX_WINDOW, OPTIONS, PARAMS, RRF_K, default_window
+from pgclip.db.models import ModelRow, require_active_model
 
-Fusion = Literal["rrf", "weighted"]
-Order = Literal["relevance", "newest", "oldest"]
+# The options of an API or CLI caller with bounds or choices: checked here, before any SQL.
+_CHECKED = tuple(p.name for p in OPTIONS if p.api and (p.choices or p.minimum is not None))
 
 
 @dataclasses.dataclass(frozen=True)
 class SearchParams:
-    """One search. ``vector`` is unit-length (text, image, id or composed); ``caption_query``
-    is websearch syntax over captions; both may be given (hybrid) or either alone."""
+    """One search, its defaults those of ``pgclip.core.search_request``. ``vector`` is unit-length
+    (text, image, id or composed); ``caption_query`` is websearch syntax over captions; both may
+    be given (hybrid) or either alone."""
 
     vector: np.ndarray | None = None
     caption_query: str | None = None
     filters: dict[str, Any] = dataclasses.field(default_factory=dict)
-    k: int = DEFAULT_K
-    fusion: Fusion = "rrf"
-    weight: float = 0.5
-    min_similarity: float | None = None
-    max_drop: float | None = None
-    order: Order = "relevance"
+    k: int = PARAMS["k"].default
+    fusion: str = PARAMS["fusion"].default  # one of its choices (validate checks)
+    weight: float = PARAMS["weight"].default
+    min_similarity: float | None = PARAMS["min_similarity"].default
+    max_drop: float | None = PARAMS["max_drop"].default
+    order: str = PARAMS["order"].default
     cursor: str | None = None
-    ts_config: str = "english"
+    ts_config: str = PARAMS["ts_config"].default
 
     def validate(self, *, needs_query: bool = True) -> None:
-        if not 1 <= self.k <= MAX_K:
-            raise InvalidInput(f"k must be between 1 and {MAX_K}, got {self.k}")
-        if self.fusion not in ("rrf", "weighted"):
-            raise InvalidInput(f"fusion must be rrf or weighted, got {self.fusion!r}")
-        if not 0.0 <= self.weight <= 1.0:
-            raise InvalidInput(f"weight must be between 0 and 1, got {self.weight}")
-        if self.order not in ("relevance", "newest", "oldest"):
-            raise InvalidInput(f"order must be relevance, newest or oldest, got {self.order!r}")
-        if self.min_similarity is not None and not -1.0 <= self.min_similarity <= 1.0:
-            raise InvalidInput(f"min_similarity must be between -1 and 1, got {self.min_similarity}")
-        if self.max_drop is not None and not 0.0 <= self.max_drop <= 2.0:
-            raise InvalidInput(f"max_drop must be between 0 and 2, got {self.max_drop}")
+        """Refuse what the search request's definition (``pgclip.core.search_request``) refuses,
+        before any SQL runs; the CLI's filters get the API's answers here."""
+        for name in _CHECKED:
+            PARAMS[name].check(getattr(self, name))
         unknown = set(self.filters) - FILTER_KEYS
         if unknown:
             raise InvalidInput(f"unknown filter {sorted(unknown)[0]!r} (known: {', '.join(sorted(FILTER_KEYS))})")
+        for key, value in self.filters.items():
+            PARAMS[key].check(value)
         if needs_query and self.vector is None and not (self.caption_query or "").strip():
             raise InvalidInput("give a text, an image, an image id or a caption query to search for")
         if self.vector is not None and not np.all(np.isfinite(self.vector)):
@@ -126,7 +116,7 @@ def _decode_cursor(cursor: str, fingerprint: str) -> tuple[int, int]:
         raise InvalidInput("malformed cursor: pass back the next_cursor of a previous page unchanged") from None
     if q != fingerprint:
         raise InvalidInput("this cursor belongs to a different query")
-    if not 1 <= window <= 10_000 or not 0 <= offset < window:
+    if not 1 <= window <= MAX_WINDOW or not 0 <= offset < window:
         raise InvalidInput("malformed cursor: pass back the next_cursor of a previous page unchanged")
     return offset, window
 
@@ -153,7 +143,7 @@ def search(conn: psycopg.Connection, params: SearchParams, *, model: ModelRow | 
     ``similar_to``, of "more like this" for that image (its own vector, itself excluded)."""
     params.validate(needs_query=similar_to is None)
     fingerprint = params.fingerprint(similar_to)
-    window = max(200, 4 * params.k)
+    window = default_window(params.k)
     offset = 0
     if params.cursor:
         offset, window = _decode_cursor(params.cursor, fingerprint)

@@ -47,8 +47,8 @@ def run_migrations_online() -> None:
         return
     url = config.get_main_option("sqlalchemy.url")
     if not url:
-        from pgclip.db.engine import database_url
         from pgclip.core.settings import Settings
+        from pgclip.db.engine import database_url
 
         url = database_url(Settings.from_env())
     from pgclip.db.engine import create_engine

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import psycopg
 import pytest
+
 from pgclip.db.engine import connect
 from pgclip.db.models import ModelRow, active_model, index_ddl
 

@@ -28,10 +28,10 @@ from typing import Any
 
 import psycopg
 
+from pgclip.core.errors import DatabaseUnavailable, InvalidInput
 from pgclip.db import images as db_images
 from pgclip.db import queue
 from pgclip.db.engine import driver_message
-from pgclip.core.errors import DatabaseUnavailable, InvalidInput
 from pgclip.workers.decode import ImageInfo, ImageRejected, captured_warnings, probe, route_warnings
 from pgclip.workers.ingest_files import IMAGE_SUFFIXES, Unreadable, discover, read_file, readable_name, stored_name
 from pgclip.workers.manifest import Entry, Manifest

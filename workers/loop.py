@@ -8,14 +8,15 @@ and whatever is still held when the worker stops is given back in one
 statement, its attempt returned (``liveness.py`` has the keeper, the presence
 connection that reaps dead workers' leases, and the watchdog).
 
-Threads form a pipeline around the model, so that it never waits: the
-decode thread claims, decodes, makes thumbnails and runs the model's
-preprocessing ahead of the model (``LOOKAHEAD_BATCHES``, so a stopping worker
-has little to give back); the model threads (the main thread and
-``model_threads - 1`` more: `pgclip worker` runs as many as its encoder is set up
-for, two on a CPU) each take the next decoded batch and run the model on it and
-nothing else; the write thread writes finished batches
-meanwhile (torch, Pillow and psycopg release the GIL).
+Threads form a pipeline around the model, so that it never waits (what they
+pass each other is in ``pipeline.py``): the decode thread claims, decodes,
+makes thumbnails and runs the model's preprocessing ahead of the model
+(``LOOKAHEAD_BATCHES``, so a stopping worker has little to give back); the
+model threads (the main thread and ``model_threads - 1`` more: `pgclip worker`
+runs as many as its encoder is set up for, two on a CPU) each take the next
+decoded batch and run the model on it and nothing else; the write thread writes
+finished batches meanwhile (torch, ONNX Runtime, Pillow and psycopg release the
+GIL).
 
 Failures: an image that cannot be decoded fails at once with its reason; an
 exception from the model is retried (the batch split into single images first,
@@ -28,23 +29,24 @@ completion was lost with a connection are given back.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import queue as threadqueue
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import psycopg
 
+from pgclip.db import images as db_images
 from pgclip.db import queue
 from pgclip.db.engine import connect
 from pgclip.db.models import ModelRow
-from pgclip.workers.decode import ImageRejected, Thumbnail, decode, make_thumbnail
+from pgclip.workers.decode import ImageRejected, decode, make_thumbnail
 from pgclip.workers.liveness import Held, LeaseKeeper, Presence, Watchdog, app_name, worker_id
+from pgclip.workers.pipeline import Decoded, Encoded, ImageEncoder, WorkerStats
 from pgclip.workers.reconnect import RETRYABLE, Abandoned, Outage, Reconnecting, reason
 
 __all__ = ["Worker", "WorkerStats", "worker_id"]
@@ -56,63 +58,13 @@ POLL_SECONDS = 5.0  # fallback wake-up when a NOTIFY is lost (or the listener is
 UNTIL_EMPTY_POLL_SECONDS = 0.5  # --until-empty: how often to look whether others' leased jobs ended
 PRODUCER_JOIN_SECONDS = 10.0  # a stopping worker waits this long for a claim in flight
 THUMBNAIL_SIDE = 256  # pixels, the longer side of the WebP thumbnail
+# An image row without bytes (brought by `pgclip import`): nothing to embed until its file is ingested.
+NO_BYTES = "the image has no stored bytes (it came from `pgclip import`): ingest its file, then `pgclip retry-failed`"
 # How long a thread may hold the GIL while another waits for it (Python's default: 5 ms).
 # The decode thread runs Pillow's Python code (JPEG markers, EXIF) between the C calls
 # that release the GIL, and every operation the model threads dispatch waits for it: with
 # the default, a worker on 2 cores ran 4 % slower.
 GIL_SWITCH_SECONDS = 0.0005
-
-
-class ImageEncoder(Protocol):
-    """What the loop needs of an encoder (``ClipEncoder`` is the real one)."""
-
-    def load(self) -> None: ...
-
-    def prepare(self, image: Any) -> Any:
-        """Model input for one decoded RGB image (runs in the decode thread)."""
-
-    def encode_prepared(self, prepared: Sequence[Any]) -> np.ndarray:
-        """Unit vectors for a batch of prepared inputs (runs in the main thread)."""
-
-
-@dataclasses.dataclass
-class Decoded:
-    """One claimed batch after decoding: what the model will see, and what already failed."""
-
-    jobs: list[queue.ClaimedJob]
-    inputs: dict[int, Any]  # job id -> the encoder's prepared input
-    thumbs: dict[int, Thumbnail]
-    rejected: dict[int, str]  # job id -> permanent failure reason
-    errors: dict[int, str]  # job id -> transient failure while preparing (retried later)
-
-    @property
-    def job_ids(self) -> list[int]:
-        return [j.id for j in self.jobs]
-
-
-@dataclasses.dataclass
-class Encoded:
-    """A batch after the model, on its way to the writer."""
-
-    batch: Decoded
-    vectors: dict[int, np.ndarray]
-    errors: dict[int, str]  # job id -> transient failure (retried later)
-
-
-@dataclasses.dataclass
-class WorkerStats:
-    done: int = 0
-    failed: int = 0
-    retried: int = 0
-    lost: int = 0
-    released: int = 0
-    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def add(self, **counts: int) -> None:
-        """Count from any thread (the decode, main and write threads all do)."""
-        with self._lock:
-            for name, n in counts.items():
-                setattr(self, name, getattr(self, name) + n)
 
 
 class Worker:
@@ -281,8 +233,8 @@ class Worker:
                     self._wake.wait(UNTIL_EMPTY_POLL_SECONDS if until_empty else POLL_SECONDS)
                     self._wake.clear()
                     continue
-                blobs = db.run(lambda c: _fetch_blobs(c, [j.image_id for j in live]))
-                batch = self._decode(live, blobs)
+                blobs, bare = db.run(lambda c: _stored_bytes(c, [j.image_id for j in live]))
+                batch = self._decode(live, blobs, bare)
                 self._beat()
                 while not self.stopping.is_set():
                     try:
@@ -312,10 +264,13 @@ class Worker:
         if strays:
             log.info("gave back %d jobs whose claim or completion was lost with the connection", len(strays))
 
-    def _decode(self, jobs: list[queue.ClaimedJob], blobs: dict[int, bytes]) -> Decoded:
+    def _decode(self, jobs: list[queue.ClaimedJob], blobs: dict[int, bytes], bare: set[int]) -> Decoded:
         batch = Decoded(jobs, {}, {}, {}, {})
         for job in jobs:
             data = blobs.get(job.image_id)
+            if data is None and job.image_id in bare:
+                batch.rejected[job.id] = NO_BYTES
+                continue
             if data is None:
                 continue  # image deleted since the claim: its job is gone too, nothing to write
             try:
@@ -401,8 +356,9 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".strip().rstrip(":")[:500]
 
 
-def _fetch_blobs(conn: psycopg.Connection, image_ids: list[int]) -> dict[int, bytes]:
-    rows = conn.execute(
-        "SELECT image_id, data FROM pgclip.image_blobs WHERE image_id = ANY(%s)", [image_ids]
-    ).fetchall()
-    return {image_id: bytes(data) for image_id, data in rows}
+def _stored_bytes(conn: psycopg.Connection, image_ids: list[int]) -> tuple[dict[int, bytes], set[int]]:
+    """The images' bytes by id, and the ids of images that exist without bytes (an image
+    deleted since the claim is in neither)."""
+    blobs = db_images.blobs(conn, image_ids)
+    missing = [i for i in image_ids if i not in blobs]
+    return blobs, db_images.known_ids(conn, missing) if missing else set()

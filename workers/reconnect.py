@@ -19,9 +19,9 @@ from typing import TypeVar
 
 import psycopg
 
-from pgclip.db.engine import connect
-from pgclip.db.engine import driver_message as reason
 from pgclip.core.errors import DatabaseUnavailable
+from pgclip.db.engine import Failure, classify, connect
+from pgclip.db.engine import driver_message as reason
 
 log = logging.getLogger("pgclip.worker")
 
@@ -35,11 +35,18 @@ RECONNECT_FIRST_SECONDS = 0.25  # first wait after a failed connection attempt; 
 RECONNECT_MAX_SECONDS = 2.0
 STATEMENT_RETRY_SECONDS = 0.1  # pause before running again a transaction that was a deadlock victim
 
-# Errors that say "the database is not there right now", not "this statement is wrong":
-# connection loss, admin/crash shutdown, starting up (all OperationalError), and a
-# deadlock or serialization failure, which only needs the transaction run again.
-RETRYABLE = (psycopg.OperationalError, psycopg.InterfaceError, psycopg.errors.TransactionRollback,
-             DatabaseUnavailable)
+# The exception types a database failure may come as: for `except` clauses, which
+# :func:`retryable` then narrows (a statement too large for the server is an
+# OperationalError too, and running it again would never end).
+RETRYABLE = (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailable)
+
+
+def retryable(exc: BaseException) -> bool:
+    """Whether running the transaction again can succeed: the database is away (reconnect and
+    run it), refuses us while it is being restored or reconfigured (keep trying, as for an
+    outage), or the transaction lost a race (run it again). pgclip.db.engine.classify decides,
+    as it does for the API's 503s, so the two cannot disagree."""
+    return classify(exc) in (Failure.UNAVAILABLE, Failure.REFUSED, Failure.CONFLICT)
 
 
 class Abandoned(Exception):
@@ -145,6 +152,8 @@ class Reconnecting:
                 with conn.transaction():
                     return fn(conn)
             except RETRYABLE as exc:
+                if not retryable(exc):
+                    raise
                 if self.conn is not None and not self.broken(exc):
                     self.cancel.wait(STATEMENT_RETRY_SECONDS)
                     continue
@@ -171,8 +180,8 @@ def wait_for_database(where: str, attempt: Callable[[], T], stopping: threading.
     while True:
         try:
             result = attempt()
-        except (DatabaseUnavailable, psycopg.OperationalError) as exc:
-            if not _transient(exc) or (stopping is not None and stopping.is_set()):
+        except RETRYABLE as exc:
+            if classify(exc) is not Failure.UNAVAILABLE or (stopping is not None and stopping.is_set()):
                 raise
             if waiting_since is None:
                 waiting_since = time.monotonic()
@@ -183,14 +192,3 @@ def wait_for_database(where: str, attempt: Callable[[], T], stopping: threading.
         if waiting_since is not None:
             log.warning("database ready after %.1fs", time.monotonic() - waiting_since)
         return result
-
-
-# What a server that is starting, stopping, restarting or not reachable yet says. Anything
-# else (authentication, a database or extension that does not exist) needs a person.
-_PERMANENT = ("password authentication failed", "does not exist", "no pg_hba.conf entry", "pgvector",
-              "invalid database URL")
-
-
-def _transient(exc: BaseException) -> bool:
-    text = str(exc)
-    return not any(marker in text for marker in _PERMANENT)

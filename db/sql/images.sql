@@ -16,6 +16,12 @@ RETURNING id, sha256;
 -- ids_by_sha256 --
 SELECT id, sha256 FROM pgclip.images WHERE sha256 = ANY(%(sha256)s::text[]);
 
+-- without_bytes --
+-- Which of these images are stored without their bytes (rows brought by `pgclip import`).
+SELECT i.id FROM pgclip.images i
+WHERE i.id = ANY(%(image_ids)s::bigint[])
+  AND NOT EXISTS (SELECT 1 FROM pgclip.image_blobs b WHERE b.image_id = i.id);
+
 -- insert_blob --
 INSERT INTO pgclip.image_blobs (image_id, data) VALUES (%(image_id)s, %(data)s)
 ON CONFLICT (image_id) DO NOTHING;
@@ -58,3 +64,53 @@ DELETE FROM pgclip.captions WHERE image_id = %(image_id)s AND id = ANY(%(caption
 -- Everything that hangs off an image (bytes, thumbnail, captions, vectors, queue
 -- rows) goes with it through ON DELETE CASCADE, in this one statement.
 DELETE FROM pgclip.images WHERE id = ANY(%(image_ids)s::bigint[]) RETURNING id;
+
+-- lock_image --
+-- An edit locks the image's row first: a concurrent delete waits for it (or it finds nothing).
+SELECT 1 FROM pgclip.images WHERE id = %(image_id)s FOR UPDATE;
+
+-- exists --
+SELECT EXISTS (SELECT 1 FROM pgclip.images WHERE id = %(image_id)s);
+
+-- known_ids --
+SELECT id FROM pgclip.images WHERE id = ANY(%(image_ids)s::bigint[]);
+
+-- detail --
+-- One image as its page shows it, for one model: whether that model's vector
+-- exists, and the state and last error of the image's newest job for it.
+SELECT i.id, i.sha256, i.source, i.width, i.height, i.format, i.mime, i.byte_size, i.taken_at,
+       i.created_at, i.metadata,
+       EXISTS (SELECT 1 FROM pgclip.embeddings e WHERE e.image_id = i.id AND e.model_id = %(model_id)s)
+           AS embedded,
+       j.state AS queue_state,
+       j.last_error,
+       EXISTS (SELECT 1 FROM pgclip.thumbnails t WHERE t.image_id = i.id) AS has_thumbnail
+FROM pgclip.images i
+LEFT JOIN LATERAL (
+    SELECT state, last_error FROM pgclip.embedding_jobs
+    WHERE image_id = i.id AND model_id = %(model_id)s
+    ORDER BY id DESC LIMIT 1
+) j ON true
+WHERE i.id = %(image_id)s;
+
+-- captions --
+SELECT id, text FROM pgclip.captions WHERE image_id = %(image_id)s ORDER BY id;
+
+-- original --
+-- The bytes as uploaded, with the MIME type they were probed as.
+SELECT b.data, i.mime FROM pgclip.image_blobs b JOIN pgclip.images i ON i.id = b.image_id
+WHERE b.image_id = %(image_id)s;
+
+-- thumbnail --
+-- Made by the worker that embeds the image: none until then.
+SELECT data, mime FROM pgclip.thumbnails WHERE image_id = %(image_id)s;
+
+-- metadata --
+SELECT metadata, taken_at FROM pgclip.images WHERE id = %(image_id)s;
+
+-- sources --
+SELECT id, source FROM pgclip.images WHERE id = ANY(%(image_ids)s::bigint[]);
+
+-- blobs --
+-- The bytes a worker decodes, fetched after its claim has committed (no row locks held).
+SELECT image_id, data FROM pgclip.image_blobs WHERE image_id = ANY(%(image_ids)s::bigint[]);

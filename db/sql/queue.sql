@@ -216,6 +216,12 @@ SELECT count(*) AS claimable,
 FROM pgclip.embedding_jobs
 WHERE model_id = %(model_id)s AND state IN ('pending', 'leased');
 
+-- latest_state --
+-- The state of an image's newest job for a model (None: never queued for it).
+SELECT state FROM pgclip.embedding_jobs
+WHERE image_id = %(image_id)s AND model_id = %(model_id)s
+ORDER BY id DESC LIMIT 1;
+
 -- status_counts --
 -- Jobs per model and state, with the newest activity and the oldest pending job.
 SELECT m.name AS model, m.pretrained, m.state AS model_state, j.state, count(j.id) AS jobs,

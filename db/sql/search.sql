@@ -19,6 +19,8 @@ DECLARE
     key text;
     parts text[] := ARRAY['true'];
     formats text[];
+    lowest bigint;
+    highest bigint;
 BEGIN
     IF filters IS NULL OR filters = 'null'::jsonb THEN
         RETURN 'true';
@@ -40,6 +42,11 @@ BEGIN
     IF filters ? 'taken_before' THEN
         parts := parts || format('i.taken_at < %L::timestamptz', filters->>'taken_before');
     END IF;
+    FOREACH key IN ARRAY ARRAY['min_width', 'min_height'] LOOP
+        IF filters ? key AND NOT (filters->>key)::int BETWEEN 1 AND 1000000 THEN
+            RAISE EXCEPTION '% must be between 1 and 1000000, got %', key, filters->>key USING ERRCODE = '22023';
+        END IF;
+    END LOOP;
     IF filters ? 'min_width' THEN
         parts := parts || format('i.width >= %s', (filters->>'min_width')::int);
     END IF;
@@ -74,6 +81,12 @@ BEGIN
                                  CASE WHEN (filters->>'has_caption')::boolean THEN '' ELSE 'NOT' END);
     END IF;
     IF filters ? 'exclude_ids' THEN
+        SELECT min(x), max(x) INTO lowest, highest
+        FROM unnest(ARRAY(SELECT jsonb_array_elements_text(filters->'exclude_ids'))::bigint[]) x;
+        IF lowest < 1 OR highest > 4611686018427387904 THEN  -- ids are 1 .. 2^62
+            RAISE EXCEPTION 'exclude_ids must be between 1 and 4611686018427387904, got %',
+                CASE WHEN lowest < 1 THEN lowest ELSE highest END USING ERRCODE = '22023';
+        END IF;
         parts := parts || format('NOT (i.id = ANY(%L::bigint[]))',
                                  ARRAY(SELECT jsonb_array_elements_text(filters->'exclude_ids'))::bigint[]);
     END IF;
@@ -112,6 +125,9 @@ AS $$
 -- model_id (search this model's vectors instead of the active model's), ef_search (HNSW) and
 -- probes (IVFFlat) for this query instead of the model's own (pgclip index rebuild sets those).
 DECLARE
+    known constant text[] := ARRAY['fusion', 'weight', 'rrf_k', 'min_similarity', 'max_drop', 'order', 'window',
+                                   'ts_config', 'exact_threshold', 'model_id', 'ef_search', 'probes'];
+    key text;
     model_id int;
     dim int;
     index_kind text;
@@ -142,6 +158,15 @@ BEGIN
     "offset" := coalesce("offset", 0);
     filters := coalesce(filters, '{}');
     options := coalesce(options, '{}');
+    IF jsonb_typeof(options) <> 'object' THEN
+        RAISE EXCEPTION 'options must be a JSON object, got %', jsonb_typeof(options) USING ERRCODE = '22023';
+    END IF;
+    FOR key IN SELECT jsonb_object_keys(options) LOOP
+        -- Like filters: a misspelt option must not silently run the default.
+        IF NOT key = ANY(known) THEN
+            RAISE EXCEPTION 'unknown option "%" (known: %)', key, array_to_string(known, ', ') USING ERRCODE = '22023';
+        END IF;
+    END LOOP;
     win := coalesce((options->>'window')::int, greatest(200, 4 * k));
     IF k < 1 OR k > 100 THEN
         RAISE EXCEPTION 'k must be between 1 and 100, got %', k USING ERRCODE = '22023';
@@ -157,6 +182,12 @@ BEGIN
     END IF;
     IF weight < 0 OR weight > 1 THEN
         RAISE EXCEPTION 'weight must be between 0 and 1, got %', weight USING ERRCODE = '22023';
+    END IF;
+    IF min_similarity < -1 OR min_similarity > 1 THEN
+        RAISE EXCEPTION 'min_similarity must be between -1 and 1, got %', min_similarity USING ERRCODE = '22023';
+    END IF;
+    IF max_drop < 0 OR max_drop > 2 THEN
+        RAISE EXCEPTION 'max_drop must be between 0 and 2, got %', max_drop USING ERRCODE = '22023';
     END IF;
     IF result_order NOT IN ('relevance', 'newest', 'oldest') THEN
         RAISE EXCEPTION 'order must be relevance, newest or oldest, got %', result_order USING ERRCODE = '22023';
@@ -206,7 +237,8 @@ BEGIN
                        exact_threshold, where_sql, exact_threshold)
             INTO exact;
     END IF;
-    ef_search := coalesce((options->>'ef_search')::int, (params->>'ef_search')::int, greatest(40, win));
+    -- By default the graph search looks at least as far as the window (HNSW's ceiling is 1000).
+    ef_search := coalesce((options->>'ef_search')::int, (params->>'ef_search')::int, least(greatest(40, win), 1000));
     probes := coalesce((options->>'probes')::int, (params->>'probes')::int, 1);
     IF ef_search < 1 OR ef_search > 1000 THEN
         RAISE EXCEPTION 'ef_search must be between 1 and 1000, got %', ef_search USING ERRCODE = '22023';
@@ -214,7 +246,7 @@ BEGIN
     IF probes < 1 THEN
         RAISE EXCEPTION 'probes must be 1 or more, got %', probes USING ERRCODE = '22023';
     END IF;
-    PERFORM set_config('hnsw.ef_search', least(ef_search, 1000)::text, true);
+    PERFORM set_config('hnsw.ef_search', ef_search::text, true);
     PERFORM set_config('ivfflat.probes', probes::text, true);
 
     sql := format($q$

@@ -9,12 +9,12 @@ from typing import Any
 
 from pgclip.cli.common import nonnegative
 from pgclip.core.errors import InvalidInput, NotFound
+from pgclip.core.settings import Settings
 from pgclip.evaluate.captions import CaptionResult, eval_captions
 from pgclip.evaluate.classes import ClassResult, eval_classes
 from pgclip.evaluate.common import DEFAULT_SIZE, DIGITS
 from pgclip.evaluate.datasets import load_dataset
 from pgclip.evaluate.report import caption_table, class_table, write_report
-from pgclip.core.settings import Settings
 
 
 def _bar(total: int | None, unit: str, desc: str):

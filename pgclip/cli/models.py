@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from pgclip.cli.common import out
+from pgclip.cli.common import out, positive
 from pgclip.core.settings import Settings
 
 
@@ -88,7 +88,7 @@ def cmd_index(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def add_model_parsers(sub, positive) -> None:
+def add_model_parsers(sub: argparse._SubParsersAction) -> None:
     m = sub.add_parser("models", help="list the CLIP models, activate one, or drop a retired one")
     m.add_argument("action", nargs="?", choices=["list", "activate", "drop"], default="list")
     m.add_argument("name", nargs="?", help="model name (for activate / drop)")

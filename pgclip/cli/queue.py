@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from pgclip.cli.common import out as _out
+from pgclip.cli.common import positive
 from pgclip.cli.common import progress as _progress
 from pgclip.core.settings import Settings
 
@@ -18,8 +19,8 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
     from pgclip.application.bootstrap import ready_url, register_configured_model
-    from pgclip.db.engine import connection, translate_driver_error
     from pgclip.core.errors import DatabaseUnavailable, InvalidInput
+    from pgclip.db.engine import connection, translate_driver_error
     from pgclip.workers.ingest import BATCH_FILES, ingest, require_paths
     from pgclip.workers.ingest_files import one_line, readable_name
     from pgclip.workers.manifest import load_manifest
@@ -58,11 +59,18 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         print(f"pgclip: error: {one_line(str(lost))}", file=sys.stderr)
         return 3
     status = 1 if report.rejected else 0
-    if args.json:
+    _print_ingest_report(report, args.json, args.verbose)
+    return status
+
+
+def _print_ingest_report(report, as_json: bool, verbose: bool) -> None:
+    from pgclip.workers.ingest_files import one_line
+
+    if as_json:
         import json
 
         _out(json.dumps({k: v for k, v in report.as_dict().items() if k != "image_ids"}, indent=2))
-        return status
+        return
     count = len(report.warnings)
     warned = f"; {count} image library warning{'' if count == 1 else 's'}" if count else ""
     _out(
@@ -71,7 +79,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     )
     for path, reason in report.rejected:
         _out(f"  rejected {one_line(path)}: {one_line(reason)}")
-    if report.warnings and args.verbose:
+    if report.warnings and verbose:
         for path, warning in report.warnings:
             _out(f"  warning {one_line(path)}: {one_line(warning)}")
     elif report.warnings:
@@ -84,13 +92,10 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         _out(f"{report.manifest_problem_count} manifest rows skipped, e.g.:")
         for problem in report.manifest_problems[:10]:
             _out(f"  {one_line(problem)}")
-    return status
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     import logging
-    import os
-    import signal
     from concurrent.futures import ThreadPoolExecutor
 
     from pgclip.application.bootstrap import ready_url, register_configured_model
@@ -99,20 +104,10 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from pgclip.workers.encoder import ClipEncoder
     from pgclip.workers.loop import Worker
     from pgclip.workers.reconnect import wait_for_database
-    from pgclip.workers.supervisor import install_signal_handlers, run_children, supervising_parent
+    from pgclip.workers.supervisor import install_signal_handlers, supervising_parent
 
-    logging.basicConfig(
-        level=logging.WARNING, stream=sys.stderr,
-        format=f"%(asctime)s pgclip-worker[{os.getpid()}] %(levelname)s %(message)s",
-    )
-    logging.getLogger("pgclip").setLevel(logging.INFO)
+    _worker_process_setup()
     parent = supervising_parent()
-
-    def quit_quietly(signum, frame):  # stopped before holding any job: nothing to give back
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, quit_quietly)
-    signal.signal(signal.SIGINT, quit_quietly)
     if args.model or args.pretrained:
         import dataclasses
 
@@ -122,10 +117,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     target = describe_target(settings.database_url) if settings.database_url else "the embedded server"
     if args.concurrency > 1:
         wait_for_database(target, lambda: ready_url(settings))  # errors that need a person, said once
-        child_args = ["--until-empty"] if args.until_empty else []
-        child_args += ["--model", settings.model, "--pretrained", settings.pretrained, "--watchdog", str(args.watchdog)]
-        threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // args.concurrency)
-        return run_children(args.concurrency, child_args, threads_per_child=threads)
+        return _supervise(args, settings)
     url = wait_for_database(target, lambda: ready_url(settings))
     target = describe_target(url)
     encoder = ClipEncoder.from_settings(settings, worker=True)
@@ -156,6 +148,37 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     _out(f"worker {worker.id}: {stats.done} done, {stats.failed} failed, {stats.retried} to retry, "
          f"{stats.released} released, {stats.lost} lost leases")
     return 0
+
+
+def _worker_process_setup() -> None:
+    """Log lines that name the process; a stop before any job is held just exits."""
+    import logging
+    import os
+    import signal
+
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr,
+        format=f"%(asctime)s pgclip-worker[{os.getpid()}] %(levelname)s %(message)s",
+    )
+    logging.getLogger("pgclip").setLevel(logging.INFO)
+
+    def quit_quietly(signum, frame):  # stopped before holding any job: nothing to give back
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, quit_quietly)
+    signal.signal(signal.SIGINT, quit_quietly)
+
+
+def _supervise(args: argparse.Namespace, settings: Settings) -> int:
+    """`--concurrency N`: N worker processes, each a `pgclip worker` with its share of the threads."""
+    import os
+
+    from pgclip.workers.supervisor import run_children
+
+    child_args = ["--until-empty"] if args.until_empty else []
+    child_args += ["--model", settings.model, "--pretrained", settings.pretrained, "--watchdog", str(args.watchdog)]
+    threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // args.concurrency)
+    return run_children(args.concurrency, child_args, threads_per_child=threads)
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -223,9 +246,9 @@ def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
     import json
 
     from pgclip.application.bootstrap import ready_url
-    from pgclip.db.engine import connection
-    from pgclip.db.images import UNSET, edit_image
     from pgclip.core.errors import InvalidInput
+    from pgclip.db.engine import connection
+    from pgclip.db.images import UNSET, captions, described, edit_image
     from pgclip.workers.manifest import clean_caption
 
     metadata = {}
@@ -243,13 +266,56 @@ def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
             taken_at = None if args.taken_at == "" else dt.datetime.fromisoformat(args.taken_at)
         except ValueError:
             raise InvalidInput(f"--taken-at expects an ISO date/time, got {args.taken_at!r}") from None
-    captions = [t for t in (clean_caption(c) for c in args.caption_add) if t]
+    new_captions = [t for t in (clean_caption(c) for c in args.caption_add) if t]
     with connection(ready_url(settings)) as conn, conn.transaction():
         edit_image(conn, args.id, metadata=metadata or None, unset_keys=args.unset, taken_at=taken_at,
-                   new_captions=captions, remove_caption_ids=args.caption_rm, ts_config=settings.text_search_config)
-        row = conn.execute("SELECT metadata, taken_at FROM pgclip.images WHERE id = %s", [args.id]).fetchone()
-        caps = conn.execute("SELECT id, text FROM pgclip.captions WHERE image_id = %s ORDER BY id", [args.id]).fetchall()
-    _out(f"image {args.id}: taken_at {row[1] or '-'}, metadata {json.dumps(row[0], ensure_ascii=False)}")
-    for caption_id, text in caps:
-        _out(f"  caption {caption_id}: {text}")
+                   new_captions=new_captions, remove_caption_ids=args.caption_rm,
+                   ts_config=settings.text_search_config)
+        now, caps = described(conn, args.id), captions(conn, args.id)
+    _out(f"image {args.id}: taken_at {now.taken_at or '-'}, metadata {json.dumps(now.metadata, ensure_ascii=False)}")
+    for caption in caps:
+        _out(f"  caption {caption.id}: {caption.text}")
     return 0
+
+
+def add_queue_parsers(sub: argparse._SubParsersAction) -> None:
+    """The write path: ingest, the workers, the queue's state, and changes to stored images."""
+    ing = sub.add_parser("ingest", help="add image files and folders (recursive), with optional captions")
+    ing.add_argument("paths", nargs="*", metavar="PATH", help="image files or folders")
+    ing.add_argument("--captions", metavar="FILE", help="Flickr30k results.csv or JSON Lines manifest")
+    ing.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ing.add_argument("-v", "--verbose", action="store_true", help="list the image library's warnings, file by file")
+    ing.add_argument("--batch-files", type=positive, metavar="N",
+                     help="files per transaction (default 64): a killed run keeps every batch it committed")
+    ing.set_defaults(handler=cmd_ingest)
+
+    wrk = sub.add_parser("worker", help="embed queued images (run as many as you like, on any host)")
+    wrk.add_argument("--concurrency", type=positive, default=1, metavar="N", help="run N worker processes")
+    wrk.add_argument("--until-empty", action="store_true", help="exit when no job is left to do")
+    wrk.add_argument("--model", metavar="NAME", help="embed for this model instead of PGCLIP_MODEL (a re-embed)")
+    wrk.add_argument("--pretrained", metavar="TAG_OR_PATH", help="its weights, instead of PGCLIP_PRETRAINED")
+    wrk.add_argument("--watchdog", type=float, default=120.0, metavar="SECONDS",
+                     help="a worker that holds jobs and makes no progress this long is hung: it prints a thread "
+                          "dump and exits with status 3 to be restarted (default 120; 0 = off)")
+    wrk.set_defaults(handler=cmd_worker)
+
+    st = sub.add_parser("status", help="queue counts, throughput, ETA and failures")
+    st.add_argument("--json", action="store_true")
+    st.add_argument("--failures", type=positive, default=20, metavar="N", help="show the N most recent failures")
+    st.set_defaults(handler=cmd_status)
+
+    rf = sub.add_parser("retry-failed", help="re-queue failed jobs")
+    rf.set_defaults(handler=cmd_retry_failed)
+
+    rm = sub.add_parser("rm", help="delete images (and their captions, vectors, queue rows)")
+    rm.add_argument("ids", nargs="+", type=positive, metavar="ID")
+    rm.set_defaults(handler=cmd_rm)
+
+    ed = sub.add_parser("edit", help="change an image's metadata, date or captions (vectors untouched)")
+    ed.add_argument("id", type=positive, metavar="ID")
+    ed.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="set a metadata key (JSON values allowed)")
+    ed.add_argument("--unset", action="append", default=[], metavar="KEY", help="remove a metadata key")
+    ed.add_argument("--taken-at", metavar="ISO", help="set the date taken ('' clears it)")
+    ed.add_argument("--caption-add", action="append", default=[], metavar="TEXT")
+    ed.add_argument("--caption-rm", action="append", default=[], type=positive, metavar="N", help="caption id to remove")
+    ed.set_defaults(handler=cmd_edit)

@@ -1,4 +1,4 @@
-"""CLI commands of the read path: serve, search, demo."""
+"""`pgclip search` and `pgclip duplicates`: the read path from the command line."""
 
 from __future__ import annotations
 
@@ -6,45 +6,67 @@ import argparse
 
 from pgclip.cli.common import out as _out
 from pgclip.core.errors import InvalidInput
-from pgclip.workers.ingest_files import one_line
+from pgclip.core.search_request import FILTER_KEYS, FILTERS, OPTIONS, PARAMS, QUERY, Param
 from pgclip.core.settings import Settings
+from pgclip.workers.ingest_files import one_line
+
+# How `pgclip search` spells a parameter of the search request, where not --NAME-WITH-DASHES.
+_FLAGS = {"k": "-k", "caption_query": "--caption"}
+# The request's options the CLI takes as flags (the query text is the positional argument).
+_OPTIONS = tuple(p for p in (*QUERY, *OPTIONS) if p.cli and p.name != "text")
+_EXAMPLE_FILTERS = "orientation=landscape, min_width=800, taken_after=2020-01-01, metadata.tag=animal"
 
 
-def listen_address(args: argparse.Namespace, settings: Settings) -> tuple[str, int]:
-    """Where ``pgclip serve`` listens: ``--host``/``--port``, else PGCLIP_HOST/PGCLIP_PORT.
+def add_search_parsers(sub: argparse._SubParsersAction) -> None:
+    """`pgclip search`: a flag for each option of the search request the CLI offers, with the
+    defaults, limits and help of ``pgclip.core.search_request``; and `pgclip duplicates`."""
+    se = sub.add_parser("search", help="search from the command line (same search as the API)")
+    se.add_argument("text", nargs="?", help=PARAMS["text"].help)
+    se.add_argument("--image", metavar="PATH", help="search by an image file (added to the text, if any)")
+    for p in _OPTIONS:
+        flag = _FLAGS.get(p.name, "--" + p.name.replace("_", "-"))
+        se.add_argument(flag, dest=p.name, type=_parser(p), default=p.default, choices=p.choices or None,
+                        metavar=None if p.choices else "N" if p.kind == "int" else p.kind.upper(), help=_help(p))
+    keys = ", ".join(f.name for f in FILTERS)
+    se.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
+                    help=f"narrow the search (repeatable); KEY is one of {keys}, or metadata.KEY for metadata "
+                         f"containment; e.g. {_EXAMPLE_FILTERS}")
+    se.add_argument("--json", action="store_true", help="print the results as JSON")
+    se.set_defaults(handler=cmd_search)
 
-    Raises :class:`InvalidInput` for an address off loopback without PGCLIP_API_KEYS, before
-    anything else starts (tests/unit/test_compose.py runs it on the environment compose gives).
-    """
-    from pgclip.api.auth import is_loopback
-
-    host = args.host or settings.host
-    port = args.port or settings.port
-    if not settings.write_keys and not is_loopback(host):
-        raise InvalidInput(
-            f"refusing to listen on {host} without PGCLIP_API_KEYS: anyone who reaches it could upload and "
-            "delete images; set PGCLIP_API_KEYS or listen on 127.0.0.1"
-        )
-    return host, port
-
-
-def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn
-
-    from pgclip.api.app import build_service, create_app
-
-    host, port = listen_address(args, settings)
-    service = build_service(settings)  # fails here, in one line, if the database or model is not usable
-    _out(f"pgclip serving on http://{host}:{port}/ (API schema: http://{host}:{port}/schema), model {service.encoder.model_name}")
-    uvicorn.run(create_app(settings, service=service), host=host, port=port, log_level="warning")
-    return 0
+    dup = sub.add_parser("duplicates", help="groups of near-identical images (resized, re-encoded copies)")
+    dup.add_argument("--threshold", type=float, default=0.95, help="cosine similarity, 0.5-1 (default 0.95)")
+    dup.add_argument("--json", action="store_true")
+    dup.set_defaults(handler=cmd_duplicates)
 
 
-FILTER_TYPES = {"min_width": int, "min_height": int, "has_caption": "bool", "exclude_ids": "ids", "format": "list"}
+def _help(p: Param) -> str:
+    notes = [note for note in (p.bounds, "" if p.default is None else f"default {p.default}") if note]
+    return f"{p.help} ({'; '.join(notes)})" if notes else p.help
+
+
+def _parser(p: Param):
+    """argparse type for a parameter: converted, then held to its bounds (argparse's one-line error)."""
+    convert = {"int": int, "number": float}.get(p.kind, str)
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if convert is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        try:
+            p.check(value)
+        except InvalidInput as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value
+
+    return parse
 
 
 def parse_filters(items: list[str]) -> dict:
-    """``key=value`` pairs into a filters object; ``metadata.KEY=VALUE`` for metadata containment."""
+    """``key=value`` pairs into a filters object, each value read as its filter's kind says;
+    ``metadata.KEY=VALUE`` for metadata containment."""
     import json
 
     filters: dict = {}
@@ -60,15 +82,15 @@ def parse_filters(items: list[str]) -> dict:
                 parsed = value
             filters.setdefault("metadata", {})[key.removeprefix("metadata.")] = parsed
             continue
-        kind = FILTER_TYPES.get(key)
+        kind = PARAMS[key].kind if key in FILTER_KEYS else "text"  # an unknown key is refused by the search
         try:
-            if kind is int:
+            if kind == "int":
                 filters[key] = int(value)
             elif kind == "bool":
                 filters[key] = {"true": True, "false": False, "yes": True, "no": False}[value.lower()]
             elif kind == "ids":
                 filters[key] = [int(v) for v in value.split(",") if v.strip()]
-            elif kind == "list":
+            elif kind == "texts":
                 filters[key] = [v.strip() for v in value.split(",") if v.strip()]
             else:
                 filters[key] = value
@@ -81,7 +103,7 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     import json
     from pathlib import Path
 
-    from pgclip.api.app import build_service
+    from pgclip.application.bootstrap import open_service
 
     image = None
     if args.image:
@@ -89,9 +111,9 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
             image = Path(args.image).expanduser().read_bytes()
         except OSError as exc:
             raise InvalidInput(f"cannot read image {args.image}: {exc.strerror or exc}") from None
-    options = {"caption_query": args.caption, "filters": parse_filters(args.filter), "k": args.k,
-               "fusion": args.fusion, "min_similarity": args.min_similarity, "order": args.order}
-    service = build_service(settings)
+    options = {p.name: getattr(args, p.name) for p in _OPTIONS}
+    options["filters"] = parse_filters(args.filter)
+    service = open_service(settings)
     try:
         page = service.search(text=args.text, raw=None, image=image, options=options, local_files=True)
     finally:
@@ -111,66 +133,6 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-
-
-def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    """Database, demo collection, embeddings, then the API and page on a printed URL."""
-    import dataclasses
-
-    from pgclip.api.app import build_service, create_app
-    from pgclip.application.bootstrap import migrate
-    from pgclip.cli.common import progress
-    from pgclip.db.engine import connection
-    from pgclip.db.models import activate_if_unused
-    from pgclip.db.queue import open_jobs
-    from pgclip.demo import materialize_demo
-    from pgclip.core.errors import ModelLoadError
-    from pgclip.workers.encoder import ClipEncoder, is_test_model
-    from pgclip.workers.ingest import ingest
-    from pgclip.workers.loop import Worker
-    from pgclip.workers.manifest import load_manifest
-
-    if args.test_model:
-        settings = dataclasses.replace(settings, model="test-tiny", pretrained="random")
-    url, model = migrate(settings)
-    _out(f"database ready: {url}")
-    encoder = ClipEncoder.from_settings(settings)
-    try:
-        encoder.load()
-    except ModelLoadError as exc:
-        raise ModelLoadError(
-            f"{exc}. To see the pipeline without real weights: `pgclip demo --test-model` "
-            "(random weights: its search results mean nothing)"
-        ) from exc
-    if is_test_model(settings.model):
-        _out("note: the test model has random weights; the demo's search results mean nothing")
-    with connection(url) as conn:
-        if activate_if_unused(conn, model):
-            _out(f"model {model.label} is now the active model (the previous one had no vectors)")
-    manifest = load_manifest(materialize_demo(settings.data_dir / "demo"))
-    with connection(url, role="ingest") as conn, progress(len(manifest.entries), "file", "ingest") as bar:
-        report = ingest(conn, [], model_id=model.id, manifest=manifest, ts_config=settings.text_search_config,
-                        progress=bar.update)
-    _out(f"demo collection: {report.added} added, {report.present} already present, "
-         f"{report.captions_added} captions added")
-    with connection(url) as conn:
-        pending = open_jobs(conn, model.id)[0]
-    with progress(pending, "img", "embed") as bar:
-        worker = Worker(url, encoder=encoder, model=model, batch_size=settings.batch_size,
-                        lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts, on_done=bar.update)
-        stats = worker.run(until_empty=True)
-    _out(f"embedded {stats.done} images ({stats.failed} failed) with {model.label}")
-    if args.no_serve:
-        return 0
-    service = build_service(settings)
-    host, port = settings.host, settings.port
-    _out(f"pgclip demo is running: open http://{host}:{port}/ (Ctrl+C to stop)")
-    import uvicorn
-
-    uvicorn.run(create_app(settings, service=service), host=host, port=port, log_level="warning")
-    return 0
-
-
 def cmd_duplicates(args: argparse.Namespace, settings: Settings) -> int:
     import dataclasses
     import json
@@ -178,12 +140,11 @@ def cmd_duplicates(args: argparse.Namespace, settings: Settings) -> int:
     from pgclip.application.bootstrap import ready_url
     from pgclip.db.duplicates import near_duplicates
     from pgclip.db.engine import connection
+    from pgclip.db.images import sources
 
     with connection(ready_url(settings)) as conn:
         model, groups = near_duplicates(conn, args.threshold)
-        sources = dict(conn.execute(
-            "SELECT id, source FROM pgclip.images WHERE id = ANY(%s)", [[i for g in groups for i in g.ids]]
-        ).fetchall()) if groups else {}
+        named = sources(conn, [i for g in groups for i in g.ids])
     if args.json:
         _out(json.dumps({"threshold": args.threshold, "model": model.name,
                          "groups": [dataclasses.asdict(g) for g in groups]}, indent=2))
@@ -193,5 +154,5 @@ def cmd_duplicates(args: argparse.Namespace, settings: Settings) -> int:
     for n, g in enumerate(groups, start=1):
         _out(f"group {n}: {len(g.ids)} images, similarity {g.min_similarity:.3f}-{g.max_similarity:.3f}")
         for image_id in g.ids:
-            _out(f"  #{image_id} {one_line(sources.get(image_id) or '')}")
+            _out(f"  #{image_id} {one_line(named.get(image_id) or '')}")
     return 0

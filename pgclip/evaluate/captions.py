@@ -22,7 +22,6 @@ from pgclip.evaluate.common import (
 
 if TYPE_CHECKING:  # psycopg and the db modules load when a command runs, not with the CLI
     import psycopg
-    from psycopg import sql
 
     from pgclip.db.models import ModelRow
     from pgclip.workers.manifest import Manifest
@@ -97,18 +96,16 @@ def match_manifest(conn: psycopg.Connection, manifest: Manifest, model: ModelRow
     when its file name is the manifest entry's file name and only one stored
     image has that name (Flickr30k's ``results.csv`` lists bare file names).
     """
+    from pgclip.db.evaluation import stored_sources
+
     names = {Path(key).name for key in manifest.entries}
     by_name: dict[str, list[tuple[int, str, bool]]] = collections.defaultdict(list)
     with conn.transaction():
-        rows = conn.execute(
-            "SELECT i.id, i.source, EXISTS (SELECT 1 FROM pgclip.embeddings e"
-            " WHERE e.image_id = i.id AND e.model_id = %s) FROM pgclip.images i WHERE i.source IS NOT NULL",
-            [model.id],
-        ).fetchall()
-    for image_id, source, embedded in rows:
-        name = _basename(source)
+        rows = stored_sources(conn, model)
+    for row in rows:
+        name = _basename(row.source)
         if name in names:
-            by_name[name].append((image_id, source, embedded))
+            by_name[name].append((row.image_id, row.source, row.embedded))
     out: dict[str, tuple[int, bool] | str] = {}
     for key in manifest.entries:
         candidates = by_name.get(Path(key).name, [])
@@ -124,25 +121,6 @@ def match_manifest(conn: psycopg.Connection, manifest: Manifest, model: ModelRow
         else:
             out[key] = "ambiguous"
     return out
-
-
-def _filter_where(conn: psycopg.Connection, filters: dict[str, Any]) -> sql.Composable:
-    """The SQL function's own WHERE clause for ``filters`` (values quoted by PostgreSQL)."""
-    import psycopg
-    from psycopg import sql
-    from psycopg.types.json import Jsonb
-
-    from pgclip.db import search as db_search
-
-    unknown = set(filters) - db_search.FILTER_KEYS
-    if unknown:
-        raise InvalidInput(f"unknown filter {min(unknown)!r} (known: {', '.join(sorted(db_search.FILTER_KEYS))})")
-    try:
-        with conn.transaction():
-            where = conn.execute("SELECT pgclip.filter_sql(%s)", [Jsonb(filters)]).fetchone()[0]
-    except psycopg.Error as exc:
-        raise db_search.translate(exc) from exc
-    return sql.SQL(where)
 
 
 def eval_captions(
@@ -166,21 +144,12 @@ def eval_captions(
     caption is the image's first in the manifest, or (``caption="random"``) one
     drawn with the same generator.
     """
-    from psycopg import sql
-
-    from pgclip.db import search as db_search
+    from pgclip.db import evaluation as db_eval
     from pgclip.db.models import require_active_model
     from pgclip.workers.manifest import Manifest
 
-    if n < 1:
-        raise InvalidInput(f"n must be at least 1, got {n}")
-    if not 1 <= k <= db_search.MAX_K:
-        raise InvalidInput(f"k must be between 1 and {db_search.MAX_K}, got {k}")
-    if caption not in ("first", "random"):
-        raise InvalidInput(f"caption must be first or random, got {caption!r}")
     filters = dict(filters or {})
-    if "exclude_ids" in filters:
-        raise InvalidInput("the exclude_ids filter would hide right answers; use metadata filters instead")
+    _check_options(n=n, k=k, caption=caption, filters=filters)
     with conn.transaction():
         model = require_active_model(conn)
     _check_encoder(encoder, model)
@@ -193,18 +162,12 @@ def eval_captions(
                                  for m in matches.values())
     eligible = sorted((key, m[0]) for key, m in matches.items() if not isinstance(m, str) and m[1])
 
-    where = _filter_where(conn, filters)
+    where = db_eval.filter_clause(conn, filters)  # the search's own filter, so the corpus is what it ranks
     with conn.transaction():
-        corpus = conn.execute(
-            sql.SQL("SELECT count(*) FROM pgclip.images i JOIN pgclip.embeddings e ON e.image_id = i.id"
-                    " WHERE e.model_id = {} AND ({})").format(sql.Literal(model.id), where)
-        ).fetchone()[0]
+        corpus = db_eval.corpus_size(conn, model, where)
         filtered_out = 0
         if filters:
-            passing = {r[0] for r in conn.execute(
-                sql.SQL("SELECT i.id FROM pgclip.images i WHERE i.id = ANY(%s) AND ({})").format(where),
-                [[image_id for _, image_id in eligible]],
-            )}
+            passing = db_eval.passing_filter(conn, [image_id for _, image_id in eligible], where)
             filtered_out = sum(1 for _, image_id in eligible if image_id not in passing)
             eligible = [(key, image_id) for key, image_id in eligible if image_id in passing]
     if not eligible:
@@ -220,6 +183,34 @@ def eval_captions(
     chosen = [(key, image_id, with_captions[key].captions[0] if caption == "first"
                else rng.choice(with_captions[key].captions)) for key, image_id in sample]
 
+    queries = _rank(conn, encoder, model, chosen, filters=filters, k=k, ts_config=ts_config, progress=progress)
+    return CaptionResult(
+        manifest=str(manifest.path), model=model.label, manifest_images=len(manifest.entries),
+        no_caption=len(manifest.entries) - len(with_captions), missing=counts["missing"],
+        ambiguous=counts["ambiguous"], not_embedded=counts["not_embedded"], filtered_out=filtered_out,
+        eligible=len(eligible), corpus=int(corpus), n=n, seed=seed, k=k, caption=caption, filters=filters,
+        queries=queries,
+    )
+
+
+def _check_options(*, n: int, k: int, caption: str, filters: dict[str, Any]) -> None:
+    from pgclip.db import search as db_search
+
+    if n < 1:
+        raise InvalidInput(f"n must be at least 1, got {n}")
+    if not 1 <= k <= db_search.MAX_K:
+        raise InvalidInput(f"k must be between 1 and {db_search.MAX_K}, got {k}")
+    if caption not in ("first", "random"):
+        raise InvalidInput(f"caption must be first or random, got {caption!r}")
+    if "exclude_ids" in filters:
+        raise InvalidInput("the exclude_ids filter would hide right answers; use metadata filters instead")
+
+
+def _rank(conn: psycopg.Connection, encoder: Encoder, model: ModelRow, chosen: list[tuple[str, int, str]], *,
+          filters: dict[str, Any], k: int, ts_config: str, progress: Progress) -> list[CaptionQuery]:
+    """Each (key, image id, caption) as a text search, with the rank of its image in the top k."""
+    from pgclip.db import search as db_search
+
     encoder.load()
     queries: list[CaptionQuery] = []
     with progress(len(chosen), "query", "eval captions") as bar:
@@ -233,10 +224,4 @@ def eval_captions(
                 rank = next((r for r, hit in enumerate(page.hits, start=1) if hit.image_id == image_id), None)
                 queries.append(CaptionQuery(key, image_id, text, rank))
                 bar.update(1)
-    return CaptionResult(
-        manifest=str(manifest.path), model=model.label, manifest_images=len(manifest.entries),
-        no_caption=len(manifest.entries) - len(with_captions), missing=counts["missing"],
-        ambiguous=counts["ambiguous"], not_embedded=counts["not_embedded"], filtered_out=filtered_out,
-        eligible=len(eligible), corpus=int(corpus), n=n, seed=seed, k=k, caption=caption, filters=filters,
-        queries=queries,
-    )
+    return queries

@@ -21,8 +21,11 @@ from pgclip.evaluate.common import (
 )
 from pgclip.evaluate.datasets import LabeledImages
 
-if TYPE_CHECKING:  # psycopg loads when a command runs, not with the CLI
+if TYPE_CHECKING:  # psycopg and the db modules load when a command runs, not with the CLI
     import psycopg
+
+    from pgclip.db.models import ModelRow
+    from pgclip.db.search import SearchParams
 
 
 @dataclasses.dataclass
@@ -114,14 +117,9 @@ def eval_classes(
 
     Commits ``conn``: the worker's own connections must see the images.
     """
-    from psycopg.types.json import Jsonb
-
-    from pgclip.db import queue
+    from pgclip.db import evaluation as db_eval
     from pgclip.db import search as db_search
     from pgclip.db.models import require_active_model
-    from pgclip.workers.manifest import Entry, Manifest
-    from pgclip.workers.ingest import ingest
-    from pgclip.workers.loop import Worker
 
     if limit is not None and limit < 1:
         raise InvalidInput(f"limit must be at least 1, got {limit}")
@@ -130,8 +128,55 @@ def eval_classes(
         model = require_active_model(conn)
     _check_encoder(encoder, model)
 
-    # Which files are one image: hash them all; an image under two classes has no label.
     skipped: collections.Counter[str] = collections.Counter()
+    by_sha = _one_file_per_image(dataset, skipped, progress)
+    with conn.transaction():
+        before = db_eval.dataset_tags(conn, by_sha)
+    retagged = sum(1 for sha, tags in before.items() if (tags.dataset, tags.label) != (dataset.name, by_sha[sha][1]))
+    _ingest(conn, dataset, by_sha, model.id, skipped, ts_config=ts_config, progress=progress)
+    _embed(conn, url, encoder, model, progress,
+           batch_size=batch_size, lease_seconds=lease_seconds, max_attempts=max_attempts)
+
+    with conn.transaction():
+        rows = db_eval.dataset_images(conn, model, by_sha)
+        stale = db_eval.stale_images(conn, dataset.name, [row.image_id for row in rows])
+    labeled: list[tuple[int, str]] = []
+    for row in rows:
+        if (row.dataset, row.label) != (dataset.name, by_sha[row.sha256][1]):
+            skipped["relabeled_meanwhile"] += 1  # another process changed its metadata since the ingest
+        elif not row.embedded:
+            skipped["not_embedded"] += 1
+        else:
+            labeled.append((row.image_id, row.label))
+    if not labeled:
+        raise NotFound(
+            f"dataset {dataset.name}: none of its {len(by_sha)} images has a vector for the active model "
+            f"{model.label} (see `pgclip status` for failed jobs)"
+        )
+
+    queries_in = labeled if limit is None or limit >= len(labeled) else random.Random(seed).sample(labeled, limit)
+    filters: dict[str, Any] = {"metadata": {"eval_dataset": dataset.name}}
+    if stale:
+        filters["exclude_ids"] = stale
+    params = db_search.SearchParams(filters=filters, k=CLASS_K, ts_config=ts_config)
+    results = _leave_one_out(conn, queries_in, params, progress)
+    all_labels = [label for _, label in labeled]
+    query_labels = [label for _, label in queries_in]
+    return ClassResult(
+        dataset=dataset.name, description=dataset.description, model=model.label, images=len(dataset.items),
+        classes=len(set(all_labels)), embedded=len(labeled),
+        skipped={k: v for k, v in sorted(skipped.items()) if v} | ({"outside_class_folders": dataset.ignored}
+                                                                  if dataset.ignored else {}),
+        stale_excluded=len(stale), retagged=retagged, queries=results,
+        chance={1: _chance(all_labels, query_labels, 1), CLASS_K: _chance(all_labels, query_labels, CLASS_K)},
+        seed=seed, limit=limit,
+    )
+
+
+def _one_file_per_image(dataset: LabeledImages, skipped: collections.Counter[str],
+                        progress: Progress) -> dict[str, tuple[Path, str]]:
+    """sha256 -> (a file, its label) for each image with one label: identical files are one image,
+    and an image found under two classes has no label (counted in ``skipped``)."""
     files_by_sha: dict[str, list[tuple[Path, str]]] = collections.defaultdict(list)
     with progress(len(dataset.items), "file", "eval hash") as bar:
         for path, label in dataset.items:
@@ -149,78 +194,49 @@ def eval_classes(
         skipped["duplicate_in_class"] += len(files) - 1
     if not by_sha:
         raise InvalidInput(f"dataset {dataset.name}: no usable images ({dict(skipped)})")
+    return by_sha
 
-    with conn.transaction():
-        before = {sha: (tag, label) for sha, tag, label in conn.execute(
-            "SELECT sha256, metadata->>'eval_dataset', metadata->>'class' FROM pgclip.images WHERE sha256 = ANY(%s)",
-            [list(by_sha)],
-        )}
-    retagged = sum(1 for sha, (tag, label) in before.items() if (tag, label) != (dataset.name, by_sha[sha][1]))
+
+def _ingest(conn: psycopg.Connection, dataset: LabeledImages, by_sha: dict[str, tuple[Path, str]], model_id: int,
+            skipped: collections.Counter[str], *, ts_config: str, progress: Progress) -> None:
+    """Store the images tagged ``{"eval_dataset": name, "class": label}``, queued for the model; commits."""
+    from pgclip.workers.ingest import ingest
+    from pgclip.workers.manifest import Entry, Manifest
 
     manifest = Manifest(dataset.root / ".pgclip-eval")
     manifest.entries = {
         str(_resolved(path)): Entry(metadata={"eval_dataset": dataset.name, "class": label}) for path, label in by_sha.values()
     }
     with progress(len(by_sha), "file", "eval ingest") as bar:
-        report = ingest(conn, [path for path, _ in by_sha.values()], model_id=model.id, manifest=manifest,
+        report = ingest(conn, [path for path, _ in by_sha.values()], model_id=model_id, manifest=manifest,
                         ts_config=ts_config, progress=bar.update)
     skipped["rejected"] += len(report.rejected)
     conn.commit()
+
+
+def _embed(conn: psycopg.Connection, url: str, encoder: Encoder, model: ModelRow, progress: Progress,
+           **worker_options: Any) -> None:
+    """Empty the model's queue with an in-process worker (other pending images are embedded too)."""
+    from pgclip.db import queue
+    from pgclip.workers.loop import Worker
 
     with conn.transaction():
         pending = queue.open_jobs(conn, model.id)[0]
     if pending:
         with progress(pending, "img", "eval embed") as bar:
-            worker = Worker(url, encoder=encoder, model=model, batch_size=batch_size, lease_seconds=lease_seconds,
-                            max_attempts=max_attempts, on_done=bar.update)
-            worker.run(until_empty=True)
+            Worker(url, encoder=encoder, model=model, on_done=bar.update, **worker_options).run(until_empty=True)
 
-    with conn.transaction():
-        rows = conn.execute(
-            "SELECT i.id, i.sha256, i.metadata->>'eval_dataset', i.metadata->>'class',"
-            " EXISTS (SELECT 1 FROM pgclip.embeddings e WHERE e.image_id = i.id AND e.model_id = %s)"
-            " FROM pgclip.images i WHERE i.sha256 = ANY(%s) ORDER BY i.id",
-            [model.id, list(by_sha)],
-        ).fetchall()
-        current = {image_id for image_id, *_ in rows}
-        stale = [r[0] for r in conn.execute(
-            "SELECT id FROM pgclip.images WHERE metadata @> %s AND NOT (id = ANY(%s))",
-            [Jsonb({"eval_dataset": dataset.name}), list(current)],
-        )]
-    labeled: list[tuple[int, str]] = []
-    for image_id, sha, tag, label, embedded in rows:
-        if (tag, label) != (dataset.name, by_sha[sha][1]):
-            skipped["relabeled_meanwhile"] += 1  # another process changed its metadata since the ingest
-        elif not embedded:
-            skipped["not_embedded"] += 1
-        else:
-            labeled.append((image_id, label))
-    if not labeled:
-        raise NotFound(
-            f"dataset {dataset.name}: none of its {len(by_sha)} images has a vector for the active model "
-            f"{model.label} (see `pgclip status` for failed jobs)"
-        )
 
-    queries_in = labeled if limit is None or limit >= len(labeled) else random.Random(seed).sample(labeled, limit)
-    filters: dict[str, Any] = {"metadata": {"eval_dataset": dataset.name}}
-    if stale:
-        filters["exclude_ids"] = stale
-    params = db_search.SearchParams(filters=filters, k=CLASS_K, ts_config=ts_config)
+def _leave_one_out(conn: psycopg.Connection, queries: list[tuple[int, str]], params: SearchParams,
+                   progress: Progress) -> list[tuple[int, str, bool, bool]]:
+    """(image id, class, top-1 right, top-k right) for each image's "more like this" search."""
+    from pgclip.db import search as db_search
+
     results: list[tuple[int, str, bool, bool]] = []
-    with progress(len(queries_in), "query", "eval classes") as bar:
-        for image_id, label in queries_in:
+    with progress(len(queries), "query", "eval classes") as bar:
+        for image_id, label in queries:
             hits = db_search.similar(conn, image_id, params).hits
             classes = [(hit.metadata or {}).get("class") for hit in hits]
             results.append((image_id, label, bool(classes) and classes[0] == label, label in classes[:CLASS_K]))
             bar.update(1)
-    all_labels = [label for _, label in labeled]
-    query_labels = [label for _, label in queries_in]
-    return ClassResult(
-        dataset=dataset.name, description=dataset.description, model=model.label, images=len(dataset.items),
-        classes=len(set(all_labels)), embedded=len(labeled),
-        skipped={k: v for k, v in sorted(skipped.items()) if v} | ({"outside_class_folders": dataset.ignored}
-                                                                  if dataset.ignored else {}),
-        stale_excluded=len(stale), retagged=retagged, queries=results,
-        chance={1: _chance(all_labels, query_labels, 1), CLASS_K: _chance(all_labels, query_labels, CLASS_K)},
-        seed=seed, limit=limit,
-    )
+    return results

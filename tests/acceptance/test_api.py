@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -16,6 +15,7 @@ import pytest
 
 from tests.acceptance.test_cli_db import run
 from tests.images import jpeg_bytes, write_jpegs
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -61,17 +61,15 @@ def start_server(env: dict[str, str], port: int) -> tuple[subprocess.Popen, str]
     proc = subprocess.Popen([sys.executable, "-m", "pgclip.cli", "serve"], env={**base, **env},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"pgclip serve did not come up:\n{proc.stdout.read() if proc.stdout else ''}")
-        time.sleep(0.2)
+    wait_for(lambda: _ready(url), 90, interval=0.2, what="pgclip serve coming up", processes=[proc])
+    return proc, url
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def assert_error(response: httpx.Response, status: int, *fragments: str) -> None:

@@ -11,11 +11,11 @@ import psycopg
 import pytest
 
 from tests.acceptance.test_cli_db import run
-from tests.acceptance.test_workers import assert_every_image_embedded_once, env_for, job_states
-from tests.waiting import wait_for
 from tests.acceptance.test_worker_signals import logged_worker, outage_lines
+from tests.acceptance.test_workers import assert_every_image_embedded_once, env_for, job_states
 from tests.images import write_jpegs
 from tests.outage import RestartablePostgres
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

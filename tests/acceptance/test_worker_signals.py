@@ -20,8 +20,8 @@ import pytest
 from tests.acceptance import test_workers
 from tests.acceptance.test_cli_db import run
 from tests.acceptance.test_workers import assert_every_image_embedded_once, env_for, job_states
-from tests.waiting import wait_for
 from tests.images import write_jpegs
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

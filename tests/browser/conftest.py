@@ -13,7 +13,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from PIL import Image
 
 from tests.acceptance.test_cli_db import run
 from tests.images import jpeg_bytes, write_jpegs
+from tests.waiting import wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -104,20 +104,6 @@ def _pgclip(args: list[str], env: dict[str, str]) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _wait(condition, timeout: float, what: str, *procs: subprocess.Popen) -> None:
-    """Poll ``condition`` until true; fail with the processes' output if one dies or time runs out."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        dead = [p for p in procs if p.poll() is not None]
-        if dead or time.monotonic() > deadline:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.terminate()
-            output = "\n".join(p.stdout.read() for p in procs if p.stdout)
-            raise AssertionError(f"{what} (waited {timeout} s):\n{output}")
-        time.sleep(0.2)
-
-
 def _answers(url: str) -> bool:
     try:
         return httpx.get(url, timeout=2).status_code == 200
@@ -174,10 +160,10 @@ def served(databases, tmp_path_factory) -> Iterator[Served]:
         run("ingest", str(photos), "--captions", str(tmp / "captions.jsonl"), env=env, check=True)
         _add_broken_image(db_url, jpeg_bytes(7, (160, 120)))
         worker = _pgclip(["worker"], env)
-        _wait(lambda: _answers(f"{url}/readyz"), 90, "pgclip serve did not come up", server)
-        _wait(lambda: _answers(f"{keyed_url}/readyz"), 90, "pgclip serve (with PGCLIP_API_KEYS) did not come up", keyed)
+        wait_for(lambda: _answers(f"{url}/readyz"), 90, 0.2, "pgclip serve coming up", [server])
+        wait_for(lambda: _answers(f"{keyed_url}/readyz"), 90, 0.2, "pgclip serve (with PGCLIP_API_KEYS) coming up", [keyed])
         served = Served(url, env, {}, photos, keyed_url)
-        _wait(lambda: _queue_empty(served.client), 120, "the worker did not embed the collection", worker, server)
+        wait_for(lambda: _queue_empty(served.client), 120, 0.2, "the worker embedding the collection", [worker, server])
         with psycopg.connect(db_url) as conn:
             served.ids = {Path(source).name: image_id
                           for image_id, source in conn.execute("SELECT id, source FROM pgclip.images ORDER BY id")}

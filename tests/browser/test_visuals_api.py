@@ -8,7 +8,8 @@ import numpy as np
 import psycopg
 import pytest
 
-from pgclip.api.pages import SIMILARITY_MAX_IDS, parse_ids, pca_2d
+from pgclip.api.pages import SIMILARITY_MAX_IDS, parse_ids
+from pgclip.application.atlas import pca_2d
 from pgclip.core.errors import InvalidInput
 
 
@@ -123,7 +124,7 @@ def _add_vectors(db_url: str, start: int, n: int) -> None:
 
 @pytest.mark.slow
 def test_a_large_collection_is_sampled_the_same_way_and_recomputed_only_when_vectors_change(db_url, monkeypatch):
-    from pgclip.api import pages
+    from pgclip.application import atlas as pages
 
     _add_vectors(db_url, 1, 60)
     holder = _Holder(db_url)

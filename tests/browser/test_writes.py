@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import time
 
 import httpx
 import pytest
@@ -17,6 +16,7 @@ from PIL import Image
 
 from tests.browser.conftest import API_KEY, family_jpeg, screenshot
 from tests.images import jpeg_bytes
+from tests.waiting import wait_for
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests need the playwright package")
 expect = sync_api.expect
@@ -55,10 +55,8 @@ def mine(served):
         "original": _upload(client, "original.jpg", original),
         "copy": _upload(client, "copy.jpg", _copy(original)),
     }
-    deadline = time.monotonic() + 60
-    while not all(client.get(f"/api/images/{i}").json()["embedded"] for i in ids.values()):
-        assert time.monotonic() < deadline, "the worker did not embed this module's uploads"
-        time.sleep(0.2)
+    wait_for(lambda: all(client.get(f"/api/images/{i}").json()["embedded"] for i in ids.values()),
+             60, 0.2, "the worker embedding this module's uploads")
     yield ids
     for image_id in ids.values():  # 204, or 404 for the one a test deleted
         assert client.delete(f"/api/images/{image_id}").status_code in (204, 404)

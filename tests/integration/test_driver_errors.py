@@ -5,9 +5,9 @@ from __future__ import annotations
 import psycopg
 import pytest
 
+from pgclip.core.errors import DatabaseUnavailable, InvalidInput
 from pgclip.db.engine import connect, driver_errors
 from pgclip.db.pool import Pool
-from pgclip.core.errors import DatabaseUnavailable, InvalidInput
 
 
 def test_a_session_killed_by_the_server_is_database_unavailable(db_url):

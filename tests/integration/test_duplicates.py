@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pgclip.core.errors import InvalidInput
 from pgclip.db.duplicates import near_duplicates
 from pgclip.db.models import active_model
-from pgclip.core.errors import InvalidInput
 from tests.integration.test_schema import add_image
 
 

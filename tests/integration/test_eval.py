@@ -18,8 +18,9 @@ import pytest
 from PIL import Image
 
 from pgclip import evaluate
-from pgclip.db.models import active_model
+from pgclip.cli.evaluate import add_eval_parser
 from pgclip.core.errors import InvalidInput, NotFound
+from pgclip.db.models import active_model
 from pgclip.workers.ingest import ingest
 from pgclip.workers.loop import Worker
 from pgclip.workers.manifest import load_manifest
@@ -166,7 +167,7 @@ def test_caption_protocol_counts_exactly_one_wrong_caption(conn, db_url, tmp_pat
 
 def cli(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="pgclip")
-    evaluate.add_eval_parser(parser.add_subparsers(dest="command", required=True))
+    add_eval_parser(parser.add_subparsers(dest="command", required=True))
     return parser.parse_args(argv)
 
 

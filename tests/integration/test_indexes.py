@@ -9,15 +9,22 @@ from collections.abc import Iterator
 import numpy as np
 import psycopg
 import pytest
+
+from pgclip.core.errors import ConfigError, InvalidInput
 from pgclip.db import indexes
 from pgclip.db import migrate as migrations
 from pgclip.db.engine import connect
 from pgclip.db.models import ModelRow
 from pgclip.db.search import SearchParams, search
-from pgclip.core.errors import ConfigError, InvalidInput
-
-from tests.searchdata import (Collection, bulk_load, exact_neighbours, explaining, low_rank_vectors, model,
-                              vector_hits_plan)
+from tests.searchdata import (
+    Collection,
+    bulk_load,
+    exact_neighbours,
+    explaining,
+    low_rank_vectors,
+    model,
+    vector_hits_plan,
+)
 
 N = 4000
 DIM = 64  # the test-tiny model's dimension

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -11,6 +9,7 @@ from pgclip.db import queue
 from pgclip.db.engine import connect
 from pgclip.db.models import active_model
 from tests.integration.test_schema import add_image
+from tests.waiting import wait_for
 
 LEASE = 60.0
 
@@ -118,8 +117,7 @@ def test_an_expired_lease_makes_the_job_claimable_again(conn, model):
     enqueue_images(conn, model, 3)
     first = claim(conn, model, "dead", lease=0.2)
     assert claim(conn, model, "alive") == []  # leased: not claimable while the lease holds
-    time.sleep(0.3)
-    second = claim(conn, model, "alive")
+    second = wait_for(lambda: claim(conn, model, "alive"), timeout=10, what="the lease expiring")
     assert {j.id for j in second} == {j.id for j in first}
     assert all(j.attempts == 2 for j in second)
 
@@ -127,9 +125,8 @@ def test_an_expired_lease_makes_the_job_claimable_again(conn, model):
 def test_a_job_whose_worker_dies_every_time_ends_failed(conn, model):
     (image,) = enqueue_images(conn, model, 1)
     for _ in range(3):  # max_attempts = 3, each claim's worker "dies" (lease expires)
-        assert len(claim(conn, model, "doomed", lease=0.05, max_attempts=3)) == 1
-        time.sleep(0.1)
-    last = claim(conn, model, "doomed", lease=0.05, max_attempts=3)
+        assert len(wait_for(lambda: claim(conn, model, "doomed", lease=0.05, max_attempts=3), timeout=10)) == 1
+    last = wait_for(lambda: claim(conn, model, "doomed", lease=0.05, max_attempts=3), timeout=10)
     assert [j.state for j in last] == ["failed"]
     state, attempts, locked_by, error = jobs(conn)[image]
     assert (state, attempts, locked_by) == ("failed", 3, None)

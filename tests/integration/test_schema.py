@@ -8,6 +8,7 @@ import json
 import numpy as np
 import psycopg
 import pytest
+from psycopg import sql
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -15,7 +16,6 @@ from pgclip.db import migrate as migrations
 from pgclip.db.engine import connect, create_engine
 from pgclip.db.models import ensure_model, vector_sql
 from pgclip.db.schema import Embedding, Image
-from psycopg import sql
 
 
 def add_image(conn: psycopg.Connection, name: str = "a.jpg", *, metadata: dict | None = None) -> int:

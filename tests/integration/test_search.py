@@ -18,11 +18,11 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import psycopg
 import pytest
+
+from pgclip.core.errors import InvalidInput, NotFound
 from pgclip.db.engine import connect
 from pgclip.db.models import ensure_model
 from pgclip.db.search import NotReady, Page, SearchParams, search, similar
-
-from pgclip.core.errors import InvalidInput, NotFound
 from tests.searchdata import (
     Collection,
     ImageSpec,

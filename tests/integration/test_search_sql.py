@@ -43,9 +43,9 @@ def test_null_for_an_optional_argument_is_its_default(conn, call):
 
 def test_no_active_model_is_one_error_from_python_and_from_sql(conn):
     """The same state gets the same answer (NotReady: the API's 409) whichever path meets it."""
+    from pgclip.core.errors import NotReady
     from pgclip.db.models import require_active_model
     from pgclip.db.search import translate
-    from pgclip.core.errors import NotReady
 
     conn.execute("UPDATE pgclip.models SET state = 'retired'")
     with pytest.raises(NotReady, match="no active model"):

@@ -22,7 +22,7 @@ from tests.unit.test_decode import odd_images
 
 @pytest.fixture(scope="module")
 def encoder() -> ClipEncoder:
-    enc = ClipEncoder("test-tiny", "random")
+    enc = ClipEncoder("test-tiny", "random", backend="torch")  # the reference below runs the torch model
     enc.load()
     return enc
 
@@ -48,7 +48,7 @@ def open_clip_reference(encoder: ClipEncoder, data: bytes) -> np.ndarray:
         im = Image.fromarray((np.asarray(im, dtype=np.float64) / 257).round().astype(np.uint8))
     im = im.convert("RGB")
     with torch.inference_mode():
-        features = encoder._model.encode_image(encoder.preprocess(im).unsqueeze(0)).float()
+        features = encoder._runner.model.encode_image(encoder.preprocess(im).unsqueeze(0)).float()
     v = features[0].numpy()
     return v / np.linalg.norm(v)
 
@@ -147,6 +147,31 @@ def test_a_deleted_image_is_skipped_without_error(conn, db_url, encoder, tmp_pat
     conn.commit()
     worker = run_worker(db_url, model, encoder)
     assert worker.stats.done == 2
+    assert conn.execute("SELECT count(*) FROM pgclip.embeddings").fetchone()[0] == 2
+
+
+def test_an_image_without_bytes_fails_with_the_fix_and_ingesting_its_file_mends_it(conn, db_url, encoder, tmp_path):
+    """A row `pgclip import` brought has no bytes: its job fails at once saying what to do (it
+    does not cycle through lease expiries), and ingesting the file stores the bytes it lacked."""
+    for n in range(2):
+        (tmp_path / f"b{n}.jpg").write_bytes(jpeg_bytes(n))
+    model = active_model(conn)
+    conn.commit()
+    bare = ingest(conn, [tmp_path], model_id=model.id).image_ids[0]
+    conn.execute("DELETE FROM pgclip.image_blobs WHERE image_id = %s", [bare])
+    conn.commit()
+    worker = run_worker(db_url, model, encoder)
+    assert (worker.stats.done, worker.stats.failed) == (1, 1)
+    state, attempts, error = conn.execute(
+        "SELECT state, attempts, last_error FROM pgclip.embedding_jobs WHERE image_id = %s", [bare]).fetchone()
+    assert (state, attempts) == ("failed", 1) and "no stored bytes" in error and "retry-failed" in error
+
+    assert ingest(conn, [tmp_path], model_id=model.id).present == 2
+    assert conn.execute("SELECT count(*) FROM pgclip.image_blobs").fetchone()[0] == 2
+    with conn.transaction():
+        queue.retry_failed(conn, model.id)
+    conn.commit()
+    assert run_worker(db_url, model, encoder).stats.done == 1
     assert conn.execute("SELECT count(*) FROM pgclip.embeddings").fetchone()[0] == 2
 
 

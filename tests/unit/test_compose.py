@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from pgclip.cli import build_parser
-from pgclip.cli.search import listen_address
+from pgclip.cli.serve import listen_address
 from pgclip.core.errors import InvalidInput
 from pgclip.core.settings import Settings
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pgclip.demo import demo_manifest_path, materialize_demo, resolve_package_path
 from pgclip.core.errors import InvalidInput
+from pgclip.demo import demo_manifest_path, materialize_demo, resolve_package_path
 from pgclip.workers.decode import probe
 from pgclip.workers.ingest import discover
 from pgclip.workers.manifest import load_manifest

@@ -1,7 +1,8 @@
 """The encoder against open_clip's own pipeline, on the tiny seeded test model.
 
 Random weights catch preprocessing or tokenisation mistakes as surely as real
-ones: any difference in the input tensor changes the vector.
+ones: any difference in the input tensor changes the vector. These run the torch
+backend (the reference); tests/unit/test_encoder_backends.py holds ONNX Runtime to it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from PIL import Image
 from pgclip.core.errors import ModelLoadError
 from pgclip.workers.decode import decode
 from pgclip.workers.encoder import ClipEncoder, model_dimension, pretrained_identity, register_test_models
+from pgclip.workers.preprocess import SplitPreprocess
 from tests.unit.test_decode import odd_images
 
 TEXTS = [
@@ -34,7 +36,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def encoder() -> ClipEncoder:
-    enc = ClipEncoder("test-tiny", "random", device="cpu")
+    enc = ClipEncoder("test-tiny", "random", device="cpu", backend="torch")
     enc.load()
     return enc
 
@@ -99,6 +101,15 @@ def test_prepared_images_are_8_bit_pixels_that_encode_exactly_like_open_clips_te
     assert np.array_equal(encoder.encode_prepared([pixels[0], tensors[1]]), encoder.encode_prepared(pixels[:2]))
 
 
+@pytest.mark.parametrize("backend", ["torch", "onnx", "onnx-int8"])
+def test_every_backend_gets_open_clips_own_pixels_to_the_bit(backend, reference):
+    _, preprocess, _ = reference
+    images = photos()
+    enc = ClipEncoder("test-tiny", "random", device="cpu", backend=backend)
+    assert torch.equal(enc.batch([enc.prepare(im) for im in images]), torch.stack([preprocess(im) for im in images]))
+    assert isinstance(enc._split, SplitPreprocess)  # the ONNX backends rebuild the transform from their export
+
+
 @pytest.fixture
 def torch_threads_kept():
     """Loading an encoder sets the process's torch threads; put them back for the other tests."""
@@ -123,7 +134,7 @@ def test_a_workers_encoder_shares_the_torch_threads_among_its_model_threads(torc
 
 
 def test_separate_encoders_give_identical_vectors(encoder):
-    other = ClipEncoder("test-tiny", "anything: test models ignore it", device="cpu")
+    other = ClipEncoder("test-tiny", "anything: test models ignore it", device="cpu", backend="torch")
     assert np.array_equal(other.encode_texts(TEXTS), encoder.encode_texts(TEXTS))
     assert np.array_equal(other.encode_images(photos()[:3]), encoder.encode_images(photos()[:3]))
     assert other.pretrained_identity == "random-seed-0"
@@ -168,10 +179,15 @@ def test_missing_checkpoint_file_is_named(path):
         ClipEncoder("ViT-B-32", path).load()
 
 
+@pytest.fixture(scope="module")
+def cache_home(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
 @pytest.fixture(autouse=True)
-def own_cache_dir(tmp_path, monkeypatch):
-    """Checkpoint digests are remembered under the user's cache directory: not the real one."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+def own_cache_dir(cache_home, monkeypatch):
+    """Checkpoint digests and ONNX exports are kept under the user's cache directory: not the real one."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
 
 
 def test_pretrained_identity(tmp_path):
@@ -181,16 +197,19 @@ def test_pretrained_identity(tmp_path):
     assert pretrained_identity("ViT-B-32", str(checkpoint)) == f"sha256:{digest}"
     assert pretrained_identity("ViT-B-32", "laion2b_s34b_b79k") == "laion2b_s34b_b79k"
     assert pretrained_identity("test-tiny", str(checkpoint)) == "random-seed-0"
+    # int8 vectors are a model of their own; ONNX fp32 shares torch's.
+    assert pretrained_identity("ViT-B-32", "laion2b_s34b_b79k", "onnx-int8") == "laion2b_s34b_b79k+onnx-int8"
+    assert pretrained_identity("test-tiny", "random", "onnx") == pretrained_identity("test-tiny", "random", "torch")
 
 
 def test_a_checkpoints_digest_is_hashed_once_until_the_file_changes(tmp_path, monkeypatch):
-    from pgclip.workers import encoder as encoder_module
+    from pgclip.workers import weights as weights_module
 
     checkpoint = tmp_path / "weights.pt"
     checkpoint.write_bytes(b"a" * 300_000)
     hashed = []
     real_sha256 = hashlib.sha256
-    monkeypatch.setattr(encoder_module.hashlib, "sha256", lambda: hashed.append(1) or real_sha256())
+    monkeypatch.setattr(weights_module.hashlib, "sha256", lambda: hashed.append(1) or real_sha256())
     first = pretrained_identity("ViT-B-32", str(checkpoint))
     assert pretrained_identity("ViT-B-32", str(checkpoint)) == first and len(hashed) == 1
     checkpoint.write_bytes(b"b" * 300_000)  # same size, new content (and mtime)
@@ -220,7 +239,7 @@ def test_concurrent_loads_build_the_model_once(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(open_clip, "create_model_and_transforms", slow_create)
-    enc = ClipEncoder("test-tiny", "random", device="cpu")
+    enc = ClipEncoder("test-tiny", "random", device="cpu", backend="torch")
     start = threading.Barrier(2)
     errors = []
 

@@ -1,0 +1,94 @@
+"""What `pgclip eval` reads besides searches: stored images by path, dataset tags, filtered corpora."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import class_row
+from psycopg.types.json import Jsonb
+
+from pgclip.core.errors import InvalidInput
+from pgclip.db import search as db_search
+from pgclip.db.models import ModelRow
+from pgclip.db.queries import load
+
+EVALUATION = load("evaluation.sql")
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredSource:
+    image_id: int
+    source: str
+    embedded: bool  # the model has its vector
+
+
+@dataclasses.dataclass(frozen=True)
+class Tags:
+    dataset: str | None
+    label: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetImage:
+    image_id: int
+    sha256: str
+    dataset: str | None  # its tags as stored now
+    label: str | None
+    embedded: bool
+
+
+def stored_sources(conn: psycopg.Connection, model: ModelRow) -> list[StoredSource]:
+    """Every image that has a source path, with whether ``model`` has its vector."""
+    with conn.cursor(row_factory=class_row(StoredSource)) as cur:
+        return cur.execute(EVALUATION["sources"], {"model_id": model.id}).fetchall()
+
+
+def filter_clause(conn: psycopg.Connection, filters: dict[str, Any]) -> sql.Composable:
+    """The search's own WHERE clause for ``filters`` (over images ``i``), for the two statements below.
+
+    InvalidInput for an unknown key or a bad value, as a search would say.
+    """
+    unknown = set(filters) - db_search.FILTER_KEYS
+    if unknown:
+        raise InvalidInput(f"unknown filter {min(unknown)!r} (known: {', '.join(sorted(db_search.FILTER_KEYS))})")
+    try:
+        with conn.transaction():
+            where = conn.execute(EVALUATION["filter_clause"], {"filters": Jsonb(filters)}).fetchone()[0]
+    except psycopg.Error as exc:
+        raise db_search.translate(exc) from exc
+    return sql.SQL(where)
+
+
+def corpus_size(conn: psycopg.Connection, model: ModelRow, where: sql.Composable) -> int:
+    """How many images with ``model``'s vector pass the filter ``where`` (see :func:`filter_clause`)."""
+    # The model id as a literal, as in every vector query (see pgclip.db.models.vector_sql).
+    statement = sql.SQL(EVALUATION["corpus_size"]).format(model_id=sql.Literal(int(model.id)), where=where)
+    return int(conn.execute(statement).fetchone()[0])
+
+
+def passing_filter(conn: psycopg.Connection, image_ids: Sequence[int], where: sql.Composable) -> set[int]:
+    """The ids among ``image_ids`` whose images pass the filter ``where``."""
+    statement = sql.SQL(EVALUATION["passing_filter"]).format(where=where)
+    return {r[0] for r in conn.execute(statement, {"image_ids": list(image_ids)})}
+
+
+def dataset_tags(conn: psycopg.Connection, sha256: Iterable[str]) -> dict[str, Tags]:
+    """The stored images among these content hashes, with the dataset and class they are tagged with."""
+    rows = conn.execute(EVALUATION["dataset_tags"], {"sha256": list(sha256)}).fetchall()
+    return {sha: Tags(dataset, label) for sha, dataset, label in rows}
+
+
+def dataset_images(conn: psycopg.Connection, model: ModelRow, sha256: Iterable[str]) -> list[DatasetImage]:
+    """The stored images among these content hashes, by id, with their tags and whether ``model`` has their vector."""
+    with conn.cursor(row_factory=class_row(DatasetImage)) as cur:
+        return cur.execute(EVALUATION["dataset_images"], {"model_id": model.id, "sha256": list(sha256)}).fetchall()
+
+
+def stale_images(conn: psycopg.Connection, dataset: str, current: Iterable[int]) -> list[int]:
+    """Images tagged with ``dataset`` that are not among ``current`` (left by an earlier run)."""
+    rows = conn.execute(EVALUATION["stale_images"], {"dataset": dataset, "current": list(current)})
+    return [r[0] for r in rows]

@@ -1,0 +1,53 @@
+"""Stored vectors read whole (not searched): the map's projection and the similarity heat-map."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Sequence
+
+import numpy as np
+import psycopg
+
+from pgclip.db.models import ModelRow
+from pgclip.db.queries import load
+
+VECTORS = load("vectors.sql")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stamp:
+    """What changes whenever a model's vectors do."""
+
+    count: int
+    newest: dt.datetime | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Vectors:
+    ids: list[int]  # ascending
+    matrix: np.ndarray  # len(ids) x dimension, float32
+
+
+def stamp(conn: psycopg.Connection, model: ModelRow) -> Stamp:
+    count, newest = conn.execute(VECTORS["stamp"], {"model_id": model.id}).fetchone()
+    return Stamp(int(count), newest)
+
+
+def read_vectors(conn: psycopg.Connection, model: ModelRow, *, limit: int | None = None) -> Vectors:
+    """The model's vectors by image id; with ``limit``, the same fixed sample of that many each time."""
+    statement, params = VECTORS["all"], {"model_id": model.id}
+    if limit is not None:
+        statement, params = VECTORS["sample"], {"model_id": model.id, "limit": limit}
+    with conn.cursor(binary=True) as cur:
+        rows = cur.execute(statement, params).fetchall()
+    if not rows:
+        return Vectors([], np.zeros((0, model.dimension), dtype=np.float32))
+    return Vectors([r[0] for r in rows], np.stack([r[1].to_numpy() for r in rows]))
+
+
+def vectors_of(conn: psycopg.Connection, model: ModelRow, image_ids: Sequence[int]) -> dict[int, np.ndarray]:
+    """The model's vectors of those images that have one, by image id."""
+    with conn.cursor(binary=True) as cur:
+        rows = cur.execute(VECTORS["of_images"], {"model_id": model.id, "image_ids": list(image_ids)}).fetchall()
+    return {r[0]: r[1].to_numpy() for r in rows}

@@ -1,0 +1,112 @@
+"""`pgclip serve` and `pgclip demo`: the API and the page, on a printed address."""
+
+from __future__ import annotations
+
+import argparse
+
+from pgclip.cli.common import out as _out
+from pgclip.cli.common import positive
+from pgclip.core.errors import InvalidInput
+from pgclip.core.settings import Settings
+
+
+def listen_address(args: argparse.Namespace, settings: Settings) -> tuple[str, int]:
+    """Where ``pgclip serve`` listens: ``--host``/``--port``, else PGCLIP_HOST/PGCLIP_PORT.
+
+    Raises :class:`InvalidInput` for an address off loopback without PGCLIP_API_KEYS, before
+    anything else starts (tests/unit/test_compose.py runs it on the environment compose gives).
+    """
+    from pgclip.api.auth import is_loopback
+
+    host = args.host or settings.host
+    port = args.port or settings.port
+    if not settings.write_keys and not is_loopback(host):
+        raise InvalidInput(
+            f"refusing to listen on {host} without PGCLIP_API_KEYS: anyone who reaches it could upload and "
+            "delete images; set PGCLIP_API_KEYS or listen on 127.0.0.1"
+        )
+    return host, port
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from pgclip.api.app import create_app
+    from pgclip.application.bootstrap import open_service
+
+    host, port = listen_address(args, settings)
+    service = open_service(settings)  # fails here, in one line, if the database or model is not usable
+    _out(f"pgclip serving on http://{host}:{port}/ (API schema: http://{host}:{port}/schema), model {service.encoder.model_name}")
+    uvicorn.run(create_app(settings, service=service), host=host, port=port, log_level="warning")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    """Database, demo collection, embeddings, then the API and page on a printed URL."""
+    import dataclasses
+
+    from pgclip.api.app import create_app
+    from pgclip.application.bootstrap import migrate, open_service
+    from pgclip.cli.common import progress
+    from pgclip.core.errors import ModelLoadError
+    from pgclip.db.engine import connection
+    from pgclip.db.models import activate_if_unused
+    from pgclip.db.queue import open_jobs
+    from pgclip.demo import materialize_demo
+    from pgclip.workers.encoder import ClipEncoder, is_test_model
+    from pgclip.workers.ingest import ingest
+    from pgclip.workers.loop import Worker
+    from pgclip.workers.manifest import load_manifest
+
+    if args.test_model:
+        settings = dataclasses.replace(settings, model="test-tiny", pretrained="random")
+    url, model = migrate(settings)
+    _out(f"database ready: {url}")
+    encoder = ClipEncoder.from_settings(settings)
+    try:
+        encoder.load()
+    except ModelLoadError as exc:
+        raise ModelLoadError(
+            f"{exc}. To see the pipeline without real weights: `pgclip demo --test-model` "
+            "(random weights: its search results mean nothing)"
+        ) from exc
+    if is_test_model(settings.model):
+        _out("note: the test model has random weights; the demo's search results mean nothing")
+    with connection(url) as conn:
+        if activate_if_unused(conn, model):
+            _out(f"model {model.label} is now the active model (the previous one had no vectors)")
+    manifest = load_manifest(materialize_demo(settings.data_dir / "demo"))
+    with connection(url, role="ingest") as conn, progress(len(manifest.entries), "file", "ingest") as bar:
+        report = ingest(conn, [], model_id=model.id, manifest=manifest, ts_config=settings.text_search_config,
+                        progress=bar.update)
+    _out(f"demo collection: {report.added} added, {report.present} already present, "
+         f"{report.captions_added} captions added")
+    with connection(url) as conn:
+        pending = open_jobs(conn, model.id)[0]
+    with progress(pending, "img", "embed") as bar:
+        worker = Worker(url, encoder=encoder, model=model, batch_size=settings.batch_size,
+                        lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts, on_done=bar.update)
+        stats = worker.run(until_empty=True)
+    _out(f"embedded {stats.done} images ({stats.failed} failed) with {model.label}")
+    if args.no_serve:
+        return 0
+    service = open_service(settings)
+    host, port = settings.host, settings.port
+    _out(f"pgclip demo is running: open http://{host}:{port}/ (Ctrl+C to stop)")
+    import uvicorn
+
+    uvicorn.run(create_app(settings, service=service), host=host, port=port, log_level="warning")
+    return 0
+
+
+def add_serve_parsers(sub: argparse._SubParsersAction) -> None:
+    srv = sub.add_parser("serve", help="serve the HTTP API and web page")
+    srv.add_argument("--host", help="address to listen on (default PGCLIP_HOST, 127.0.0.1)")
+    srv.add_argument("--port", type=positive, help="port (default PGCLIP_PORT, 8000)")
+    srv.set_defaults(handler=cmd_serve)
+
+    demo = sub.add_parser("demo", help="database + demo collection + embeddings, then serve the page")
+    demo.add_argument("--test-model", action="store_true",
+                      help="use the random-weight test model (when real CLIP weights cannot be loaded)")
+    demo.add_argument("--no-serve", action="store_true", help="stop once every demo image is embedded")
+    demo.set_defaults(handler=cmd_demo)
