@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pgclip import __version__
 from pgclip.cli.common import out as _out
 from pgclip.cli.evaluate import add_eval_parser
+from pgclip.cli.exchange import add_exchange_parsers
 from pgclip.cli.models import add_model_parsers
 from pgclip.cli.queue import add_queue_parsers
 from pgclip.cli.search import add_search_parsers
@@ -119,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parsers(sub)
     add_model_parsers(sub)
     add_eval_parser(sub)
+    add_exchange_parsers(sub)
     return parser
 
 

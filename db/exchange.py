@@ -1,0 +1,191 @@
+"""Export and import round-trips (the statements are in ``sql/exchange.sql``).
+
+An export reads one model's vectors, with the images around them, from one
+snapshot through a server-side cursor. An import writes rows in the caller's
+transaction and follows one merge rule: images are matched by sha256, and a
+database that already has an image keeps everything it has and gains only what
+it lacks (see the ``merge_images`` section). File formats are not this module's
+business (``pgclip.application.exchange``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg.types.json import Jsonb
+
+from pgclip.db.engine import connect
+from pgclip.db.images import add_captions
+from pgclip.db.models import MODELS, ModelRow, get_model, index_ddl
+from pgclip.db.queries import load
+
+EXCHANGE = load("exchange.sql")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExchangeRow:
+    """One image with one model's vector: a row of an export, or of an import."""
+
+    image_id: int | None  # the exporting database's id; ignored by an import (images match by sha256)
+    sha256: str
+    source: str | None
+    source_bytes: bytes | None
+    byte_size: int
+    width: int
+    height: int
+    format: str
+    mime: str
+    taken_at: dt.datetime | None
+    metadata: dict[str, Any]
+    captions: list[str]
+    embedding: np.ndarray  # float32, the model's dimension
+    thumbnail: bytes | None = None
+    thumbnail_mime: str | None = None
+    thumbnail_width: int | None = None
+    thumbnail_height: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportCounts:
+    vectors: int  # images with the model's vector: the rows an export writes
+    images: int  # every image in the database
+
+
+@contextmanager
+def snapshot(conn: psycopg.Connection) -> Iterator[None]:
+    """A read-only repeatable-read transaction: every read inside sees the same data."""
+    with conn.transaction():
+        conn.execute(EXCHANGE["snapshot"])
+        yield
+
+
+def export_counts(conn: psycopg.Connection, model: ModelRow) -> ExportCounts:
+    vectors, images = conn.execute(EXCHANGE["export_counts"], {"model_id": model.id}).fetchone()
+    return ExportCounts(int(vectors), int(images))
+
+
+def _export_row(cursor: psycopg.Cursor) -> Any:
+    names = [c.name for c in cursor.description]
+
+    def make(values: Sequence[Any]) -> ExchangeRow:
+        row = dict(zip(names, values, strict=True))
+        row["embedding"] = row["embedding"].to_numpy().astype(np.float32, copy=False)
+        row["captions"] = list(row["captions"])
+        for key in ("source_bytes", "thumbnail"):
+            if row[key] is not None:
+                row[key] = bytes(row[key])
+        return ExchangeRow(**row)
+
+    return make
+
+
+def export_rows(
+    conn: psycopg.Connection, model: ModelRow, *, thumbnails: bool, batch_rows: int
+) -> Iterator[list[ExchangeRow]]:
+    """The model's rows in image id order, ``batch_rows`` at a time, through a server-side
+    cursor (call inside :func:`snapshot`: a named cursor lives in its transaction)."""
+    with conn.cursor(name="pgclip_export", binary=True, row_factory=_export_row) as cur:
+        cur.itersize = batch_rows
+        cur.execute(EXCHANGE["export_rows"], {"model_id": model.id, "thumbnails": thumbnails})
+        while rows := cur.fetchmany(batch_rows):
+            yield rows
+
+
+# --- import ---------------------------------------------------------------------------
+
+
+def register_model(conn: psycopg.Connection, name: str, pretrained: str, dimension: int,
+                   index_params: dict[str, Any]) -> tuple[ModelRow, bool]:
+    """The model's row, registered in the caller's transaction when the database does not
+    know it yet (state ``building``; its index is built after the import commits, by
+    :func:`build_index`, once over all the vectors). Returns (model, newly registered)."""
+    known = get_model(conn, name, pretrained)
+    if known is not None:
+        return known, False
+    conn.execute(MODELS["register"], {"name": name, "pretrained": pretrained, "dimension": dimension,
+                                      "index_params": Jsonb(index_params)})
+    model = get_model(conn, name, pretrained)
+    assert model is not None
+    return model, True
+
+
+def build_index(url: str, model: ModelRow) -> None:
+    """Build the model's vector index if it has none, without blocking writers
+    (``CREATE INDEX CONCURRENTLY``, outside any transaction)."""
+    if (ddl := index_ddl(model, concurrently=True)) is None:
+        return
+    with connect(url, role="import", autocommit=True) as conn:
+        conn.execute(ddl)
+
+
+@dataclasses.dataclass
+class ImportCounts:
+    rows: int = 0  # rows read
+    images_added: int = 0  # images the database did not have
+    images_present: int = 0  # images matched by sha256
+    vectors_added: int = 0
+    vectors_kept: int = 0  # images that already had the model's vector (theirs is kept)
+    captions_added: int = 0
+    jobs_done: int = 0  # open jobs closed + done jobs recorded
+    thumbnails_added: int = 0
+
+    def add(self, other: ImportCounts) -> None:
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+
+
+def import_rows(conn: psycopg.Connection, model: ModelRow, rows: Sequence[ExchangeRow], *,
+                ts_config: str) -> ImportCounts:
+    """Write a batch of rows for ``model`` in the caller's transaction, by the merge rule
+    (module docstring). A sha256 given twice counts once (the first row wins)."""
+    counts = ImportCounts(rows=len(rows))
+    unique: dict[str, ExchangeRow] = {}
+    for row in rows:
+        unique.setdefault(row.sha256, row)
+    batch = list(unique.values())
+    if not batch:
+        return counts
+    added = dict(conn.execute(EXCHANGE["import_images"], {
+        "sha256": [r.sha256 for r in batch], "source": [r.source for r in batch],
+        "source_bytes": [r.source_bytes for r in batch], "byte_size": [r.byte_size for r in batch],
+        "width": [r.width for r in batch], "height": [r.height for r in batch],
+        "format": [r.format for r in batch], "mime": [r.mime for r in batch],
+        "taken_at": [r.taken_at for r in batch], "metadata": [Jsonb(r.metadata) for r in batch],
+    }).fetchall())
+    ids = {sha: image_id for image_id, sha in added.items()}
+    rest = [r for r in batch if r.sha256 not in ids]
+    if rest:
+        matched = conn.execute(EXCHANGE["merge_images"], {
+            "sha256": [r.sha256 for r in rest], "metadata": [Jsonb(r.metadata) for r in rest],
+            "taken_at": [r.taken_at for r in rest], "new_ids": list(added),
+        }).fetchall()
+        ids.update({sha: image_id for image_id, sha in matched})
+    counts.images_added, counts.images_present = len(added), len(batch) - len(added)
+    # Rows whose image vanished between the two statements (deleted meanwhile) are skipped.
+    batch = [r for r in batch if r.sha256 in ids]
+
+    counts.captions_added = add_captions(
+        conn, [(ids[r.sha256], text) for r in batch for text in r.captions], ts_config=ts_config)
+    with_vector = [r[0] for r in conn.execute(EXCHANGE["import_vectors"], {
+        "model_id": model.id, "image_ids": [ids[r.sha256] for r in batch],
+        "vectors": [np.asarray(r.embedding, dtype=np.float32) for r in batch],
+    }).fetchall()]
+    counts.vectors_added, counts.vectors_kept = len(with_vector), len(batch) - len(with_vector)
+    if with_vector:
+        closed, recorded = conn.execute(
+            EXCHANGE["finish_jobs"], {"model_id": model.id, "image_ids": with_vector}).fetchone()
+        counts.jobs_done = closed + recorded
+    thumbs = [r for r in batch if r.thumbnail is not None]
+    if thumbs:
+        counts.thumbnails_added = conn.execute(EXCHANGE["import_thumbnails"], {
+            "image_ids": [ids[r.sha256] for r in thumbs], "mime": [r.thumbnail_mime or "image/webp" for r in thumbs],
+            "width": [r.thumbnail_width for r in thumbs], "height": [r.thumbnail_height for r in thumbs],
+            "data": [r.thumbnail for r in thumbs],
+        }).rowcount
+    return counts
