@@ -1,19 +1,6 @@
 """`pgclip export` / `pgclip import`: one model's vectors, with the images' captions and
-metadata, as files in clip-retrieval's layout (numpy + parquet, through pyarrow).
-
-A set is a folder::
-
-    pgclip-export.json                  the manifest: model, dimension, rows, files and their sha256
-    img_emb/img_emb_<i>.npy             float32 (or float16) rows x dimension, one row per image
-    metadata/metadata_<i>.parquet       the same rows in the same order: image_path, caption, and
-                                        pgclip's columns (sha256, sizes, taken_at, metadata, captions)
-    thumbnails/thumbnails_<i>.parquet   the same rows again: the WebP thumbnails (optional)
-
-Row r of ``img_emb_<i>.npy`` is row r of every ``*_<i>.parquet``: clip-retrieval's own
-convention, so its readers (``embedding-reader``'s ``parquet_npy``) take the set as it is.
-Parts hold at most ``ROWS_PER_FILE`` rows; everything streams a batch at a time in both
-directions. The manifest is written last: a folder without one is not a set. Image bytes
-never travel (see README, "Export and import").
+metadata, as files in clip-retrieval's layout (the set's layout and its checks are in
+``exchange_set.py``). Image bytes never travel (see README, "Export and import").
 """
 
 from __future__ import annotations

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import json
 import re
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ import numpy as np
 
 from pgclip.core.errors import InvalidInput
 from pgclip.db import exchange as db
+from pgclip.workers.weights import file_sha256 as sha256_file
 
 MANIFEST = "pgclip-export.json"
 FORMAT = "pgclip-export"
@@ -81,14 +81,6 @@ def thumbnail_schema(pa):
 def first_line(exc: BaseException) -> str:
     """The first line of a library's message: errors are one line."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --- reading a set ------------------------------------------------------------------

@@ -46,8 +46,9 @@ def cmd_reembed(args: argparse.Namespace, settings: Settings) -> int:
     with connection(url) as conn, conn.transaction():
         queued = enqueue_model(conn, model.id)
     out(f"{model.label} registered ({model.state}); {queued} images queued for it")
-    out(f"run workers for it: PGCLIP_PRETRAINED={pretrained} pgclip worker --model {args.name}; "
-        f"then `pgclip models activate {args.name}`")
+    encoder = f"PGCLIP_ENCODER={settings.encoder} " if settings.encoder == "onnx-int8" else ""
+    out(f"run workers for it: {encoder}PGCLIP_PRETRAINED={pretrained} pgclip worker --model {args.name}; "
+        f"then `pgclip models activate {args.name} --pretrained {model.pretrained}`")
     return 0
 
 
