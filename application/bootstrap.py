@@ -16,6 +16,7 @@ from pgclip.core.settings import Settings
 
 if TYPE_CHECKING:
     from pgclip.application.service import Service
+    from pgclip.workers.encoder import ClipEncoder
 
 
 def reachable_url(settings: Settings) -> str:
@@ -69,9 +70,10 @@ def ready_url(settings: Settings) -> str:
     return url
 
 
-def open_service(settings: Settings) -> Service:
+def open_service(settings: Settings, encoder: ClipEncoder | None = None) -> Service:
     """The Service of a process that answers searches (``pgclip serve``, ``search``, ``demo``):
-    the database at schema head, the configured model registered, the encoder loaded and warm.
+    the database at schema head, the configured model registered, the encoder loaded and warm
+    (``encoder``: one this process already holds for the configured model).
 
     Fails with a pgclip error (one line on the CLI) before anything is served.
     """
@@ -80,6 +82,6 @@ def open_service(settings: Settings) -> Service:
 
     url = ready_url(settings)
     register_configured_model(url, settings)
-    service = Service(settings, url, ClipEncoder.from_settings(settings))
+    service = Service(settings, url, encoder or ClipEncoder.from_settings(settings))
     service.open()
     return service

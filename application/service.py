@@ -18,6 +18,7 @@ from pgclip.application import atlas
 from pgclip.db import images as db_images
 from pgclip.db import queue
 from pgclip.db import search as db_search
+from pgclip.db import text_vectors
 from pgclip.db.engine import driver_errors
 from pgclip.db.pool import Pool
 from pgclip.db.indexes import IndexInfo, describe_indexes
@@ -27,7 +28,9 @@ from pgclip.core.settings import Settings
 from pgclip.workers.decode import ImageRejected, decode, probe
 from pgclip.workers.encoder import ClipEncoder, backend_for_identity, is_test_model, weights_of
 
-TEXT_CACHE_SIZE = 100  # recent query texts kept as vectors (Immich keeps an LRU of 100 too)
+# Recent query texts kept as vectors in the process (Immich keeps an LRU of 100 too), in
+# front of the database's shared cache (db/text_vectors.py), which SQL callers fill as well.
+TEXT_CACHE_SIZE = 100
 POOL_MAX = 8  # connections per API process
 READY_WAIT_SECONDS = 2.0  # /readyz answers 503 after this long without a connection, well inside probes' timeouts
 
@@ -42,21 +45,22 @@ def _read_file(path: str) -> bytes:
 
 
 class VectorCache:
-    """A small thread-safe LRU of query-text vectors, keyed by model and text."""
+    """A small thread-safe LRU of query-text vectors, keyed by model id and text: a hit costs
+    no round trip, where the shared cache in the database costs one."""
 
     def __init__(self, size: int = TEXT_CACHE_SIZE) -> None:
         self.size = size
-        self._items: OrderedDict[tuple[str, ...], np.ndarray] = OrderedDict()
+        self._items: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[str, ...]) -> np.ndarray | None:
+    def get(self, key: tuple[int, str]) -> np.ndarray | None:
         with self._lock:
             value = self._items.get(key)
             if value is not None:
                 self._items.move_to_end(key)
             return value
 
-    def put(self, key: tuple[str, ...], value: np.ndarray) -> None:
+    def put(self, key: tuple[int, str], value: np.ndarray) -> None:
         with self._lock:
             self._items[key] = value
             self._items.move_to_end(key)
@@ -121,13 +125,20 @@ class Service:
 
     # --- query vectors ----------------------------------------------------------
 
-    def text_vector(self, encoder: ClipEncoder, text: str) -> np.ndarray:
-        key = (encoder.model_name, encoder.pretrained_identity, text)
-        cached = self.cache.get(key)
-        if cached is None:
-            cached = encoder.encode_texts([text])[0]
-            self.cache.put(key, cached)
-        return cached
+    def text_vector(self, conn: psycopg.Connection, model: ModelRow, encoder: ClipEncoder, text: str) -> np.ndarray:
+        """The text's vector: from this process's LRU, else the database's shared cache (which
+        ``pgclip.embed_text`` fills too), else the model, filling both."""
+        key = (model.id, text)
+        vector = self.cache.get(key)
+        if vector is None:
+            with conn.transaction():
+                vector = text_vectors.cached(conn, model.id, text)
+            if vector is None:
+                vector = encoder.encode_texts([text])[0]
+                with conn.transaction():
+                    text_vectors.store(conn, model.id, {text: vector})
+            self.cache.put(key, vector)
+        return vector
 
     def image_vector(self, encoder: ClipEncoder, data: bytes) -> np.ndarray:
         image = decode(data)  # raises ImageRejected (a 400) for anything that is not a usable image
@@ -150,7 +161,7 @@ class Service:
                 vectors = []
                 for term in terms:
                     if term.kind == "text":
-                        vectors.append(self.text_vector(encoder, str(term.value)))
+                        vectors.append(self.text_vector(conn, model, encoder, str(term.value)))
                     elif term.kind == "id":
                         vectors.append(db_search.stored_vector(conn, model, int(term.value)))
                     elif local_files:
@@ -161,7 +172,7 @@ class Service:
                         )
                 parts.append(combine(terms, vectors))
             else:
-                parts.append(self.text_vector(encoder, text.strip()))
+                parts.append(self.text_vector(conn, model, encoder, text.strip()))
         if image is not None:
             parts.append(self.image_vector(encoder, image))
         if raw is not None:

@@ -155,10 +155,10 @@ class ImageDetail:
     id: int
     sha256: str
     source: str | None
-    width: int
-    height: int
-    format: str
-    mime: str
+    width: int | None  # none of these four until a worker decodes an image added with SQL
+    height: int | None
+    format: str | None
+    mime: str | None
     byte_size: int
     taken_at: dt.datetime | None
     created_at: dt.datetime
@@ -196,7 +196,7 @@ def known_ids(conn: psycopg.Connection, image_ids: Sequence[int]) -> set[int]:
 @dataclasses.dataclass(frozen=True)
 class Blob:
     data: bytes
-    mime: str
+    mime: str | None  # an image added with SQL has none until a worker has decoded it
 
 
 def original(conn: psycopg.Connection, image_id: int) -> Blob:
@@ -237,6 +237,11 @@ def described(conn: psycopg.Connection, image_id: int) -> Described:
 def sources(conn: psycopg.Connection, image_ids: Sequence[int]) -> dict[int, str | None]:
     """Each stored image's source (its path or upload name), by id."""
     return dict(conn.execute(IMAGES["sources"], {"image_ids": list(image_ids)}).fetchall())
+
+
+def unprobed(conn: psycopg.Connection, image_ids: Sequence[int]) -> set[int]:
+    """The ids among ``image_ids`` of images added with SQL and not yet decoded (no width)."""
+    return {r[0] for r in conn.execute(IMAGES["unprobed"], {"image_ids": list(image_ids)})}
 
 
 def blobs(conn: psycopg.Connection, image_ids: Sequence[int]) -> dict[int, bytes]:

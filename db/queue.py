@@ -16,6 +16,9 @@ import numpy as np
 import psycopg
 from psycopg.rows import class_row, dict_row
 
+from psycopg.types.json import Jsonb
+
+from pgclip.db.images import NewImage
 from pgclip.db.queries import QUEUE
 
 NOTIFY_CHANNEL = "pgclip_jobs"
@@ -34,13 +37,18 @@ class ClaimedJob:
 
 @dataclasses.dataclass(frozen=True)
 class Finished:
-    """A job's result to write: its vector and (optionally) a thumbnail."""
+    """A job's result to write: its vector and (optionally) a thumbnail.
+
+    ``probed``: for an image added with SQL, what decoding it told (size, format, mime,
+    taken_at, EXIF facts in ``metadata``), written into its row if that is still unfilled.
+    """
 
     job_id: int
     vector: np.ndarray
     thumbnail: bytes | None = None
     thumb_width: int | None = None
     thumb_height: int | None = None
+    probed: NewImage | None = None
 
 
 def enqueue(conn: psycopg.Connection, image_ids: Sequence[int], model_id: int, *, only_unqueued: bool = False) -> int:
@@ -95,10 +103,23 @@ def complete(conn: psycopg.Connection, results: Sequence[Finished], *, worker: s
             "thumbs": [r.thumbnail for r in results],
             "thumb_widths": [r.thumb_width for r in results],
             "thumb_heights": [r.thumb_height for r in results],
+            **_probed_columns([r.probed for r in results]),
             "worker": worker,
         },
     ).fetchall()
     return {r[0] for r in rows}
+
+
+def _probed_columns(probed: Sequence[NewImage | None]) -> dict[str, list]:
+    """complete's fill-in arrays, one entry per result (null where the row is filled already)."""
+    return {
+        "widths": [p and p.width for p in probed],
+        "heights": [p and p.height for p in probed],
+        "formats": [p and p.format for p in probed],
+        "mimes": [p and p.mime for p in probed],
+        "taken_at": [p and p.taken_at for p in probed],
+        "exif": [p and Jsonb(p.metadata) for p in probed],
+    }
 
 
 def fail(conn: psycopg.Connection, errors: dict[int, str], *, worker: str) -> set[int]:

@@ -34,7 +34,7 @@ from sqlalchemy import (
     func,
 )
 from sqlalchemy import text as sql
-from sqlalchemy.dialects.postgresql import JSONB, REGCONFIG, TSVECTOR
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, REGCONFIG, TSVECTOR
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 SCHEMA = "pgclip"
@@ -75,10 +75,12 @@ class Image(Base):
         comment="the exact bytes of source when they are not valid UTF-8 (source then escapes them as \\xNN); else null",
     )
     byte_size: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    width: Mapped[int] = mapped_column(Integer, nullable=False)
-    height: Mapped[int] = mapped_column(Integer, nullable=False)
-    format: Mapped[str] = mapped_column(Text, nullable=False, comment="PIL format name, e.g. JPEG")
-    mime: Mapped[str] = mapped_column(Text, nullable=False)
+    # Null only for an image added with SQL (pgclip.image_inbox) until the worker that
+    # embeds it has decoded it: SQL cannot read an image's size or format.
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    format: Mapped[str | None] = mapped_column(Text, comment="PIL format name, e.g. JPEG")
+    mime: Mapped[str | None] = mapped_column(Text)
     taken_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[dt.datetime] = _now()
     metadata_: Mapped[dict[str, Any]] = mapped_column(
@@ -101,6 +103,29 @@ class ImageBlob(Base):
 
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+
+class ImageInbox(Base):
+    """Where SQL alone adds images (INSERT or COPY): a statement-level trigger takes each
+    statement's rows into ``images``, ``image_blobs``, ``captions`` and the queue, and
+    deletes them from here (``db/sql/sql_ingest.sql``)."""
+
+    __tablename__ = "image_inbox"
+    __table_args__ = (
+        CheckConstraint("jsonb_typeof(metadata) = 'object'", name="metadata_object"),
+        {"comment": "INSERT or COPY (data, source, captions, metadata) here to add images with SQL; "
+                    "rows are taken at once"},
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    source: Mapped[str | None] = mapped_column(Text)
+    captions: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False, server_default=sql("'{}'"))
+    metadata_: Mapped[dict[str, Any]] = mapped_column(
+        "metadata", JSONB, nullable=False, server_default=sql("'{}'::jsonb")
+    )
+    # Hashed once, as the row arrives: the trigger's statements all join on it.
+    sha256: Mapped[str] = mapped_column(Text, Computed("encode(sha256(data), 'hex')", persisted=True))
 
 
 class Thumbnail(Base):
@@ -230,4 +255,41 @@ class EmbeddingJob(Base):
         ),
         Index("embedding_jobs_image_id_idx", "image_id"),
         Index("embedding_jobs_failed_idx", "model_id", postgresql_where=sql("state = 'failed'")),
+    )
+
+
+class TextVector(Base):
+    """The shared cache of query-text vectors (``db/sql/text.sql``): ``pgclip.embed_text``,
+    the API and the CLI read and fill it, the least recently used rows over a bound are evicted."""
+
+    __tablename__ = "text_vectors"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), nullable=False)
+    text: Mapped[str] = mapped_column(Text, nullable=False)
+    embedding: Mapped[Any] = mapped_column(Vector(), nullable=False)
+    last_used: Mapped[dt.datetime] = _now()
+
+    __table_args__ = (
+        CheckConstraint("length(text) BETWEEN 1 AND 1000", name="length"),
+        # md5 of the text, not the text: a B-tree entry must stay under ~2.7 kB.
+        Index("text_vectors_model_text_key", "model_id", sql("md5(text)"), unique=True),
+        Index("text_vectors_lru_idx", "model_id", "last_used"),
+    )
+
+
+class TextRequest(Base):
+    """A text ``pgclip.embed_text`` asked the running workers to embed; gone once answered."""
+
+    __tablename__ = "text_requests"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), nullable=False)
+    text: Mapped[str] = mapped_column(Text, nullable=False)
+    requested_at: Mapped[dt.datetime] = _now()
+    error: Mapped[str | None] = mapped_column(Text, comment="why the worker could not embed it")
+
+    __table_args__ = (
+        CheckConstraint("length(text) BETWEEN 1 AND 1000", name="length"),
+        Index("text_requests_model_text_key", "model_id", sql("md5(text)"), unique=True),
     )

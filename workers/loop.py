@@ -44,10 +44,12 @@ from pgclip.db import images as db_images
 from pgclip.db import queue
 from pgclip.db.engine import connect
 from pgclip.db.models import ModelRow
-from pgclip.workers.decode import ImageRejected, decode, make_thumbnail
+from pgclip.workers.decode import ImageRejected, decode, make_thumbnail, probe
+from pgclip.workers.ingest import new_image
 from pgclip.workers.liveness import Held, LeaseKeeper, Presence, Watchdog, app_name, worker_id
 from pgclip.workers.pipeline import Decoded, Encoded, ImageEncoder, WorkerStats
 from pgclip.workers.reconnect import RETRYABLE, Abandoned, Outage, Reconnecting, reason
+from pgclip.workers.text_requests import TextRequests
 
 __all__ = ["Worker", "WorkerStats", "worker_id"]
 
@@ -142,6 +144,9 @@ class Worker:
             Watchdog(seconds=self.watchdog_seconds, held=self.held, idle_for=lambda: time.monotonic() - self.last_progress,
                      done=self._closed, parent_pid=self.parent_pid, on_orphaned=self.stop),
         ]
+        if hasattr(self.encoder, "encode_texts"):  # an image-only encoder (a test's) answers no texts
+            services.append(TextRequests(self.url, worker=self.id, model_id=self.model.id,
+                                         encode_texts=self.encoder.encode_texts, outage=self.outage, done=self._closed))
         for service in services:
             service.start()
         decoded: threadqueue.Queue[Decoded | None] = threadqueue.Queue(maxsize=LOOKAHEAD_BATCHES)
@@ -233,8 +238,8 @@ class Worker:
                     self._wake.wait(UNTIL_EMPTY_POLL_SECONDS if until_empty else POLL_SECONDS)
                     self._wake.clear()
                     continue
-                blobs, bare = db.run(lambda c: _stored_bytes(c, [j.image_id for j in live]))
-                batch = self._decode(live, blobs, bare)
+                blobs, bare, unprobed = db.run(lambda c: _stored_bytes(c, [j.image_id for j in live]))
+                batch = self._decode(live, blobs, bare, unprobed)
                 self._beat()
                 while not self.stopping.is_set():
                     try:
@@ -264,7 +269,11 @@ class Worker:
         if strays:
             log.info("gave back %d jobs whose claim or completion was lost with the connection", len(strays))
 
-    def _decode(self, jobs: list[queue.ClaimedJob], blobs: dict[int, bytes], bare: set[int]) -> Decoded:
+    def _decode(
+        self, jobs: list[queue.ClaimedJob], blobs: dict[int, bytes], bare: set[int], unprobed: set[int]
+    ) -> Decoded:
+        """Decode, thumbnail and prepare each job's image; ``unprobed`` images (added with SQL)
+        are probed first, so that their rows get the size, format and EXIF facts ingest reads."""
         batch = Decoded(jobs, {}, {}, {}, {})
         for job in jobs:
             data = blobs.get(job.image_id)
@@ -274,6 +283,8 @@ class Worker:
             if data is None:
                 continue  # image deleted since the claim: its job is gone too, nothing to write
             try:
+                if job.image_id in unprobed:
+                    batch.probed[job.id] = new_image(data, probe(data), source=None, metadata={})
                 image = decode(data)
                 thumb = make_thumbnail(image, THUMBNAIL_SIDE)
                 batch.inputs[job.id] = self.encoder.prepare(image)
@@ -304,7 +315,8 @@ class Worker:
         results = []
         for job_id, vector in vectors.items():
             thumb = batch.thumbs[job_id]
-            results.append(queue.Finished(job_id, vector, thumb.data, thumb.width, thumb.height))
+            results.append(queue.Finished(job_id, vector, thumb.data, thumb.width, thumb.height,
+                                          batch.probed.get(job_id)))
 
         def write(conn: psycopg.Connection) -> tuple[set[int], set[int], dict[int, str]]:
             # One transaction: the batch's outcome is written whole or not at all.
@@ -356,9 +368,11 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".strip().rstrip(":")[:500]
 
 
-def _stored_bytes(conn: psycopg.Connection, image_ids: list[int]) -> tuple[dict[int, bytes], set[int]]:
-    """The images' bytes by id, and the ids of images that exist without bytes (an image
-    deleted since the claim is in neither)."""
+def _stored_bytes(conn: psycopg.Connection, image_ids: list[int]) -> tuple[dict[int, bytes], set[int], set[int]]:
+    """The images' bytes by id, the ids of images that exist without bytes (an image
+    deleted since the claim is in neither), and those of images added with SQL that no
+    decoder has read yet."""
     blobs = db_images.blobs(conn, image_ids)
     missing = [i for i in image_ids if i not in blobs]
-    return blobs, db_images.known_ids(conn, missing) if missing else set()
+    bare = db_images.known_ids(conn, missing) if missing else set()
+    return blobs, bare, db_images.unprobed(conn, list(blobs))

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from pgclip.db import queue
+from pgclip.db.images import NewImage
 from pgclip.workers.decode import Thumbnail
 
 
@@ -35,6 +36,8 @@ class Decoded:
     thumbs: dict[int, Thumbnail]
     rejected: dict[int, str]  # job id -> permanent failure reason
     errors: dict[int, str]  # job id -> transient failure while preparing (retried later)
+    # job id -> what decoding told of an image added with SQL, for its row (queue.Finished.probed)
+    probed: dict[int, NewImage] = dataclasses.field(default_factory=dict)
 
     @property
     def job_ids(self) -> list[int]:

@@ -114,3 +114,8 @@ SELECT id, source FROM pgclip.images WHERE id = ANY(%(image_ids)s::bigint[]);
 -- blobs --
 -- The bytes a worker decodes, fetched after its claim has committed (no row locks held).
 SELECT image_id, data FROM pgclip.image_blobs WHERE image_id = ANY(%(image_ids)s::bigint[]);
+
+-- unprobed --
+-- Images added with SQL whose size and format no decoder has read yet: the worker that
+-- embeds one fills its row in (queue.sql, complete).
+SELECT id FROM pgclip.images WHERE id = ANY(%(image_ids)s::bigint[]) AND width IS NULL;

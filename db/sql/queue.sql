@@ -84,6 +84,9 @@ RETURNING id;
 -- (cascade), so nothing is written for it either. Writes are upserts: running a
 -- job twice (at-least-once delivery) leaves one row per (image, model).
 -- Vectors and thumbnails are sent in binary format: far fewer bytes, no text parsing.
+-- An image added with SQL (pgclip.image_inbox) comes without what only decoding tells:
+-- its width, height, format, mime, taken_at and EXIF facts arrive here with its vector
+-- and fill the row once (given metadata and a given taken_at win, as at ingest).
 WITH owned AS (
     UPDATE pgclip.embedding_jobs
     SET state = 'done', lease_until = NULL, locked_by = NULL, last_error = NULL, updated_at = now()
@@ -93,8 +96,18 @@ WITH owned AS (
 input AS (
     SELECT *
     FROM unnest(%(job_ids)s::bigint[], %(vectors)b::vector[], %(thumbs)b::bytea[],
-                %(thumb_widths)s::int[], %(thumb_heights)s::int[])
-         AS t(job_id, embedding, thumb, thumb_width, thumb_height)
+                %(thumb_widths)s::int[], %(thumb_heights)s::int[],
+                %(widths)s::int[], %(heights)s::int[], %(formats)s::text[], %(mimes)s::text[],
+                %(taken_at)s::timestamptz[], %(exif)s::jsonb[])
+         AS t(job_id, embedding, thumb, thumb_width, thumb_height, width, height, format, mime, taken_at, exif)
+),
+probed AS (
+    UPDATE pgclip.images AS im
+    SET width = i.width, height = i.height, format = i.format, mime = i.mime,
+        taken_at = COALESCE(im.taken_at, i.taken_at), metadata = i.exif || im.metadata
+    FROM owned o JOIN input i ON i.job_id = o.id
+    WHERE im.id = o.image_id AND i.width IS NOT NULL AND im.width IS NULL
+    RETURNING im.id
 ),
 vectors AS (
     INSERT INTO pgclip.embeddings (image_id, model_id, embedding)

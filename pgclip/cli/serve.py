@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import threading
 
 from pgclip.cli.common import out as _out
 from pgclip.cli.common import positive
@@ -90,12 +91,22 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     _out(f"embedded {stats.done} images ({stats.failed} failed) with {model.label}")
     if args.no_serve:
         return 0
-    service = open_service(settings)
+    service = open_service(settings, encoder)
     host, port = settings.host, settings.port
+    # A worker goes on beside the page: uploads get embedded, and `pgclip.search_text` in psql
+    # gets its text vectors (the demo is the one process holding the model).
+    worker = Worker(url, encoder=encoder, model=model, batch_size=settings.batch_size,
+                    lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts)
+    background = threading.Thread(target=worker.run, name="demo-worker", daemon=True)
+    background.start()
     _out(f"pgclip demo is running: open http://{host}:{port}/ (Ctrl+C to stop)")
     import uvicorn
 
-    uvicorn.run(create_app(settings, service=service), host=host, port=port, log_level="warning")
+    try:
+        uvicorn.run(create_app(settings, service=service), host=host, port=port, log_level="warning")
+    finally:
+        worker.stop()
+        background.join(timeout=settings.lease_seconds)
     return 0
 
 

@@ -1,13 +1,21 @@
-"""`pgclip demo --no-serve` and `pgclip search` as a user runs them."""
+"""`pgclip demo` and `pgclip search` as a user runs them."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 
+import httpx
 import psycopg
 import pytest
 
+from tests.acceptance.test_api import free_port
 from tests.acceptance.test_cli_db import assert_one_line_error, run
+from tests.images import jpeg_bytes
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -51,3 +59,43 @@ def test_cli_search_finds_demo_captions_and_filters(demo_env):
     assert_one_line_error(run("search", "dog", "--filter", "colour=red", env=env), "unknown filter")
     assert_one_line_error(run("search", "dog", "--filter", "min_width=wide", env=env), "min_width")
     assert_one_line_error(run("search", "dog + ./missing.jpg", env=env), "cannot read image")
+
+
+def test_the_serving_demo_answers_text_searches_in_sql_and_embeds_images_added_with_sql(demo_env, tmp_path):
+    """The README's first SQL example, as the issue's analyst runs it after `make demo`: the
+    demo keeps a worker beside the page, so `pgclip.search_text` gets its text vectors and an
+    image added with SQL is embedded, with nothing else running."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PGCLIP_")}
+    demo = subprocess.Popen([sys.executable, "-m", "pgclip.cli", "demo", "--test-model"],
+                            env={**env, **demo_env, "PGCLIP_PORT": str(port)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = demo_env["PGCLIP_DATABASE_URL"]
+    analyst = f"analyst_{port}"
+    try:
+        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/readyz"), 300, 0.2, "the demo serving", [demo])
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"CREATE ROLE {analyst} LOGIN")
+            conn.execute(f"GRANT pgclip_analyst, pgclip_writer TO {analyst}")
+        with psycopg.connect(psycopg.conninfo.make_conninfo(url, user=analyst), autocommit=True) as conn:
+            rows = conn.execute("SELECT s.image_id FROM pgclip.search_text('a cat', NULL, '{}', 5) AS s").fetchall()
+            assert len(rows) == 5
+            added = conn.execute("SELECT pgclip.add_image(%s, 'etl/lantern.jpg', ARRAY['a paper lantern'])",
+                                 [jpeg_bytes(7301, (120, 90))]).fetchone()[0]
+        with psycopg.connect(url, autocommit=True) as conn:
+            wait_for(lambda: conn.execute("SELECT count(*) FROM pgclip.embeddings WHERE image_id = %s",
+                                          [added]).fetchone()[0] == 1, 60, what="the SQL-added image embedded")
+            assert conn.execute("SELECT width, height FROM pgclip.images WHERE id = %s", [added]).fetchone() == (120, 90)
+    finally:
+        demo.send_signal(signal.SIGINT)
+        demo.communicate(timeout=60)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {analyst}")
+            conn.execute(f"DROP ROLE IF EXISTS {analyst}")
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

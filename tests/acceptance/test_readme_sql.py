@@ -34,6 +34,11 @@ def test_readme_sql_example_runs_for_the_analyst(conn, example):
                      [image, model[0], v / np.linalg.norm(v)])
         conn.execute("INSERT INTO pgclip.captions (image_id, text) VALUES (%s, %s)", [image, f"a dog on a beach, take {n}"])
         conn.execute("INSERT INTO pgclip.embedding_jobs (image_id, model_id, state) VALUES (%s, %s, 'done')", [image, model[0]])
+    # The text search example's text is cached, so no worker is needed here (one answers it in
+    # tests/acceptance/test_sql_text_search.py).
+    v = rng.normal(size=model[1]).astype(np.float32)
+    conn.execute("INSERT INTO pgclip.text_vectors (model_id, text, embedding) VALUES (%s, 'a cat', %s)",
+                 [model[0], v / np.linalg.norm(v)])
     conn.execute("SET ROLE pgclip_analyst")
     rows = conn.execute(example).fetchall()
     assert rows, example

@@ -765,3 +765,48 @@ def test_plans(large, explained):
     selective = vector_hits_plan(conn, notices, call, [q, json.dumps(RARE), "{}"])
     assert hnsw not in selective
     assert "images_metadata_idx" in selective
+
+
+# --- 13. the analyst's text queries (pgclip.embed_text, pgclip.search_text) ------------------------
+
+TEXT_FORBIDDEN = [
+    "INSERT INTO pgclip.text_requests (model_id, text) VALUES (1, 'x')",
+    "DELETE FROM pgclip.text_requests",
+    "INSERT INTO pgclip.text_vectors (model_id, text, embedding) SELECT 1, 'x', embedding FROM pgclip.embeddings",
+    "SELECT * FROM pgclip.text_vectors",
+    "SELECT pgclip.ask_workers(1, 'x', 'x', 10)",
+    "SELECT pgclip.loopback_conninfo()",
+    "SELECT pgclip_dblink.dblink_connect('mine', 'dbname=postgres')",
+    "SELECT pgclip_dblink.dblink_exec('dbname=postgres', 'DROP TABLE pgclip.images')",
+]
+
+
+def test_the_analyst_role_searches_by_text_and_gains_no_other_write(conn):
+    image = add_image(conn, vector=axis(0, DIM), captions=["a dog on a beach"])
+    model_id = conn.execute("SELECT id FROM pgclip.models WHERE state = 'active'").fetchone()[0]
+    conn.commit()
+    with conn.transaction():
+        # Cached (in this transaction): no worker is needed, tests/integration/test_text_in_sql.py has them.
+        conn.execute("INSERT INTO pgclip.text_vectors (model_id, text, embedding) VALUES (%s, 'a dog', %s)",
+                     [model_id, axis(0, DIM)])
+        conn.execute("SET LOCAL ROLE pgclip_analyst")
+        assert conn.execute("SELECT pgclip.embed_text('a dog') = %s", [axis(0, DIM)]).fetchone() == (True,)
+        found = conn.execute("SELECT image_id FROM pgclip.search_text('a dog', NULL, '{}', 5)").fetchall()
+        assert found == [(image.id,)]
+        # Oversize input is refused before anything is asked of anyone.
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="at most 1000"), conn.transaction():
+            conn.execute("SELECT pgclip.embed_text(repeat('x', 1001))")
+        for statement in TEXT_FORBIDDEN:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
+                conn.execute(statement)
+
+
+def test_every_security_definer_function_fixes_its_search_path(conn):
+    """A definer function resolving names through its caller's search_path could run the caller's objects."""
+    rows = conn.execute(
+        "SELECT p.oid::regprocedure::text, p.proconfig FROM pg_proc p"
+        " WHERE p.prosecdef AND p.pronamespace = 'pgclip'::regnamespace"
+    ).fetchall()
+    assert "pgclip.embed_text(text,text,integer)" in {name for name, _ in rows}
+    for name, config in rows:
+        assert any(c.startswith("search_path=pg_catalog") for c in config or []), name
