@@ -24,7 +24,7 @@ OUTAGE_SECONDS = 20  # the long outage: ten times the workers' longest reconnect
 
 @pytest.fixture
 def restartable(tmp_path):
-    server = RestartablePostgres(tmp_path / "pg")
+    server = RestartablePostgres()  # its own folder: pytest may delete its tree while another session starts
     url = server.start()
     try:
         run("migrate", env=env_for(url, tmp_path, PGCLIP_PRETRAINED="random"), check=True)

@@ -29,18 +29,7 @@ def env_for(db_url: str, tmp_path: Path, **extra: str) -> dict[str, str]:
     }
 
 
-_started: list[subprocess.Popen] = []
-
-
-@pytest.fixture(autouse=True)
-def no_leftover_workers():
-    """A failing test must not leave workers behind (they wait for their database forever)."""
-    yield
-    while _started:
-        proc = _started.pop()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+_started: list[subprocess.Popen] = []  # killed after each acceptance test (tests/acceptance/conftest.py)
 
 
 def start_worker(env: dict[str, str], *args: str) -> subprocess.Popen:
