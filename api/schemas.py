@@ -136,10 +136,10 @@ class ImageDetail(msgspec.Struct):
     id: int
     sha256: str
     source: str | None
-    width: int
-    height: int
-    format: str
-    mime: str
+    width: int | None  # these four are null until a worker has decoded an image added with SQL
+    height: int | None
+    format: str | None
+    mime: str | None
     byte_size: int
     taken_at: dt.datetime | None
     created_at: dt.datetime

@@ -221,7 +221,7 @@ class Service:
         read = {"image_blobs": db_images.original, "thumbnails": db_images.thumbnail}[table]
         with self.pool.connection() as conn:
             blob = read(conn, image_id)
-        return blob.data, blob.mime
+        return blob.data, blob.mime or "application/octet-stream"  # not yet probed (added with SQL)
 
     def add_image(self, data: bytes, *, filename: str | None, captions: list[str],
                   metadata: dict[str, Any]) -> tuple[int, bool, str | None]:

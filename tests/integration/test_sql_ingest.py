@@ -227,3 +227,28 @@ def test_the_readmes_examples_run_for_the_writer_and_queue_their_images(conn):
         "SELECT i.source, j.state FROM pgclip.images i JOIN pgclip.embedding_jobs j ON j.image_id = i.id ORDER BY i.source"
     ).fetchall()
     assert rows == [("etl/broken.jpg", "pending"), ("etl/dot.gif", "pending"), ("etl/grey.png", "pending")]
+
+
+def test_the_api_describes_an_image_not_yet_decoded_without_inventing_its_size(db_url, settings, encoder):
+    """Between the INSERT and the worker, an image has bytes but no size or type: its detail
+    says null for them (as the schema says) and its original goes out as octet-stream."""
+    import msgspec
+
+    from pgclip.api.schemas import ImageDetail
+    from pgclip.application.service import Service
+
+    data = jpeg_bytes(3)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        image_id = conn.execute("SELECT pgclip.add_image(%s, 'etl/pending.jpg')", [data]).fetchone()[0]
+    service = Service(settings, db_url, encoder)
+    service.pool.open()
+    try:
+        detail = service.image(image_id)
+        assert [detail[k] for k in ("width", "height", "format", "mime")] == [None, None, None, None]
+        # The API's schema admits what it sends: a strict decode of exactly those fields passes.
+        fields = {k: detail[k] for k in ("width", "height", "format", "mime")}
+        partial = msgspec.defstruct("Partial", [(k, ImageDetail.__annotations__[k]) for k in fields])
+        msgspec.json.decode(msgspec.json.encode(fields), type=partial)
+        assert service.blob(image_id, "image_blobs") == (data, "application/octet-stream")
+    finally:
+        service.close()
