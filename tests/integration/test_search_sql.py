@@ -11,20 +11,26 @@ FUNCTIONS = ("pgclip.filter_sql(jsonb)", "pgclip.search(vector, text, jsonb, int
              "pgclip.similar(bigint, int, jsonb, int, jsonb)")
 
 
-def _definitions(conn: psycopg.Connection) -> dict[str, str]:
-    return {f: conn.execute("SELECT pg_get_functiondef(%s::regprocedure)", [f]).fetchone()[0] for f in FUNCTIONS}
+def assert_migrated_as_written(conn: psycopg.Connection, filename: str, functions: tuple[str, ...],
+                               migration: str) -> None:
+    """Each of ``functions`` in the migrated database is what ``db/sql/<filename>`` defines: a
+    change to the file needs a migration applying a copy of it (like ``migration``)."""
+    def definitions() -> dict[str, str]:
+        return {f: conn.execute("SELECT pg_get_functiondef(%s::regprocedure)", [f]).fetchone()[0] for f in functions}
+
+    migrated = definitions()
+    with conn.transaction(force_rollback=True):
+        conn.execute((SQL_DIR / filename).read_text())
+        from_file = definitions()
+    for name in functions:
+        assert migrated[name] == from_file[name], (
+            f"{name} in db/sql/{filename} differs from the migrated database: "
+            f"add a migration that applies a copy of the changed file (see migrations/versions/{migration})"
+        )
 
 
 def test_the_migrated_functions_are_the_ones_in_search_sql(conn):
-    migrated = _definitions(conn)
-    with conn.transaction(force_rollback=True):
-        conn.execute((SQL_DIR / "search.sql").read_text())
-        from_file = _definitions(conn)
-    for name in FUNCTIONS:
-        assert migrated[name] == from_file[name], (
-            f"{name} in db/sql/search.sql differs from the migrated database: "
-            "add a migration that applies a copy of the changed file (see migrations/versions/0006_search_sql.py)"
-        )
+    assert_migrated_as_written(conn, "search.sql", FUNCTIONS, "0007_search_checks.py")
 
 
 @pytest.mark.parametrize("call", [

@@ -14,16 +14,12 @@ import pytest
 from PIL import ExifTags, Image
 
 from pgclip.db.models import active_model, ensure_model
-from pgclip.db.queries import SQL_DIR
 from pgclip.workers.encoder import ClipEncoder
 from pgclip.workers.loop import Worker
 from tests.images import jpeg_bytes
+from tests.integration.test_search_sql import assert_migrated_as_written
 
 FUNCTIONS = ("pgclip.take_inbox()", "pgclip.add_image(bytea, text, text[], jsonb)")
-
-
-def _definitions(conn: psycopg.Connection) -> dict[str, str]:
-    return {f: conn.execute("SELECT pg_get_functiondef(%s::regprocedure)", [f]).fetchone()[0] for f in FUNCTIONS}
 
 
 def jobs(conn: psycopg.Connection) -> list[tuple]:
@@ -56,15 +52,7 @@ def run_worker(db_url, model, encoder) -> Worker:
 
 
 def test_the_migrated_functions_are_the_ones_in_sql_ingest_sql(conn):
-    migrated = _definitions(conn)
-    with conn.transaction(force_rollback=True):
-        conn.execute((SQL_DIR / "sql_ingest.sql").read_text())
-        from_file = _definitions(conn)
-    for name in FUNCTIONS:
-        assert migrated[name] == from_file[name], (
-            f"{name} in db/sql/sql_ingest.sql differs from the migrated database: "
-            "add a migration that applies a copy of the changed file (see migrations/versions/0009_sql_ingest.py)"
-        )
+    assert_migrated_as_written(conn, "sql_ingest.sql", FUNCTIONS, "0009_sql_ingest.py")
 
 
 def test_add_image_stores_the_bytes_captions_and_metadata_and_queues_it(conn):

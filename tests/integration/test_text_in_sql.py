@@ -13,12 +13,12 @@ import pytest
 
 from pgclip.db import text_vectors
 from pgclip.db.models import active_model
-from pgclip.db.queries import SQL_DIR
 from pgclip.workers.encoder import ClipEncoder
 from pgclip.workers.loop import Worker
 from pgclip.workers.reconnect import Outage
 from pgclip.workers.text_requests import TextRequests
 from tests.integration.test_schema import add_image
+from tests.integration.test_search_sql import assert_migrated_as_written
 
 FUNCTIONS = ("pgclip.loopback_conninfo()", "pgclip.ask_workers(int, text, text, int)",
              "pgclip.embed_text(text, text, int)", "pgclip.search_text(text, text, jsonb, int, int, jsonb)")
@@ -55,15 +55,7 @@ def as_array(value) -> np.ndarray:
 
 
 def test_the_migrated_functions_are_the_ones_in_text_sql(conn):
-    def definitions() -> dict[str, str]:
-        return {f: conn.execute("SELECT pg_get_functiondef(%s::regprocedure)", [f]).fetchone()[0] for f in FUNCTIONS}
-
-    migrated = definitions()
-    with conn.transaction(force_rollback=True):
-        conn.execute((SQL_DIR / "text.sql").read_text())
-        assert definitions() == migrated, (
-            "db/sql/text.sql differs from the migrated database: add a migration that applies a copy of it"
-        )
+    assert_migrated_as_written(conn, "text.sql", FUNCTIONS, "0008_text_in_sql.py")
 
 
 @pytest.mark.parametrize("text", ["a cat on a sofa", "it's 100% \"quoted\" $$x$$'); DROP TABLE pgclip.images; --"])
