@@ -11,9 +11,12 @@ from litestar.openapi import OpenAPIConfig
 
 from pgclip import __version__
 from pgclip.api.errors import HANDLERS
+from pgclip.api.metrics import ApiMetrics
 from pgclip.api.pages import ROUTE_HANDLERS as PAGE_HANDLERS
 from pgclip.api.routes import ImageController, ModelController, SearchController, SystemController
+from pgclip.api.videos import VideoController
 from pgclip.application.service import Service
+from pgclip.core.logs import adopt
 from pgclip.core.settings import Settings
 
 
@@ -30,6 +33,9 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
 
             service = await asyncio.to_thread(open_service, settings or Settings.from_env())
         app.state.service = service
+        metrics.instrument(service)
+        # uvicorn gave its loggers handlers of their own as it started: PGCLIP_LOG_FORMAT is for them too.
+        adopt("uvicorn", "uvicorn.error", "uvicorn.access")
         try:
             yield
         finally:
@@ -42,8 +48,14 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
     upload_limit = (settings.upload_max_bytes if settings else None) or (
         service.settings.upload_max_bytes if service else Settings().upload_max_bytes
     )
-    return Litestar(
-        route_handlers=[SearchController, ImageController, ModelController, SystemController, *PAGE_HANDLERS],
+    # POST /api/images takes videos too: the images' routes take bodies up to the video limit
+    # (the upload holds an image to upload_limit itself); every other route keeps upload_limit.
+    video_limit = (settings or (service.settings if service else Settings())).video_upload_max_bytes
+    images = type("ImageController", (ImageController,), {"request_max_body_size": max(upload_limit, video_limit)})
+    metrics = ApiMetrics(lambda: service)
+    app = Litestar(
+        route_handlers=[SearchController, images, VideoController, ModelController, SystemController, *PAGE_HANDLERS,
+                        metrics.route()],
         dependencies={"service": Provide(provide_service, sync_to_thread=False)},
         exception_handlers=HANDLERS,
         lifespan=[lifespan],
@@ -52,4 +64,8 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
             title="pgclip", version=__version__, path="/schema",
             description="Semantic image search inside PostgreSQL: CLIP vectors, caption full-text, filters.",
         ),
+        logging_config=None,  # the process's logging is pgclip's (core/logs.py), set up by its entry point
     )
+    # Outside the router, so that 404s and the exception handlers' answers are counted too.
+    app.asgi_handler = metrics.wrap(app.asgi_handler)
+    return app

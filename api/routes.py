@@ -15,7 +15,7 @@ import msgspec
 from litestar import Controller, MediaType, Request, Response, delete, get, patch, post
 from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
-from litestar.exceptions import SerializationException
+from litestar.exceptions import HTTPException, SerializationException
 from litestar.params import JSONBody, MultipartBody, Parameter
 
 from pgclip.api.auth import require_write_key
@@ -23,6 +23,7 @@ from pgclip.api.schemas import (
     Activation,
     ActivationResponse,
     Filters,
+    FrameVideo,
     ImageDetail,
     ImageEdit,
     ImageSearchForm,
@@ -34,6 +35,8 @@ from pgclip.api.schemas import (
     SearchResponse,
     UploadForm,
     UploadResponse,
+    VideoDetail,
+    VideoUploadResponse,
     check_json_depth,
     check_text,
     decode_json,
@@ -43,6 +46,7 @@ from pgclip.application.service import Service
 from pgclip.core.errors import InvalidInput
 from pgclip.core.search_request import MAX_FILTERS_JSON, PARAMS
 from pgclip.db.images import UNSET
+from pgclip.workers.video import is_video
 
 ServiceDep = NamedDependency[Service]  # provided by create_app
 LARGE_BODY_BYTES = 64 * 1024
@@ -130,7 +134,7 @@ async def _detail(service: Service, image_id: int) -> ImageDetail:
         created_at=d["created_at"], metadata=d["metadata"], captions=d["captions"], model=d["model"],
         embedded=d["embedded"], queue_state=d["queue_state"], last_error=d["last_error"],
         thumbnail_url=f"/api/images/{image_id}/thumbnail" if d["has_thumbnail"] else None,
-        original_url=f"/api/images/{image_id}/original",
+        original_url=f"/api/images/{image_id}/original", video=FrameVideo.of(d["video"]),
     )
 
 
@@ -204,19 +208,34 @@ class ImageController(ApiController):
         # The bytes never change for an id (the id is tied to their sha256).
         return Response(data, media_type=mime, headers={"Cache-Control": "public, max-age=31536000, immutable"})
 
-    @post("/", status_code=202, guards=[require_write_key], summary="Upload an image (queued for embedding)",
+    @post("/", status_code=202, guards=[require_write_key],
+          summary="Upload an image, or a video (its sampled frames become images); queued for embedding",
           opt={"form": UploadForm})
     async def upload(
         self, data: MultipartBody[UploadForm], service: ServiceDep
-    ) -> UploadResponse:
+    ) -> UploadResponse | VideoUploadResponse:
         image = await _read_upload(data.file)
         captions = _captions(data.captions)
         metadata = _json_field(data.metadata, dict[str, Any], "metadata") or {}
         filename = data.file.filename if data.file is not None else None
+        if is_video(image, filename):
+            return await _upload_video(service, image, filename, captions, metadata)
+        if len(image) > service.settings.upload_max_bytes:  # this route takes videos' larger bodies
+            raise HTTPException(status_code=413, detail=f"the image has {len(image)} bytes, more than the "
+                                f"{service.settings.upload_max_bytes} an image may have (PGCLIP_UPLOAD_MAX_BYTES)")
         image_id, created, state = await asyncio.to_thread(
             service.add_image, image, filename=filename, captions=captions, metadata=metadata
         )
         return UploadResponse(id=image_id, created=created, queue_state=state, url=f"/api/images/{image_id}")
+
+
+async def _upload_video(service: Service, data: bytes, filename: str | None, captions: list[str],
+                        metadata: dict[str, Any]) -> VideoUploadResponse:
+    video_id, created, frame_ids = await asyncio.to_thread(
+        service.add_video, data, filename=filename, captions=captions, metadata=metadata
+    )
+    video = VideoDetail.of(await asyncio.to_thread(service.video, video_id))
+    return VideoUploadResponse(video=video, created=created, frame_ids=frame_ids, url=f"/api/videos/{video_id}")
 
 
 def _captions(raw: str | None) -> list[str]:

@@ -21,6 +21,7 @@ from litestar.datastructures import UploadFile
 from pgclip.core.errors import InvalidInput
 from pgclip.core.search_request import FORMAT_NAME_PATTERN, MAX_FORMAT_NAME, MAX_TEXT, PARAMS
 from pgclip.db.search import Hit, Page
+from pgclip.db.videos import Video, VideoFrame
 
 # Deepest nesting of [ and { in any JSON the API reads (a body, a form field, a query parameter).
 # msgspec, Python's json (psycopg's Jsonb dumper) and PostgreSQL's jsonb parser all recurse once
@@ -60,6 +61,7 @@ class Filters(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     metadata: Annotated[dict[str, Any], _meta("metadata")] | None = None
     has_caption: Annotated[bool, _meta("has_caption")] | None = None
     exclude_ids: Annotated[list[Annotated[int, _item_meta("exclude_ids")]], _meta("exclude_ids")] | None = None
+    folder: Annotated[str, _meta("folder")] | None = None
 
     def as_sql(self) -> dict[str, Any]:
         """The filters object ``pgclip.search`` takes."""
@@ -93,18 +95,37 @@ class SearchRequest(SearchOptions, forbid_unknown_fields=True, kw_only=True):
     vector: Annotated[list[float], _meta("vector")] | None = None
 
 
+class FrameVideo(msgspec.Struct):
+    """The video an image is a frame of (null for a picture): play ``url`` from ``timestamp``."""
+
+    id: int
+    timestamp: float  # seconds from the start of the video
+    source: str | None
+    mime: str
+    duration_s: float | None
+    url: str  # the video's bytes; Range requests are answered (a browser seeks with them)
+
+    @classmethod
+    def of(cls, frame: VideoFrame | None) -> FrameVideo | None:
+        if frame is None:
+            return None
+        return cls(id=frame.video_id, timestamp=frame.ts, source=frame.source, mime=frame.mime,
+                   duration_s=frame.duration_s, url=f"/api/videos/{frame.video_id}/original")
+
+
 def _result_type() -> type[msgspec.Struct]:
     """One search result as the API sends it, built from the one description of a result
     (``pgclip.db.search.Hit``): its ``image_id`` is sent as ``id``, and links stand in for
     ``has_thumbnail``."""
     hints = typing.get_type_hints(Hit)
     fields = [(f.name, hints[f.name]) for f in dataclasses.fields(Hit) if f.name != "has_thumbnail"]
-    return msgspec.defstruct("Result", [*fields, ("thumbnail_url", str | None), ("url", str)],
+    return msgspec.defstruct("Result", [*fields, ("thumbnail_url", str | None), ("url", str),
+                                        ("video", FrameVideo | None)],
                              rename={"image_id": "id"}, module=__name__)
 
 
 Result = _result_type()
-_RESULT_FIELDS = tuple(name for name in Result.__struct_fields__ if name not in ("thumbnail_url", "url"))
+_RESULT_FIELDS = tuple(name for name in Result.__struct_fields__ if name not in ("thumbnail_url", "url", "video"))
 
 
 class SearchResponse(msgspec.Struct):
@@ -114,12 +135,13 @@ class SearchResponse(msgspec.Struct):
 
     @classmethod
     def of(cls, page: Page) -> SearchResponse:
-        """The API's answer for one page of hits."""
+        """The API's answer for one page of hits (with their videos, where the service found them)."""
+        videos = getattr(page, "videos", None) or {}
         return cls(
             results=[
                 Result(**{name: getattr(hit, name) for name in _RESULT_FIELDS},
                        thumbnail_url=f"/api/images/{hit.image_id}/thumbnail" if hit.has_thumbnail else None,
-                       url=f"/api/images/{hit.image_id}")
+                       url=f"/api/images/{hit.image_id}", video=FrameVideo.of(videos.get(hit.image_id)))
                 for hit in page.hits
             ],
             next_cursor=page.next_cursor,
@@ -151,12 +173,44 @@ class ImageDetail(msgspec.Struct):
     last_error: str | None
     thumbnail_url: str | None
     original_url: str
+    video: FrameVideo | None = None  # set for a frame of a video
 
 
 class UploadResponse(msgspec.Struct):
     id: int
     created: bool
     queue_state: str | None
+    url: str
+
+
+class VideoDetail(msgspec.Struct):
+    """One stored video; its frames are images (``frames`` of them stored)."""
+
+    id: int
+    sha256: str
+    source: str | None
+    byte_size: int
+    mime: str
+    container: str
+    duration_s: float | None
+    frame_interval_s: float
+    width: int
+    height: int
+    created_at: dt.datetime
+    frames: int
+    original_url: str
+
+    @classmethod
+    def of(cls, video: Video) -> VideoDetail:
+        return cls(**dataclasses.asdict(video), original_url=f"/api/videos/{video.id}/original")
+
+
+class VideoUploadResponse(msgspec.Struct):
+    """An uploaded video: stored with its frames, each queued for embedding like an uploaded image."""
+
+    video: VideoDetail
+    created: bool  # False: a video with the same bytes was stored already (nothing added)
+    frame_ids: list[int]  # the images its frames are
     url: str
 
 
@@ -176,12 +230,29 @@ class ImageEdit(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     captions_remove: Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=2**62)]], msgspec.Meta(max_length=1000)] = []
 
 
+class IndexBuild(msgspec.Struct):
+    """How a deferred build made the index (absent for indexes made otherwise)."""
+
+    seconds: float
+    maintenance_work_mem: str
+    vectors: int
+    at: str  # ISO 8601, UTC
+    by: str  # the process (application_name) that built it
+
+
 class IndexState(msgspec.Struct):
     kind: Literal["hnsw", "ivfflat", "none"]
     storage: Literal["vector", "halfvec"]
     params: dict[str, int]
     size_bytes: int | None
     valid: bool | None
+    # built; building (progress 0..1); deferred (no index yet: built once the model's backlog
+    # drains, or at activation); invalid (a build was interrupted: built again the same way);
+    # none (kind none). Anything but built: searches rank this model's vectors exactly.
+    state: Literal["built", "building", "deferred", "invalid", "none"]
+    exact_search: bool
+    progress: float | None
+    build: IndexBuild | None
 
 
 class ModelInfo(msgspec.Struct):

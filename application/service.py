@@ -19,6 +19,7 @@ from pgclip.db import images as db_images
 from pgclip.db import queue
 from pgclip.db import search as db_search
 from pgclip.db import text_vectors
+from pgclip.db import videos as db_videos
 from pgclip.db.engine import driver_errors
 from pgclip.db.pool import Pool
 from pgclip.db.indexes import IndexInfo, describe_indexes
@@ -33,6 +34,18 @@ from pgclip.workers.encoder import ClipEncoder, backend_for_identity, is_test_mo
 TEXT_CACHE_SIZE = 100
 POOL_MAX = 8  # connections per API process
 READY_WAIT_SECONDS = 2.0  # /readyz answers 503 after this long without a connection, well inside probes' timeouts
+
+
+@dataclasses.dataclass(frozen=True)
+class FoundPage(db_search.Page):
+    """A page of hits and, for each hit that is a frame of a video, that video (by image id)."""
+
+    videos: dict[int, db_videos.VideoFrame] = dataclasses.field(default_factory=dict)
+
+
+def _with_videos(conn: psycopg.Connection, page: db_search.Page) -> FoundPage:
+    frames = db_videos.frames_of(conn, [hit.image_id for hit in page.hits])
+    return FoundPage(page.hits, page.next_cursor, page.model, frames)
 
 
 def _read_file(path: str) -> bytes:
@@ -198,12 +211,12 @@ class Service:
             model, encoder = self._current(conn)
             vector = self.query_vector(conn, model, encoder, text, raw, image, local_files=local_files)
             params = db_search.SearchParams(vector=vector, ts_config=self.settings.text_search_config, **options)
-            return db_search.search(conn, params, model=model)
+            return _with_videos(conn, db_search.search(conn, params, model=model))
 
     def similar(self, image_id: int, options: dict[str, Any]) -> db_search.Page:
         with self.pool.connection() as conn:
             params = db_search.SearchParams(ts_config=self.settings.text_search_config, **options)
-            return db_search.similar(conn, image_id, params)
+            return _with_videos(conn, db_search.similar(conn, image_id, params))
 
     # --- images ------------------------------------------------------------------
 
@@ -213,8 +226,9 @@ class Service:
             model = require_active_model(conn)
             detail = db_images.image_detail(conn, image_id, model.id)
             captions = db_images.captions(conn, image_id)
+            video = db_videos.frames_of(conn, [image_id]).get(image_id)
         return {**dataclasses.asdict(detail), "captions": [dataclasses.asdict(c) for c in captions],
-                "model": model.name}
+                "model": model.name, "video": video}
 
     def blob(self, image_id: int, table: str) -> tuple[bytes, str]:
         """The original bytes (``image_blobs``) or the thumbnail (``thumbnails``) with its MIME type."""
@@ -225,7 +239,8 @@ class Service:
 
     def add_image(self, data: bytes, *, filename: str | None, captions: list[str],
                   metadata: dict[str, Any]) -> tuple[int, bool, str | None]:
-        """Store an uploaded image (or find it by its bytes) and queue it; (id, created, queue state)."""
+        """Store an uploaded image (or find it by its bytes) and queue it; (id, created, queue state).
+        (A video goes to :meth:`add_video`.)"""
         from pgclip.workers.ingest import new_image
         from pgclip.workers.manifest import clean_caption
 
@@ -245,6 +260,47 @@ class Service:
             queue.enqueue(conn, list(added.values()), model.id)
             state = queue.latest_state(conn, image_id, model.id)
         return image_id, bool(added), state
+
+    def add_video(self, data: bytes, *, filename: str | None, captions: list[str],
+                  metadata: dict[str, Any]) -> tuple[int, bool, list[int]]:
+        """Store an uploaded video with its sampled frames, queued; (video id, created, frame image ids).
+
+        Given captions and metadata go to each of its frames. A damaged video is an
+        InvalidInput with its reason, and nothing of it is stored."""
+        from pgclip.workers.manifest import clean_caption
+        from pgclip.workers.video import VideoOptions, VideoRejected, store_video
+
+        texts = [t for t in (clean_caption(c) for c in captions) if t]
+        try:
+            with self.pool.connection() as conn, conn.transaction():
+                model = require_active_model(conn)
+                stored = store_video(conn, data, source=filename, model_id=model.id,
+                                     options=VideoOptions.from_settings(self.settings))
+                db_images.merge_metadata(conn, {i: metadata for i in stored.frame_ids})
+                db_images.add_captions(conn, [(i, t) for i in stored.frame_ids for t in texts],
+                                       ts_config=self.settings.text_search_config)
+        except VideoRejected as exc:
+            raise InvalidInput(f"the upload is not a usable video: {exc}") from exc
+        return stored.video_id, stored.created, stored.frame_ids
+
+    def video(self, video_id: int) -> db_videos.Video:
+        with self.pool.connection() as conn:
+            return db_videos.video(conn, video_id)
+
+    def video_size(self, video_id: int) -> tuple[int, str]:
+        """(length of the video's stored bytes, its MIME type); NotFound without such a video."""
+        with self.pool.connection() as conn:
+            return db_videos.stored_size(conn, video_id)
+
+    def video_bytes(self, video_id: int, start: int, length: int) -> bytes:
+        """A piece of the video's bytes (a Range request's, or one chunk of a whole answer)."""
+        with self.pool.connection() as conn:
+            return db_videos.read_range(conn, video_id, start, length)
+
+    def delete_video(self, video_id: int) -> None:
+        with self.pool.connection() as conn, conn.transaction():
+            if not db_videos.delete_videos(conn, [video_id]):
+                raise NotFound(f"no video with id {video_id}")
 
     def edit_image(self, image_id: int, *, metadata: dict[str, Any] | None, replace: bool, unset: list[str],
                    taken_at: Any, add: list[str], remove: list[int]) -> None:
@@ -294,10 +350,15 @@ class Service:
 
     def activate(self, model_id: int, *, force: bool) -> tuple[dict[str, Any], str | None]:
         """Switch searches to the model (see `pgclip models activate`); returns it and the one it replaced."""
-        from pgclip.db import models
+        from pgclip.db import indexes, models
 
         with self.pool.connection() as conn:
-            previous = models.activate(conn, models.model_by_id(conn, model_id), force=force)
+            model = models.model_by_id(conn, model_id)
+            models.check_activation(conn, model, force=force)
+        with driver_errors():  # a deferred index is built first, on a connection of its own
+            indexes.build_deferred(self.url, model, wait=True)
+        with self.pool.connection() as conn:
+            previous = models.activate(conn, model, force=force)
         return self.model_info(model_id), previous.label if previous else None
 
     def rebuild_index(self, model_id: int, options: dict[str, Any]) -> tuple[dict[str, Any], bool, float]:
@@ -332,5 +393,6 @@ def _model_info(info: IndexInfo) -> dict[str, Any]:
         "id": m.id, "name": m.name, "pretrained": m.pretrained, "dimension": m.dimension, "state": m.state,
         "vectors": info.coverage.vectors, "images": info.coverage.images,
         "index": {"kind": m.index_kind, "storage": m.storage, "params": m.index_params,
-                  "size_bytes": info.size_bytes, "valid": info.valid},
+                  "size_bytes": info.size_bytes, "valid": info.valid, "state": info.state,
+                  "exact_search": info.exact, "progress": info.progress, "build": info.build},
     }

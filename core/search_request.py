@@ -49,6 +49,7 @@ MAX_FORMAT_NAME = 16  # characters of one format name
 FORMAT_NAME_PATTERN = r"^[A-Za-z0-9]+$"
 MAX_EXCLUDE_IDS = 1000
 MAX_EF_SEARCH = 1000
+MAX_FOLDER = 4096  # characters of a folder path (Linux's PATH_MAX is 4096 bytes)
 
 
 def default_window(k: int) -> int:
@@ -177,6 +178,8 @@ FILTERS = (
     Param("has_caption", "bool", "with (true) or without (false) a caption", sql="filter"),
     Param("exclude_ids", "ids", "never these images", minimum=1, maximum=MAX_ID, max_length=MAX_EXCLUDE_IDS,
           sql="filter"),
+    Param("folder", "text", "images of files under this folder, as `pgclip sync` last saw it (an absolute path; "
+          "/a/b holds /a/b/c.jpg, not /a/bc/d.jpg)", max_length=MAX_FOLDER, sql="filter"),
 )
 
 FILTER_KEYS = frozenset(p.name for p in FILTERS)

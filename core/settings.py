@@ -20,6 +20,7 @@ from pgclip.core.errors import ConfigError
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 ENCODERS = ("auto", "torch", "onnx", "onnx-int8")  # PGCLIP_ENCODER (workers/encoder.py)
+LOG_FORMATS = ("text", "json")  # PGCLIP_LOG_FORMAT (core/logs.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +53,16 @@ class Settings:
         default_factory=_default_data_dir,
         metadata={"setting": Setting("PGCLIP_DATA_DIR", "Where the embedded PostgreSQL keeps its data (persists between runs).")},
     )
+    pg_shared_buffers: str = _field(
+        "auto", "PGCLIP_PG_SHARED_BUFFERS",
+        "The embedded server's shared_buffers: auto (1/8 of the machine's memory, 128MB to 8GB) or a size "
+        "such as 2GB; a change takes effect when the server next starts.",
+    )
+    pg_maintenance_work_mem: str = _field(
+        "auto", "PGCLIP_PG_MAINTENANCE_WORK_MEM",
+        "The embedded server's maintenance_work_mem, the memory of an index build: auto (1/8 of the machine's "
+        "memory, 256MB to 8GB) or a size such as 4GB.",
+    )
     model: str = _field(DEFAULT_MODEL, "PGCLIP_MODEL", "open_clip model name (test-tiny: random weights, tests only).")
     pretrained: str = _field(
         DEFAULT_PRETRAINED, "PGCLIP_PRETRAINED", "open_clip pretrained tag, or the path of a local checkpoint file."
@@ -82,6 +93,24 @@ class Settings:
         secret=True,
     )
     upload_max_bytes: int = _field(25_000_000, "PGCLIP_UPLOAD_MAX_BYTES", "Largest request body (image upload) the API accepts, in bytes.")
+    video_frame_interval: float = _field(
+        5.0, "PGCLIP_VIDEO_FRAME_INTERVAL", "Seconds between the frames sampled from a video (the first frame is always one)."
+    )
+    video_max_frames: int = _field(
+        1000, "PGCLIP_VIDEO_MAX_FRAMES", "Most frames sampled from one video: a longer video gets a wider interval."
+    )
+    video_upload_max_bytes: int = _field(
+        200_000_000, "PGCLIP_VIDEO_UPLOAD_MAX_BYTES",
+        "Largest video upload the API accepts, in bytes (POST /api/images; images keep PGCLIP_UPLOAD_MAX_BYTES).",
+    )
+    log_format: str = _field(
+        "text", "PGCLIP_LOG_FORMAT", "Log lines on stderr: text, or json (one JSON object per line, for log collectors)."
+    )
+    worker_metrics_port: int = _field(
+        0, "PGCLIP_WORKER_METRICS_PORT",
+        "`pgclip worker` serves Prometheus metrics on this port (0: none); --concurrency N uses this port and the N-1 after it.",
+    )
+    worker_metrics_host: str = _field("127.0.0.1", "PGCLIP_WORKER_METRICS_HOST", "Address a worker's metrics port listens on.")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -100,13 +129,23 @@ class Settings:
         return settings
 
     def _validate(self) -> None:
+        for name in ("pg_shared_buffers", "pg_maintenance_work_mem"):
+            if not re.fullmatch(r"auto|[1-9][0-9]*(kB|MB|GB|TB)", getattr(self, name)):
+                raise ConfigError(f"{self._env(name)} must be auto or a size such as 512MB or 2GB, "
+                                  f"got {getattr(self, name)!r}")
         for name in ("batch_size", "lease_seconds", "max_attempts", "hnsw_m", "hnsw_ef_construction", "port",
-                     "upload_max_bytes"):
+                     "upload_max_bytes", "video_max_frames", "video_upload_max_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{self._env(name)} must be at least 1, got {getattr(self, name)}")
+        if not 0.1 <= self.video_frame_interval <= 86400:  # a NaN fails this too
+            raise ConfigError(f"PGCLIP_VIDEO_FRAME_INTERVAL must be 0.1 to 86400 seconds, got {self.video_frame_interval}")
         for name in ("torch_threads", "model_threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{self._env(name)} must be 0 or more, got {getattr(self, name)}")
+        if not 0 <= self.worker_metrics_port <= 65535:
+            raise ConfigError(f"PGCLIP_WORKER_METRICS_PORT must be a port number (0 for none), got {self.worker_metrics_port}")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"PGCLIP_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}")
         if self.encoder not in ENCODERS:
             raise ConfigError(f"PGCLIP_ENCODER must be one of {', '.join(ENCODERS)}, got {self.encoder!r}")
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", self.text_search_config):
@@ -147,6 +186,11 @@ def _parse(type_name: Any, env: str, raw: str) -> Any:
             return int(raw)
         except ValueError:
             raise ConfigError(f"{env} must be an integer, got {raw!r}") from None
+    if kind == "float":
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{env} must be a number, got {raw!r}") from None
     if kind == "Path":
         return Path(raw).expanduser()
     return raw

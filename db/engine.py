@@ -27,7 +27,8 @@ CONNECT_TIMEOUT = 10  # seconds; an unreachable host should fail fast, not hang
 def embedded_server(settings: Settings):  # -> EmbeddedPostgres
     from pgclip.db.embedded import EmbeddedPostgres
 
-    return EmbeddedPostgres(settings.data_dir / "postgres")
+    return EmbeddedPostgres(settings.data_dir / "postgres", shared_buffers=settings.pg_shared_buffers,
+                            maintenance_work_mem=settings.pg_maintenance_work_mem)
 
 
 def database_url(settings: Settings, *, start: bool = True) -> str:

@@ -14,13 +14,28 @@ A model's index is HNSW (m, ef_construction; ef_search at query time), IVFFlat
 
 A change of query-time settings only (ef_search, probes) needs no build: the
 row is updated and the next search uses them.
+
+**The deferred index.** A model whose index does not exist (a re-embed's new
+model, a model an ingest ``--bulk`` is filling, or whose index a build left
+INVALID) takes its vectors by plain inserts, and :func:`build_deferred` builds
+its index once, ``CONCURRENTLY``, when its backlog has drained: a worker that
+finds no job for its model asks, and ``pgclip models activate`` builds it before
+switching (waiting for a build in progress). Searches meanwhile rank the
+model's vectors exactly (correct, slower), and :func:`describe_indexes` says
+so: each index is ``built``, ``building`` (with its progress), ``deferred``
+(missing), ``invalid`` (a build was interrupted: rebuilt the same way) or
+``none`` (kind none).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime as dt
+import json
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -28,7 +43,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from pgclip.core.errors import ConfigError, InvalidInput
-from pgclip.db.engine import connect
+from pgclip.db.engine import application_name, connect
 from pgclip.db.models import (
     BUILD_PARAMS,
     HNSW_DEFAULTS,
@@ -48,7 +63,12 @@ INDEXES = load("indexes.sql")
 KINDS = ("hnsw", "ivfflat", "none")
 QUERY_PARAMS = {"hnsw": ("ef_search",), "ivfflat": ("probes",), "none": ()}
 LIMITS = {"m": (2, 100), "ef_construction": (4, 1000), "ef_search": (1, 1000), "lists": (1, 32768), "probes": (1, 32768)}
-_LOCK_CLASS = 0x70676370  # pg_advisory_lock(class, model id): one rebuild per model at a time ("pgcp")
+_LOCK_CLASS = 0x70676370  # pg_advisory_lock(class, model id): one build or rebuild per model at a time ("pgcp")
+INGEST_CLASS = 0x70676369  # shared advisory lock (class, model id) held by each running `pgclip ingest` ("pgci")
+# maintenance_work_mem of a build, at least (the server's own setting when larger): an HNSW graph
+# that does not fit in it is built many times slower.
+BUILD_MEMORY_FLOOR = "1GB"
+STATES = ("built", "building", "deferred", "invalid", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +144,7 @@ class RebuildReport:
     size_bytes: int | None
 
 
-def rebuild(url: str, model: ModelRow, choice: IndexChoice, *, build_memory: str = "1GB") -> RebuildReport:
+def rebuild(url: str, model: ModelRow, choice: IndexChoice, *, build_memory: str | None = None) -> RebuildReport:
     """Give ``model`` the index ``choice`` describes without stopping searches (see the module doc)."""
     previous = current_choice(model)
     staged, retired = model.staged_index_name, model.retired_index_name
@@ -138,11 +158,15 @@ def rebuild(url: str, model: ModelRow, choice: IndexChoice, *, build_memory: str
         for name in (staged, retired):
             conn.execute(drop_index_ddl(name, concurrently=True))
         target = dataclasses.replace(model, index_kind=choice.kind, storage=choice.storage, index_params=choice.params)
-        index_exists = conn.execute(INDEXES["exists"], {"index": f"pgclip.{model.index_name}"}).fetchone()[0]
+        # An INVALID index (a build that was interrupted) is as good as none: build it again.
+        state = conn.execute(INDEXES["state"], {"index": f"pgclip.{model.index_name}"}).fetchone()
+        index_exists = state is not None and state[1]
         build = choice.kind != "none" and (_build_part(choice) != _build_part(previous) or not index_exists)
         if build:
             try:
-                conn.execute(INDEXES["build_memory"], {"memory": build_memory})
+                conn.execute(INDEXES["build_session"], {"floor": BUILD_MEMORY_FLOOR})
+                if build_memory is not None:
+                    conn.execute(INDEXES["build_memory"], {"memory": build_memory})
             except psycopg.errors.InvalidParameterValue as exc:
                 raise InvalidInput(f"--memory {build_memory!r}: {exc.diag.message_primary or exc} "
                                    "(a size such as 512MB or 2GB)") from None
@@ -173,12 +197,198 @@ class IndexInfo:
     coverage: Coverage  # the model, its vectors and the collection's images
     size_bytes: int | None  # None: no index (kind none, or missing)
     valid: bool | None
+    state: str = "built"  # one of STATES
+    progress: float | None = None  # building: the share of the vectors in the graph so far (0..1)
+    build: dict[str, Any] | None = None  # how a deferred build made it: seconds, memory, vectors, at, by
+
+    @property
+    def exact(self) -> bool:
+        """Searches of this model rank every vector exactly (no usable index)."""
+        return self.state != "built"
+
+    def describe_state(self) -> str:
+        """One line: the index's state and what it means for searches."""
+        if self.state == "built":
+            return "built"
+        if self.state == "none":
+            return "none: exact search"
+        if self.state == "building":
+            done = "" if self.progress is None else f" {self.progress:.0%}"
+            return f"building{done}: exact search until it is built"
+        if self.state == "invalid":
+            return "invalid (a build was interrupted): rebuilt when the backlog drains; exact search meanwhile"
+        return "deferred: built once the backlog drains (or at activation); exact search meanwhile"
 
 
 def describe_indexes(conn: psycopg.Connection) -> list[IndexInfo]:
-    """Each model's coverage and its index as it exists in the database: size and validity."""
+    """Each model's coverage and its index as it exists in the database: size, validity and state."""
     out = []
     for cov in coverage(conn):
-        row = conn.execute(INDEXES["state"], {"index": f"pgclip.{cov.model.index_name}"}).fetchone()
-        out.append(IndexInfo(cov, row[0] if row else None, row[1] if row else None))
+        index = f"pgclip.{cov.model.index_name}"
+        row = conn.execute(INDEXES["state"], {"index": index}).fetchone()
+        size, valid = (row[0], row[1]) if row else (None, None)
+        progress = record = None
+        if cov.model.index_kind == "none":
+            state = "none"
+        elif valid:
+            state = "built"
+            record = _build_record(conn.execute(INDEXES["build_record"], {"index": index}).fetchone()[0])
+        elif (p := conn.execute(INDEXES["progress"], {"index": index}).fetchone()) is not None:
+            state = "building"
+            _, done, total, _, _ = p
+            progress = min(1.0, done / total) if total else None
+        else:
+            state = "invalid" if row else "deferred"
+        out.append(IndexInfo(cov, size if valid else None, valid, state, progress, record))
     return out
+
+
+_RECORD = {"seconds": (int, float), "maintenance_work_mem": str, "vectors": int, "at": str, "by": str}
+
+
+def _build_record(text: str | None) -> dict[str, Any] | None:
+    """The build record a deferred build left as the index's comment; None for any other comment."""
+    try:
+        record = json.loads(text) if text else None
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or not all(isinstance(record.get(k), t) for k, t in _RECORD.items()):
+        return None
+    return {k: record[k] for k in _RECORD}
+
+
+# --- the deferred index ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildState:
+    valid: bool | None  # the index: None missing, False INVALID (a build failed or runs), True built
+    has_vectors: bool
+    backlog: bool  # open jobs (pending or leased) for the model
+    ingesting: bool  # a `pgclip ingest` into the model is running
+
+    @property
+    def due(self) -> bool:
+        """Time to build: vectors to index, none still coming (no open job, no ingest running)."""
+        return not self.valid and self.has_vectors and not self.backlog and not self.ingesting
+
+
+def build_state(conn: psycopg.Connection, model: ModelRow) -> BuildState:
+    row = conn.execute(INDEXES["build_state"], {"index": f"pgclip.{model.index_name}", "model_id": model.id,
+                                                "ingest_class": INGEST_CLASS}).fetchone()
+    return BuildState(*row)
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildReport:
+    model: ModelRow
+    seconds: float
+    memory: str  # maintenance_work_mem of the build
+    vectors: int
+    size_bytes: int
+
+
+def build_deferred(url: str, model: ModelRow, *, wait: bool = False, app_name: str | None = None,
+                   connected: Callable[[psycopg.Connection], None] | None = None,
+                   on_built: Callable[[], None] | None = None) -> BuildReport | None:
+    """Build ``model``'s missing (or INVALID) index, once, with ``CREATE INDEX CONCURRENTLY``:
+    searches and writes go on meanwhile. None when there was nothing to build.
+
+    ``wait=False`` (a worker whose queue ran dry): only when the build is due (the model has
+    vectors, no open job and no ingest running) and nobody else is building; returns at once
+    otherwise. ``wait=True`` (before an activation): whenever the index is missing, after
+    waiting for a build or rebuild in progress. ``connected`` gets the build's connection
+    (a stopping worker cancels the build through it: the index is left INVALID, and the
+    next build drops it and starts again); ``on_built`` is called when the index was found
+    built already.
+    """
+    if model.index_kind == "none":
+        return None
+    with connect(url, role="index-build", autocommit=True, app_name=app_name) as conn:
+        if connected is not None:
+            connected(conn)
+        state = build_state(conn, model)
+        if state.valid and on_built is not None:
+            on_built()
+        if state.valid or not (wait or state.due):
+            return None
+        lock = {"lock_class": _LOCK_CLASS, "model_id": model.id}
+        if wait:
+            conn.execute(INDEXES["lock"], lock)
+        elif not conn.execute(INDEXES["try_lock"], lock).fetchone()[0]:
+            return None  # another worker (or a rebuild) is at it
+        try:
+            # Again under the lock: another builder may have finished, a rebuild changed the kind.
+            model = model_by_id(conn, model.id)
+            state = build_state(conn, model)
+            if model.index_kind == "none" or state.valid or not (wait or state.due):
+                return None
+            memory = conn.execute(INDEXES["build_session"], {"floor": BUILD_MEMORY_FLOOR}).fetchone()[0]
+            t0 = time.perf_counter()
+            conn.execute(drop_index_ddl(model.index_name, concurrently=True))  # an INVALID leftover
+            conn.execute(index_ddl(model, concurrently=True))
+            seconds = time.perf_counter() - t0
+            vectors = vector_count(conn, model)
+            record = {"seconds": round(seconds, 2), "maintenance_work_mem": memory, "vectors": vectors,
+                      "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                      "by": app_name or application_name("index-build")}
+            conn.execute(sql.SQL("COMMENT ON INDEX pgclip.{} IS {}").format(
+                sql.Identifier(model.index_name), sql.Literal(json.dumps(record))))
+            size = conn.execute(INDEXES["size"], {"index": f"pgclip.{model.index_name}"}).fetchone()[0]
+            return BuildReport(model, seconds, memory, vectors, size)
+        finally:
+            with contextlib.suppress(psycopg.Error):  # a cancelled or lost connection: its session ends anyway
+                conn.execute(INDEXES["unlock"], lock)
+
+
+def defer_index(url: str, model: ModelRow, *, only_empty: bool) -> tuple[bool, int]:
+    """Drop ``model``'s built index so that the vectors to come go in by plain inserts and the
+    index is built once, after them (:func:`build_deferred`). ``only_empty``: only an index over no
+    vector yet (a new model's, a fresh collection's: nothing to rebuild), and only when nobody is
+    building it; otherwise refuse (ConfigError) while a build or rebuild runs.
+
+    Returns (dropped, the vectors it indexed). Call it with no transaction open on the database
+    (DROP INDEX CONCURRENTLY waits for every older one).
+    """
+    if model.index_kind == "none":
+        return False, 0
+    with connect(url, role="index-build", autocommit=True) as conn:
+        state = build_state(conn, model)
+        if not state.valid or (only_empty and state.has_vectors):
+            return False, 0
+        lock = {"lock_class": _LOCK_CLASS, "model_id": model.id}
+        if not conn.execute(INDEXES["try_lock"], lock).fetchone()[0]:
+            if only_empty:
+                return False, 0
+            raise ConfigError(f"the index of {model.label} is being built or rebuilt right now: "
+                              "wait for it (`pgclip index`), or go without bulk mode")
+        try:
+            vectors = vector_count(conn, model)
+            if only_empty and vectors:
+                return False, 0
+            conn.execute(drop_index_ddl(model.index_name, concurrently=True))
+        finally:
+            conn.execute(INDEXES["unlock"], lock)
+    return True, vectors
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestPlan:
+    dropped: bool  # the model's index was dropped for this ingest (bulk mode)
+    vectors: int  # the model's vectors when it was dropped
+    deferred: bool  # the model has no usable index: this ingest's vectors go in by plain inserts
+
+
+def prepare_ingest(conn: psycopg.Connection, url: str, model: ModelRow, *, bulk: bool) -> IngestPlan:
+    """Before `pgclip ingest` into ``model``: hold the ingest lock on ``conn`` for the rest of its
+    session (a deferred index waits for the ingest's last image), and drop the model's index when
+    this ingest should fill the model in bulk: when asked (``bulk``), or when the index holds no
+    vector yet (a fresh collection's first ingest: nothing is lost). Commits."""
+    conn.execute(INDEXES["hold_for_ingest"], {"ingest_class": INGEST_CLASS, "model_id": model.id})
+    conn.commit()  # no snapshot held: a CONCURRENTLY drop or build waits for every older one
+    dropped, vectors = defer_index(url, model, only_empty=not bulk)
+    if model.index_kind == "none":
+        return IngestPlan(False, 0, False)
+    valid = build_state(conn, model).valid
+    conn.commit()
+    return IngestPlan(dropped, vectors, not valid)

@@ -96,15 +96,20 @@ def ensure_model(
     conn: psycopg.Connection, name: str, pretrained: str, dimension: int, *, hnsw_m: int = 16,
     hnsw_ef_construction: int = 64,
 ) -> ModelRow:
-    """Register a model (idempotent) and create its vector index; commits.
+    """Register a model (idempotent) and, when its row is new, create its (empty) vector index; commits.
 
     The first model a database sees becomes active; later ones start as
-    ``building`` until someone activates them.
+    ``building`` until someone activates them. A model already registered is left
+    as it is, index included: a missing index is deferred (built CONCURRENTLY when
+    the model's backlog drains, :func:`pgclip.db.indexes.build_deferred`), never
+    recreated here, where a CREATE INDEX would block every writer while it runs.
+    `pgclip reembed` and `pgclip ingest` drop a new model's empty index so that
+    its vectors go in by plain inserts (:func:`pgclip.db.indexes.defer_index`).
     """
-    conn.execute(MODELS["register"], {
+    new = conn.execute(MODELS["register"], {
         "name": name, "pretrained": pretrained, "dimension": dimension,
         "index_params": Jsonb({"m": hnsw_m, "ef_construction": hnsw_ef_construction}),
-    })
+    }).fetchone() is not None
     model = get_model(conn, name, pretrained)
     assert model is not None
     if model.dimension != dimension:
@@ -112,21 +117,19 @@ def ensure_model(
             f"model {model.label} is registered with dimension {model.dimension}, but its config says {dimension}"
         )
     conn.execute(MODELS["activate_if_none"], {"model_id": model.id})
-    if (ddl := index_ddl(model)) is not None:
-        conn.execute(ddl)
+    if new and (ddl := index_ddl(model)) is not None:
+        conn.execute(ddl)  # over no vector yet: instant
     conn.commit()
     return get_model(conn, name, pretrained)  # type: ignore[return-value]
 
 
 def registered_model(conn: psycopg.Connection, name: str, pretrained: str) -> ModelRow | None:
-    """The model if :func:`ensure_model` would have nothing to do: row and index exist, and
-    some model is active. None otherwise (then call ensure_model)."""
+    """The model if :func:`ensure_model` would have nothing to do: its row exists and some
+    model is active. None otherwise (then call ensure_model)."""
     model = get_model(conn, name, pretrained)
     if model is None:
         return None
-    ready = conn.execute(
-        MODELS["is_ready"], {"no_index": model.index_kind == "none", "index": f"pgclip.{model.index_name}"}
-    ).fetchone()[0]
+    ready = conn.execute(MODELS["is_ready"]).fetchone()[0]
     return model if ready else None
 
 
@@ -229,6 +232,22 @@ def find_model(conn: psycopg.Connection, name: str, pretrained: str | None = Non
     return rows[0]
 
 
+def check_activation(conn: psycopg.Connection, model: ModelRow, *, force: bool = False) -> None:
+    """Refuse (ConfigError) to activate ``model`` while some images have no vector for it, unless forced.
+
+    :func:`activate` checks it itself; callers that build the model's deferred index before
+    activating check first, so that a refusal builds nothing.
+    """
+    if model.state == "active":
+        return  # nothing to switch
+    cov = next(c for c in coverage(conn) if c.model.id == model.id)
+    if cov.fraction < 1.0 and not force:
+        raise ConfigError(
+            f"{model.label} has vectors for {cov.vectors} of {cov.images} images ({cov.fraction:.0%}): "
+            "let its workers finish (`pgclip status`), or activate anyway with --force"
+        )
+
+
 def activate(conn: psycopg.Connection, model: ModelRow, *, force: bool = False) -> ModelRow | None:
     """Make ``model`` answer searches, in one transaction; returns the model it replaced.
 
@@ -239,12 +258,7 @@ def activate(conn: psycopg.Connection, model: ModelRow, *, force: bool = False) 
         current = conn.execute(MODELS["lock_active"]).fetchone()
         if current and current[0] == model.id:
             return None
-        cov = next(c for c in coverage(conn) if c.model.id == model.id)
-        if cov.fraction < 1.0 and not force:
-            raise ConfigError(
-                f"{model.label} has vectors for {cov.vectors} of {cov.images} images ({cov.fraction:.0%}): "
-                "let its workers finish (`pgclip status`), or activate anyway with --force"
-            )
+        check_activation(conn, model, force=force)
         conn.execute(MODELS["retire_active"])
         conn.execute(MODELS["set_state"], {"state": "active", "model_id": model.id})
     return model_by_id(conn, current[0]) if current else None

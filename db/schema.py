@@ -21,9 +21,11 @@ from typing import Any
 from pgvector.sqlalchemy import Vector
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Computed,
     DateTime,
+    Double,
     ForeignKey,
     Identity,
     Index,
@@ -86,13 +88,22 @@ class Image(Base):
     metadata_: Mapped[dict[str, Any]] = mapped_column(
         "metadata", JSONB, nullable=False, server_default=sql("'{}'::jsonb")
     )
+    # A frame sampled from a video (migration 0010): both set, or both null for a picture.
+    video_id: Mapped[int | None] = mapped_column(
+        ForeignKey("videos.id", ondelete="CASCADE"), comment="the video this image is a frame of; null for a picture"
+    )
+    video_ts: Mapped[float | None] = mapped_column(
+        Double, comment="seconds from the start of the video; null for a picture"
+    )
 
     __table_args__ = (
         CheckConstraint("sha256 ~ '^[0-9a-f]{64}$'", name="sha256_hex"),
         CheckConstraint("width > 0 AND height > 0", name="positive_size"),
         CheckConstraint("jsonb_typeof(metadata) = 'object'", name="metadata_object"),
+        CheckConstraint("(video_id IS NULL) = (video_ts IS NULL) AND video_ts >= 0", name="video_frame"),
         Index("images_metadata_idx", "metadata", postgresql_using="gin", postgresql_ops={"metadata": "jsonb_path_ops"}),
         Index("images_taken_at_idx", "taken_at"),
+        Index("images_video_id_idx", "video_id", postgresql_where=sql("video_id IS NOT NULL")),
     )
 
 
@@ -102,6 +113,48 @@ class ImageBlob(Base):
     __tablename__ = "image_blobs"
 
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+
+class Video(Base):
+    """A video whose sampled frames are images (``images.video_id``, ``images.video_ts``), migration 0010."""
+
+    __tablename__ = "videos"
+    __table_args__ = (
+        CheckConstraint("sha256 ~ '^[0-9a-f]{64}$'", name="sha256_hex"),
+        CheckConstraint("width > 0 AND height > 0", name="positive_size"),
+        CheckConstraint("frame_interval_s > 0", name="frame_interval"),
+        {"comment": "a video whose sampled frames are images (images.video_id, images.video_ts)"},
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    sha256: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
+    source: Mapped[str | None] = mapped_column(Text, comment="original filename or path, as ingested")
+    source_bytes: Mapped[bytes | None] = mapped_column(
+        LargeBinary,
+        comment="the exact bytes of source when they are not valid UTF-8 (source then escapes them as \\xNN); else null",
+    )
+    byte_size: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    mime: Mapped[str] = mapped_column(Text, nullable=False)
+    container: Mapped[str] = mapped_column(Text, nullable=False, comment="mp4, mov, webm, matroska or avi")
+    duration_s: Mapped[float | None] = mapped_column(
+        Double, comment="seconds, as the container declares it; null when it does not"
+    )
+    frame_interval_s: Mapped[float] = mapped_column(
+        Double, nullable=False,
+        comment="seconds between sampled frames (wider than asked when the frame cap would be exceeded)",
+    )
+    width: Mapped[int] = mapped_column(Integer, nullable=False)
+    height: Mapped[int] = mapped_column(Integer, nullable=False)
+    created_at: Mapped[dt.datetime] = _now()
+
+
+class VideoBlob(Base):
+    """A video's original bytes (stored uncompressed: a Range request reads only its chunks)."""
+
+    __tablename__ = "video_blobs"
+
+    video_id: Mapped[int] = mapped_column(ForeignKey("videos.id", ondelete="CASCADE"), primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
 
 
@@ -292,4 +345,49 @@ class TextRequest(Base):
     __table_args__ = (
         CheckConstraint("length(text) BETWEEN 1 AND 1000", name="length"),
         Index("text_requests_model_text_key", "model_id", sql("md5(text)"), unique=True),
+    )
+
+
+class File(Base):
+    """A file of a folder kept in sync (``pgclip sync``, ``pgclip search --in``): which image its
+    bytes are, and the size and mtime that let the next sync skip it without reading it."""
+
+    __tablename__ = "files"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    # Sorted bytewise, so that a folder's files are one range of files_path_idx (the search's
+    # folder filter, db/sql/search.sql).
+    path: Mapped[str] = mapped_column(
+        Text(collation="C"), nullable=False,
+        comment="absolute path; bytes that are not UTF-8 written \\xNN, as images.source writes them",
+    )
+    path_bytes: Mapped[bytes] = mapped_column(LargeBinary, nullable=False, unique=True,
+                                              comment="the exact bytes of the path: the file's identity")
+    image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    video_id: Mapped[int | None] = mapped_column(
+        ForeignKey("videos.id", ondelete="CASCADE"), comment="a video file: the video whose frames are its images"
+    )
+    owns_image: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, server_default=sql("false"),
+        comment="the image (or video) came in through sync: it goes when no file row references it any more",
+    )
+    size: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    sha256: Mapped[str | None] = mapped_column(Text, comment="of the bytes last synced (null: unreadable)")
+    problem: Mapped[str | None] = mapped_column(
+        Text, comment="why the file could not be stored (then image_id and video_id are null); tried again once it "
+                      "changes"
+    )
+    synced_at: Mapped[dt.datetime] = _now()
+    missing_since: Mapped[dt.datetime | None] = mapped_column(
+        DateTime(timezone=True), comment="gone from disk, kept by pgclip sync --keep-missing"
+    )
+
+    __table_args__ = (
+        CheckConstraint("num_nonnulls(image_id, video_id, problem) = 1", name="one_target"),
+        Index("files_path_idx", "path"),
+        Index("files_image_id_idx", "image_id"),
+        Index("files_video_id_idx", "video_id"),
+        # Whether a folder holds a video (the search's folder filter asks, to choose its form).
+        Index("files_video_path_idx", "path", postgresql_where=sql("video_id IS NOT NULL")),
     )

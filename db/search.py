@@ -58,6 +58,9 @@ class SearchParams:
             raise InvalidInput(f"unknown filter {sorted(unknown)[0]!r} (known: {', '.join(sorted(FILTER_KEYS))})")
         for key, value in self.filters.items():
             PARAMS[key].check(value)
+        folder = self.filters.get("folder")
+        if folder is not None and not (isinstance(folder, str) and folder.startswith("/")):
+            raise InvalidInput(f"folder must be an absolute path, got {folder!r}")
         if needs_query and self.vector is None and not (self.caption_query or "").strip():
             raise InvalidInput("give a text, an image, an image id or a caption query to search for")
         if self.vector is not None and not np.all(np.isfinite(self.vector)):

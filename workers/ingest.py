@@ -16,6 +16,11 @@ there (stored by an older version, restored from a dump, inserted by hand) end
 No single file ends a run: what cannot be found, opened, read, decoded or
 stored is rejected with its reason (see ``ingest_files``). Only the database
 going away ends it early, as :class:`IngestInterrupted`, saying how far it got.
+
+Videos (``workers/video.py``) are read one at a time in this thread, after their
+batch's images: each is its own transaction (the video, its bytes, its sampled
+frames as images, their jobs), so a video that turns out damaged halfway through
+its frames leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -35,8 +40,9 @@ from pgclip.db.engine import driver_message
 from pgclip.workers.decode import ImageInfo, ImageRejected, captured_warnings, probe, route_warnings
 from pgclip.workers.ingest_files import IMAGE_SUFFIXES, Unreadable, discover, read_file, readable_name, stored_name
 from pgclip.workers.manifest import Entry, Manifest
+from pgclip.workers.video import MAX_VIDEO_BYTES, VIDEO_SUFFIXES, VideoOptions, VideoRejected, store_video
 
-__all__ = ["IMAGE_SUFFIXES", "BATCH_FILES", "IngestInterrupted", "IngestReport", "discover", "ingest", "new_image"]
+__all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "BATCH_FILES", "IngestInterrupted", "IngestReport", "discover", "ingest", "new_image"]
 
 BATCH_FILES = 64  # files per transaction: big enough to amortise round-trips, small enough to show progress
 READ_THREADS = 4  # reading + header parsing overlap with the database round-trips
@@ -70,8 +76,12 @@ class IngestReport:
     # (path, warning) for what the image library warned about while reading a file
     # (corrupt EXIF, odd TIFF tags, ...): the file was still judged on its pixels.
     warnings: list[tuple[str, str]] = dataclasses.field(default_factory=list)
-    files: int = 0  # image files found (the run's total)
+    files: int = 0  # image and video files found (the run's total)
     committed_files: int = 0  # of those, files whose outcome is final (their batch committed)
+    videos_added: int = 0
+    videos_present: int = 0  # videos whose bytes were stored already (nothing added)
+    frames_added: int = 0  # images made from the added videos' frames (not counted in `added`)
+    video_ids: list[int] = dataclasses.field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -88,6 +98,7 @@ class _Probed:
     image: db_images.NewImage | None
     reason: str | None
     warnings: tuple[str, ...] = ()
+    video: bool = False  # a video: read and stored later, one at a time, in the calling thread
 
 
 class _ManifestIndex:
@@ -146,6 +157,8 @@ def new_image(
 
 def _read(path: Path) -> _Probed:
     """Read and probe one file; whatever goes wrong is this file's reason, never the run's end."""
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        return _Probed(path, None, None, video=True)  # READ_THREADS whole videos in memory at once would be too many
     with captured_warnings() as warned:
         try:
             data = read_file(path)
@@ -176,12 +189,14 @@ def ingest(
     progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
     batch_files: int = BATCH_FILES,
+    video: VideoOptions = VideoOptions(),
 ) -> IngestReport:
-    """Ingest image files; ``progress(n)`` is called after every n files.
+    """Ingest image and video files; ``progress(n)`` is called after every n files.
 
     Each batch commits on its own (so a crash keeps what was done), unless the
-    caller holds a transaction open: then the batches are savepoints within it.
-    Raises :class:`IngestInterrupted` when the database goes away mid-run.
+    caller holds a transaction open: then the batches are savepoints within it;
+    each video is a transaction (or savepoint) of its own. ``video``: how frames are
+    sampled. Raises :class:`IngestInterrupted` when the database goes away mid-run.
     """
     paths = list(paths)
     as_files = False
@@ -201,6 +216,10 @@ def ingest(
         for batch in _batches(files, batch_files):
             probed = list(pool.map(_read, batch))
             _store_batch(conn, probed, index, report, model_id=model_id, ts_config=ts_config)
+            for item in probed:
+                if item.video:
+                    _store_video(conn, item.path, index.lookup(item.path), report, model_id=model_id,
+                                 ts_config=ts_config, options=video)
             report.committed_files += len(batch)
             if progress:
                 progress(len(batch))
@@ -227,6 +246,8 @@ def _store_batch(
 ) -> None:
     good: list[tuple[Path, db_images.NewImage, Entry | None]] = []
     for item in probed:
+        if item.video:
+            continue  # stored apart (_store_video)
         name = readable_name(item.path)
         report.warnings.extend((name, warning) for warning in item.warnings)
         if item.image is None:
@@ -295,6 +316,58 @@ def _write(
     # Known images never queued for this model (ingested under another one) are queued now.
     enqueued += queue.enqueue(conn, sorted(existing.values()), model_id, only_unqueued=True)
     return _Stored(added, existing, captions_added, enqueued)
+
+
+def _store_video(
+    conn: psycopg.Connection,
+    path: Path,
+    entry: Entry | None,
+    report: IngestReport,
+    *,
+    model_id: int,
+    ts_config: str,
+    options: VideoOptions,
+) -> None:
+    """Read one video and store it with its frames in one transaction; a manifest entry's
+    metadata and captions go to each of its frames. Any problem is this file's reason."""
+    name = readable_name(path)
+    try:
+        data = read_file(path, max_bytes=MAX_VIDEO_BYTES)
+    except Unreadable as exc:
+        report.rejected.append((name, str(exc)))
+        return
+    source, source_bytes = stored_name(path)
+    try:
+        with conn.transaction():
+            stored = store_video(conn, data, source=source, source_bytes=source_bytes, model_id=model_id,
+                                 options=options)
+            if entry and entry.metadata:
+                db_images.merge_metadata(conn, {i: entry.metadata for i in stored.frame_ids})
+            captions = [(i, text) for i in stored.frame_ids for text in (entry.captions if entry else ())]
+            report.captions_added += db_images.add_captions(conn, captions, ts_config=ts_config)
+    except VideoRejected as exc:
+        report.rejected.append((name, str(exc)))
+        return
+    except MemoryError:
+        report.rejected.append((name, "out of memory while decoding it"))
+        return
+    except (psycopg.DataError, psycopg.IntegrityError) as exc:
+        if conn.closed or conn.broken:
+            raise _interrupted(conn, exc, report) from exc
+        report.rejected.append((name, f"the database refused it: {driver_message(exc)}"))
+        return
+    except psycopg.Error as exc:
+        raise _interrupted(conn, exc, report) from exc
+    except Exception as exc:  # a bug or a library's surprise: still one file's problem
+        report.rejected.append((name, f"cannot read ({type(exc).__name__}: {exc})"))
+        return
+    if stored.created:
+        report.videos_added += 1
+        report.frames_added += len(stored.frame_ids)
+    else:
+        report.videos_present += 1
+    report.enqueued += stored.enqueued
+    report.video_ids.append(stored.video_id)
 
 
 def _interrupted(conn: psycopg.Connection, exc: BaseException, report: IngestReport) -> IngestInterrupted:

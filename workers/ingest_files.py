@@ -22,6 +22,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi"})  # sampled into frames (workers/video.py)
+MEDIA_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
 # Far above any photograph (a 89-megapixel 16-bit TIFF is ~540 MB uncompressed) yet
 # far below what would take the machine's memory: READ_THREADS files are in memory at once.
 MAX_FILE_BYTES = 1 << 30  # bytes
@@ -86,9 +88,9 @@ def _escape(char: str) -> str:
 def discover(
     paths: Iterable[Path], *, as_files: bool = False
 ) -> tuple[list[Path], int, list[tuple[str, str]]]:
-    """Image files under ``paths`` (recursive, sorted), the count of other files, and (name, reason) problems.
+    """Image and video files under ``paths`` (recursive, sorted), the count of other files, and (name, reason) problems.
 
-    Image files are told by their extension and must be regular files (a FIFO
+    Image and video files are told by their extension and must be regular files (a FIFO
     called ``x.jpg`` would block a reader forever). Folders and files starting
     with a dot are left out, and symlinked folders are not followed (a link
     back up the tree would never end). ``as_files``: the paths name files, not
@@ -107,7 +109,7 @@ def discover(
             skipped += _walk(root, found, problems)
         elif not _lexists(root):
             problems.append((readable_name(root), "no such file or directory"))
-        elif root.suffix.lower() not in IMAGE_SUFFIXES:
+        elif root.suffix.lower() not in MEDIA_SUFFIXES:
             skipped += 1
         else:
             _add_file(root, found, problems)
@@ -115,7 +117,7 @@ def discover(
 
 
 def _walk(top: Path, found: list[Path], problems: list[tuple[str, str]]) -> int:
-    """Add the image files under ``top`` (depth first, sorted); returns how many others it holds."""
+    """Add the image and video files under ``top`` (depth first, sorted); returns how many others it holds."""
     skipped = 0
     stack = [top]  # not recursion: a tree thousands of folders deep must not reach Python's recursion limit
     while stack:
@@ -133,7 +135,7 @@ def _walk(top: Path, found: list[Path], problems: list[tuple[str, str]]) -> int:
                 subfolders.append(path)
             elif _is_symlinked_folder(entry):
                 continue  # a symlinked folder: not followed
-            elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
+            elif Path(entry.name).suffix.lower() in MEDIA_SUFFIXES:
                 _add_file(path, found, problems)
             else:
                 skipped += 1

@@ -45,8 +45,10 @@ from pgclip.db import queue
 from pgclip.db.engine import connect
 from pgclip.db.models import ModelRow
 from pgclip.workers.decode import ImageRejected, decode, make_thumbnail, probe
+from pgclip.workers.index_build import IndexBuilder
 from pgclip.workers.ingest import new_image
 from pgclip.workers.liveness import Held, LeaseKeeper, Presence, Watchdog, app_name, worker_id
+from pgclip.workers.metrics import WorkerMetrics
 from pgclip.workers.pipeline import Decoded, Encoded, ImageEncoder, WorkerStats
 from pgclip.workers.reconnect import RETRYABLE, Abandoned, Outage, Reconnecting, reason
 from pgclip.workers.text_requests import TextRequests
@@ -75,7 +77,8 @@ class Worker:
     ``watchdog_seconds``: exit the process (status ``liveness.EXIT_HUNG``, with a thread
     dump) after that long without progress while holding jobs; 0 = no watchdog (the
     default for workers run inside another program). ``parent_pid``: stop when the
-    process that started this one is gone.
+    process that started this one is gone. ``metrics``: where the loop counts jobs and
+    times its stages (``pgclip worker --metrics-port`` serves them); by default nowhere.
     """
 
     def __init__(
@@ -91,6 +94,8 @@ class Worker:
         on_done: Callable[[int], None] | None = None,
         watchdog_seconds: float = 0,
         parent_pid: int | None = None,
+        metrics: WorkerMetrics | None = None,
+        build_index: bool = True,
     ) -> None:
         self.url = url
         self.model_threads = model_threads  # threads running the model, each on its own batch
@@ -106,7 +111,8 @@ class Worker:
         self.watchdog_seconds = watchdog_seconds
         self.parent_pid = parent_pid
         self.id = worker_id()
-        self.stats = WorkerStats()
+        self.metrics = metrics or WorkerMetrics.private(model=model.name, pretrained=model.pretrained)
+        self.stats = WorkerStats(listener=self.metrics.count)
         self.held = Held()  # claimed and not yet written or given back
         self.outage = Outage()
         self.stopping = threading.Event()
@@ -119,6 +125,10 @@ class Worker:
         self._main = self._connection(self._abandon)
         self.last_progress = time.monotonic()
         self.presence: Presence | None = None
+        # The model's deferred index, built when its queue runs dry (index_build.py); False: never
+        # (a benchmark's "before").
+        self.build_index = build_index
+        self.index_builder: IndexBuilder | None = None
 
     def _connection(self, cancel: threading.Event, **options: Any) -> Reconnecting:
         return Reconnecting(self.url, app_name=app_name(self.id), outage=self.outage, cancel=cancel,
@@ -144,6 +154,9 @@ class Worker:
             Watchdog(seconds=self.watchdog_seconds, held=self.held, idle_for=lambda: time.monotonic() - self.last_progress,
                      done=self._closed, parent_pid=self.parent_pid, on_orphaned=self.stop),
         ]
+        if self.build_index:
+            self.index_builder = IndexBuilder(self.url, model=self.model, app_name=app_name(self.id), done=self._closed)
+            services.append(self.index_builder)
         if hasattr(self.encoder, "encode_texts"):  # an image-only encoder (a test's) answers no texts
             services.append(TextRequests(self.url, worker=self.id, model_id=self.model.id,
                                          encode_texts=self.encoder.encode_texts, outage=self.outage, done=self._closed))
@@ -186,7 +199,8 @@ class Worker:
         while (batch := decoded.get()) is not None:
             if self.stopping.is_set():
                 continue  # not started: still held, given back when the worker ends
-            vectors, errors = self._encode(batch)
+            with self.metrics.stage("encode"):
+                vectors, errors = self._encode(batch)
             self._beat()
             encoded.put(Encoded(batch, vectors, errors | batch.errors))
         decoded.put(None)  # the decode thread's end, passed on to the other model threads
@@ -199,6 +213,8 @@ class Worker:
             timer.start()
         self.stopping.set()
         self._wake.set()
+        if self.index_builder is not None:
+            self.index_builder.cancel()  # a half-built index is left INVALID: the next build redoes it
 
     def give_back(self) -> bool:
         """Release every job still held, in one statement on a fresh connection, one try.
@@ -226,20 +242,28 @@ class Worker:
         db = self._connection(self.stopping, on_connect=self._release_strays)
         try:
             while not self.stopping.is_set():
-                jobs = db.run(self._claim)
+                with self.metrics.stage("claim"):
+                    jobs = db.run(self._claim)
                 self._beat()
                 live = [j for j in jobs if j.state == "leased"]
+                self.metrics.claimed(len(live))
                 self.held.add(j.id for j in live)
                 self.stats.add(failed=len(jobs) - len(live))
                 if not live:
                     if until_empty and db.run(lambda c: queue.open_jobs(c, self.model.id)[0]) == 0:
+                        if self.index_builder is not None:
+                            self.index_builder.build_now(recheck=False)  # the queue is empty: the index, if deferred
                         break
+                    if self.index_builder is not None:
+                        self.index_builder.poke()
                     # Jobs leased elsewhere end without a notification: an emptying worker looks again soon.
                     self._wake.wait(UNTIL_EMPTY_POLL_SECONDS if until_empty else POLL_SECONDS)
                     self._wake.clear()
                     continue
-                blobs, bare, unprobed = db.run(lambda c: _stored_bytes(c, [j.image_id for j in live]))
-                batch = self._decode(live, blobs, bare, unprobed)
+                with self.metrics.stage("fetch"):
+                    blobs, bare, unprobed = db.run(lambda c: _stored_bytes(c, [j.image_id for j in live]))
+                with self.metrics.stage("decode"):
+                    batch = self._decode(live, blobs, bare, unprobed)
                 self._beat()
                 while not self.stopping.is_set():
                     try:
@@ -309,7 +333,8 @@ class Worker:
                 # A bug, not the database: let the leases expire (counting the attempt) rather
                 # than give the batch back, so that a batch that breaks the writer ends failed.
                 self.held.discard(item.batch.job_ids)
-                log.exception("writing a batch failed; its jobs return to the queue when their leases expire")
+                log.exception("writing a batch failed; its jobs return to the queue when their leases expire",
+                              extra={"job_ids": item.batch.job_ids})
 
     def _write(self, batch: Decoded, vectors: dict[int, np.ndarray], errors: dict[int, str]) -> None:
         results = []
@@ -327,7 +352,8 @@ class Worker:
             )
 
         # Waits for the database while it is away; raises Abandoned once a stopping worker gives up.
-        owned, failed, states = self._main.run(write)
+        with self.metrics.stage("write"):
+            owned, failed, states = self._main.run(write)
         self.held.discard(batch.job_ids)
         self._beat()
         sent = len(results) + len(batch.rejected) + len(errors)
@@ -352,7 +378,8 @@ class Worker:
         except Exception as exc:
             if len(ids) == 1:
                 return {}, {ids[0]: _reason(exc)}
-            log.warning("encoding a batch of %d failed (%s); retrying image by image", len(ids), _reason(exc))
+            log.warning("encoding a batch of %d failed (%s); retrying image by image", len(ids), _reason(exc),
+                        extra={"job_ids": ids})
         out: dict[int, np.ndarray] = {}
         errors: dict[int, str] = {}
         for job_id in ids:

@@ -21,6 +21,7 @@ import dataclasses
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -30,6 +31,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from pgclip.core import logs
 from pgclip.core.errors import ModelLoadError
 from pgclip.workers.weights import cache_dir, file_sha256, one_line
 
@@ -199,5 +201,15 @@ def _tower_module(model: Any, tower: str) -> Any:
     return Tower().eval()
 
 
+# Its own level, so that the notice passes in commands that log only errors otherwise.
+_notices = logging.getLogger("pgclip.encoder.export")
+_notices.setLevel(logging.INFO)
+
+
 def _progress(message: str) -> None:
-    print(f"pgclip: {message}", file=sys.stderr, flush=True)
+    # A minute-long export should not look like a hang: the user sees it whatever the log
+    # level, and a process logging JSON gets it as one of its JSON lines.
+    if logs.structured():
+        _notices.info(message)
+    else:
+        print(f"pgclip: {message}", file=sys.stderr, flush=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -60,6 +60,8 @@ class WorkerStats:
     retried: int = 0
     lost: int = 0
     released: int = 0
+    # Told every count as it is added (the worker's metrics, workers/metrics.py).
+    listener: Callable[[dict[str, int]], None] | None = dataclasses.field(default=None, repr=False, compare=False)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, **counts: int) -> None:
@@ -67,3 +69,5 @@ class WorkerStats:
         with self._lock:
             for name, n in counts.items():
                 setattr(self, name, getattr(self, name) + n)
+        if self.listener:
+            self.listener(counts)

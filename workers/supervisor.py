@@ -101,9 +101,13 @@ class _Slot:
         self.code: int | None = None  # the final exit status, once the slot is finished
 
 
-def run_children(concurrency: int, child_args: list[str], *, threads_per_child: int) -> int:
+def run_children(concurrency: int, child_args: list[str], *, threads_per_child: int,
+                 slot_args: Callable[[int], list[str]] | None = None) -> int:
     """Run ``concurrency`` worker processes, restarting those that die abnormally, until all
-    have ended; returns 0 when they ended well (or were stopped by a signal), else the worst status."""
+    have ended; returns 0 when they ended well (or were stopped by a signal), else the worst status.
+
+    ``slot_args(i)``: arguments of the i-th child (from 0) alone, the same for each child
+    that takes its place (its metrics port, say)."""
     env = dict(os.environ)
     env.setdefault("PGCLIP_TORCH_THREADS", str(threads_per_child))
     env[PARENT_ENV] = str(os.getpid())
@@ -113,7 +117,8 @@ def run_children(concurrency: int, child_args: list[str], *, threads_per_child: 
     wake = threading.Event()
 
     def start(slot: _Slot) -> None:
-        slot.proc = subprocess.Popen(command, env=env, start_new_session=True)
+        own = slot_args(slot.index) if slot_args else []
+        slot.proc = subprocess.Popen([*command, *own], env=env, start_new_session=True)
         slot.started = time.monotonic()
         slot.restart_at = None
 

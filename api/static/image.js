@@ -3,6 +3,7 @@
 import {
   $, api, el, emptyBox, errorBox, fmtBytes, fmtDateTime, openDialog, resultCard, setTitle, write,
 } from "/static/common.js";
+import { clock, framePlayer, markFrame } from "/static/video.js";
 
 const SIMILAR_K = 12;
 const POLL_MS = 2000; // while the image waits in the queue
@@ -37,7 +38,9 @@ function frame(d) {
   root.replaceChildren(
     el("h1", { text: `Image ${d.id}` }),
     el("div", { class: "image-layout" },
-      el("div", { class: "original" }, el("img", { src: d.original_url, alt: titleOf(d), id: "original" })),
+      d.video
+        ? el("div", {}, framePlayer(d, titleOf(d)), el("img", { src: d.original_url, alt: titleOf(d), id: "original", hidden: true }))
+        : el("div", { class: "original" }, el("img", { src: d.original_url, alt: titleOf(d), id: "original" })),
       el("div", { class: "panel", id: "details" },
         el("p", { id: "action-status", class: "visually-hidden", role: "status" }),
         el("div", { id: "edit-error" }),
@@ -100,6 +103,7 @@ function show(d, { fresh = true } = {}) {
   $("#clear-taken").disabled = !d.taken_at;
   $("#file-box").replaceChildren(facts([
     ["source", d.source],
+    ["video", d.video ? el("span", { id: "frame-of", text: `frame at ${clock(d.video.timestamp)} (${d.video.timestamp} s)` }) : null],
     ["size", `${d.width} × ${d.height} px`],
     ["format", `${d.format} (${d.mime})`],
     ["bytes", fmtBytes(d.byte_size)],
@@ -350,7 +354,7 @@ async function loadSimilar() {
   try {
     const page = await api(`/api/images/${imageId}/similar?k=${SIMILAR_K}`);
     box.replaceChildren(page.results.length
-      ? el("div", { class: "grid", id: "similar-grid" }, page.results.map(resultCard))
+      ? el("div", { class: "grid", id: "similar-grid" }, page.results.map((r) => markFrame(resultCard(r), r)))
       : emptyBox("No similar images", "This is the only embedded image so far."));
   } catch (err) {
     box.replaceChildren(errorBox(err, "Could not load similar images"));

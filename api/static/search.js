@@ -1,5 +1,6 @@
 // The search page: the form <-> the URL's query string <-> POST /api/search (or /api/search/image).
 import { $, api, el, emptyBox, errorBox, parseMetadata, resultCard, setTitle } from "/static/common.js";
+import { markFrame } from "/static/video.js";
 
 const PAGE_SIZE = 24;
 const IMAGE_KEY = "pgclip.queryImage"; // the query image survives a reload of this tab (a URL cannot carry it)
@@ -181,7 +182,7 @@ async function run(query, { append = false } = {}) {
     }
     for (const r of page.results) {
       shownIds.push(r.id);
-      grid.append(resultCard(r));
+      grid.append(markFrame(resultCard(r), r)); // a frame of a video shows its time in it
     }
     if (!shownIds.length) {
       results.replaceChildren(emptyBox("No results", "Try other words, fewer filters, or another mode."));

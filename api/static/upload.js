@@ -7,10 +7,10 @@ const watching = new Map(); // image id -> its <li>
 let timer = null;
 
 function setFiles(list) {
-  files = [...list].filter((f) => !f.type || f.type.startsWith("image/"));
+  files = [...list].filter((f) => !f.type || f.type.startsWith("image/") || f.type.startsWith("video/"));
   $("#drop-text").textContent = files.length
-    ? `${files.length} picture${files.length === 1 ? "" : "s"} chosen: ${files.map((f) => f.name).join(", ")}`
-    : "Drop pictures here, or";
+    ? `${files.length} file${files.length === 1 ? "" : "s"} chosen: ${files.map((f) => f.name).join(", ")}`
+    : "Drop pictures or videos here, or";
   $("#choose-files").textContent = files.length ? "Choose other files…" : "Choose files…";
   $("#upload-button").disabled = files.length === 0;
 }
@@ -20,13 +20,18 @@ function badge(state, embedded) {
   return el("span", { class: `badge ${embedded ? "done" : state || ""}`, text: label });
 }
 
+// A video's answer names its frames: the row links and follows its first one.
 function row(file, answer) {
-  const li = el("li", { dataset: { id: answer.id } },
+  const id = answer.video ? answer.frame_ids[0] : answer.id;
+  const what = answer.video
+    ? `video ${answer.video.id}, ${answer.frame_ids.length} frame${answer.frame_ids.length === 1 ? "" : "s"}`
+    : `image ${id}`;
+  const li = el("li", id === undefined ? {} : { dataset: { id } },
     el("span", { class: "thumb" }),
     el("div", { class: "what" },
       el("div", { class: "name", text: file.name }),
       el("div", { class: "small muted" },
-        el("a", { href: `/images/${answer.id}`, text: `image ${answer.id}` }),
+        id === undefined ? what : el("a", { href: `/images/${id}`, text: what }),
         answer.created ? " · added" : " · already in the collection")),
     el("span", { class: "state" }, badge(answer.queue_state, answer.queue_state === "done")));
   return li;
@@ -55,7 +60,7 @@ async function upload(event) {
       const answer = await write("/api/images", { method: "POST", body });
       const li = row(file, answer);
       $("#uploads").prepend(li);
-      watching.set(answer.id, li);
+      if (li.dataset.id) watching.set(Number(li.dataset.id), li);
     } catch (err) {
       if (err instanceof ApiError && err.status === 401) {
         // No (valid) key: every other file would be refused too. Keep them chosen for another try.

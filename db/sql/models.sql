@@ -23,9 +23,11 @@ FROM pgclip.models ORDER BY id;
 
 -- register --
 -- Idempotent: a model registered again keeps its row, its state and its index settings.
+-- Returns the id when the row is new (nothing when it was there).
 INSERT INTO pgclip.models (name, pretrained, dimension, index_params)
 VALUES (%(name)s, %(pretrained)s, %(dimension)s, %(index_params)s)
-ON CONFLICT (name, pretrained) DO NOTHING;
+ON CONFLICT (name, pretrained) DO NOTHING
+RETURNING id;
 
 -- activate_if_none --
 -- The first model a database sees answers searches; later ones wait to be activated.
@@ -33,10 +35,10 @@ UPDATE pgclip.models SET state = 'active'
 WHERE id = %(model_id)s AND NOT EXISTS (SELECT 1 FROM pgclip.models WHERE state = 'active');
 
 -- is_ready --
--- Registered, with its index built (unless it wants none), and some model active:
--- nothing for ensure_model to do, so a process can start without taking DDL locks.
-SELECT (%(no_index)s OR to_regclass(%(index)s) IS NOT NULL)
-       AND EXISTS (SELECT 1 FROM pgclip.models WHERE state = 'active');
+-- Registered, and some model active: nothing for ensure_model to do. (A model's index
+-- is not ensure_model's business once the row exists: a missing one is deferred, built
+-- when the backlog drains; see indexes.sql.)
+SELECT EXISTS (SELECT 1 FROM pgclip.models WHERE state = 'active');
 
 -- lock_active --
 -- Serialises concurrent switches of the active model on the row being replaced.

@@ -9,18 +9,21 @@
 
 -- filter_sql --
 CREATE OR REPLACE FUNCTION pgclip.filter_sql(filters jsonb) RETURNS text
-LANGUAGE plpgsql IMMUTABLE AS $$
+LANGUAGE plpgsql STABLE AS $$
 -- The WHERE clause (over images aliased i) for a filters object; values are quoted
 -- with format(%L), identifiers are fixed. Unknown keys are errors, not ignored:
--- a typo must not silently widen a search.
+-- a typo must not silently widen a search. STABLE, not IMMUTABLE: the folder filter
+-- looks whether the folder holds a video.
 DECLARE
     known constant text[] := ARRAY['taken_after', 'taken_before', 'min_width', 'min_height', 'orientation',
-                                   'format', 'metadata', 'has_caption', 'exclude_ids'];
+                                   'format', 'metadata', 'has_caption', 'exclude_ids', 'folder'];
     key text;
     parts text[] := ARRAY['true'];
     formats text[];
     lowest bigint;
     highest bigint;
+    folder text;
+    with_videos boolean;
 BEGIN
     IF filters IS NULL OR filters = 'null'::jsonb THEN
         RETURN 'true';
@@ -89,6 +92,32 @@ BEGIN
         END IF;
         parts := parts || format('NOT (i.id = ANY(%L::bigint[]))',
                                  ARRAY(SELECT jsonb_array_elements_text(filters->'exclude_ids'))::bigint[]);
+    END IF;
+    IF filters ? 'folder' THEN
+        -- Images of synced files (pgclip.files, pgclip sync) under the folder, and not marked
+        -- missing: a picture's own image, a video's frames. Whole path components: /a/b holds
+        -- /a/b/c.jpg and /a/b itself, never /a/bc. The path column sorts bytewise (COLLATE "C"),
+        -- so everything under "/a/b/" lies in ["/a/b/", "/a/b0") ('0' follows '/'): one range
+        -- scan of files_path_idx. Pictures alone are one EXISTS, which the planner turns into
+        -- the join that suits (filter first for a small folder, the vector index for a big one);
+        -- the frames of a folder's videos need a union, which it joins less well, so the union
+        -- is written only when the folder holds a video (files_video_path_idx says at once).
+        folder := filters->>'folder';
+        IF jsonb_typeof(filters->'folder') <> 'string' OR left(folder, 1) <> '/' THEN
+            RAISE EXCEPTION 'folder must be an absolute path, got %', filters->'folder' USING ERRCODE = '22023';
+        END IF;
+        folder := rtrim(folder, '/');  -- "/a/b/" is "/a/b"; "/" is "" (everything)
+        folder := format('f.missing_since IS NULL AND (f.path = %L OR (f.path >= %L AND f.path < %L))',
+                         folder, folder || '/', folder || '0');
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM pgclip.files f WHERE f.video_id IS NOT NULL AND %s)', folder)
+            INTO with_videos;
+        IF with_videos THEN
+            parts := parts || format('i.id IN (SELECT f.image_id FROM pgclip.files f WHERE f.image_id IS NOT NULL'
+                                     ' AND %s UNION ALL SELECT fv.id FROM pgclip.files f JOIN pgclip.images fv'
+                                     ' ON fv.video_id = f.video_id WHERE %s)', folder, folder);
+        ELSE
+            parts := parts || format('EXISTS (SELECT 1 FROM pgclip.files f WHERE f.image_id = i.id AND %s)', folder);
+        END IF;
     END IF;
     RETURN array_to_string(parts, ' AND ');
 END

@@ -18,6 +18,7 @@ from pgclip.cli.models import add_model_parsers
 from pgclip.cli.queue import add_queue_parsers
 from pgclip.cli.search import add_search_parsers
 from pgclip.cli.serve import add_serve_parsers
+from pgclip.cli.sync import add_sync_parser
 from pgclip.core.errors import PgclipError
 from pgclip.core.settings import Settings
 
@@ -117,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_queue_parsers(sub)
     add_search_parsers(sub)
+    add_sync_parser(sub)
     add_serve_parsers(sub)
     add_model_parsers(sub)
     add_eval_parser(sub)
@@ -124,15 +126,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that run until stopped: their log lines name the process, and pgclip's own INFO
+# lines (a worker starting, the database going away and coming back) are part of their log.
+LONG_RUNNING = {"worker": "pgclip-worker", "serve": "pgclip-api", "demo": "pgclip-demo"}
+
+
+def _configure_logging(command: str, settings: Settings) -> None:
+    from pgclip.core.logs import configure
+
+    if command in LONG_RUNNING:
+        configure(settings.log_format, process=LONG_RUNNING[command], level=logging.WARNING,
+                  pgclip_level=logging.INFO)
+    else:
+        configure(settings.log_format, process="pgclip")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler = args.handler
     # Library warnings (open_clip announces random test weights on the root logger) are
-    # not the user's business; `pgclip worker` sets up its own logging.
+    # not the user's business; until the settings say how to log, only errors pass.
     logging.getLogger().setLevel(logging.ERROR)
     try:
         settings = Settings.from_env()
+        _configure_logging(args.command, settings)
         return handler(args, settings) or 0
     except PgclipError as exc:
         print(f"pgclip: error: {exc}", file=sys.stderr)

@@ -11,12 +11,19 @@ from pgclip.core.settings import Settings
 
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     from pgclip.application.bootstrap import ready_url
-    from pgclip.db import models
+    from pgclip.db import indexes, models
     from pgclip.db.engine import connection
 
-    with connection(ready_url(settings)) as conn:
+    url = ready_url(settings)
+    with connection(url) as conn:
         if args.action == "activate":
             model = models.find_model(conn, args.name, args.pretrained)
+            models.check_activation(conn, model, force=args.force)
+            conn.commit()  # no snapshot held while the index builds: CONCURRENTLY waits for older ones
+            # Searches switch to a model with its index: a deferred one is built first.
+            report = indexes.build_deferred(url, model, wait=True)
+            if report is not None:
+                out(f"built the index of {model.label} first: {report.vectors} vectors in {report.seconds:.1f} s")
             previous = models.activate(conn, model, force=args.force)
             out(f"{model.label} is active" + (f" (was {previous.label})" if previous else " (already was)"))
             return 0
@@ -25,27 +32,38 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
             removed = models.drop(conn, model)
             out(f"dropped {model.label}: {removed} vectors and its index removed")
             return 0
-        rows = models.coverage(conn)
-    out(f"{'model':<20} {'pretrained':<28} {'dim':>5}  {'state':<9} vectors")
-    for c in rows:
+        infos = indexes.describe_indexes(conn)
+    out(f"{'model':<20} {'pretrained':<28} {'dim':>5}  {'state':<9} {'vectors':<20} index")
+    for info in infos:
+        c = info.coverage
         mark = "  <- answers searches" if c.model.state == "active" else ""
         out(f"{c.model.name:<20} {c.model.pretrained[:28]:<28} {c.model.dimension:>5}  {c.model.state:<9} "
-            f"{c.vectors}/{c.images} ({c.fraction:.0%}){mark}")
+            f"{f'{c.vectors}/{c.images} ({c.fraction:.0%})':<20} {_short_state(info)}{mark}")
     return 0
+
+
+def _short_state(info) -> str:
+    if info.state == "building" and info.progress is not None:
+        return f"building {info.progress:.0%} (exact search)"
+    return info.state if info.state == "built" else f"{info.state} (exact search)"
 
 
 def cmd_reembed(args: argparse.Namespace, settings: Settings) -> int:
     from pgclip.application.bootstrap import ready_url, register_configured_model
     from pgclip.db.engine import connection
+    from pgclip.db.indexes import defer_index
     from pgclip.db.queue import enqueue_model
 
     pretrained = args.checkpoint or args.pretrained or settings.pretrained
     target = dataclasses.replace(settings, model=args.name, pretrained=pretrained)
     url = ready_url(settings)
-    model = register_configured_model(url, target)  # the row and its vector index
+    model = register_configured_model(url, target)
+    # Its vectors go in by plain inserts; the index is built once, when its queue has drained.
+    defer_index(url, model, only_empty=True)
     with connection(url) as conn, conn.transaction():
         queued = enqueue_model(conn, model.id)
-    out(f"{model.label} registered ({model.state}); {queued} images queued for it")
+    out(f"{model.label} registered ({model.state}); {queued} images queued for it; its vector index is built "
+        "once they are embedded")
     encoder = f"PGCLIP_ENCODER={settings.encoder} " if settings.encoder == "onnx-int8" else ""
     out(f"run workers for it: {encoder}PGCLIP_PRETRAINED={pretrained} pgclip worker --model {args.name}; "
         f"then `pgclip models activate {args.name} --pretrained {model.pretrained}`")
@@ -72,9 +90,10 @@ def cmd_index(args: argparse.Namespace, settings: Settings) -> int:
         for info in infos:
             m = info.coverage.model
             size = "-" if info.size_bytes is None else f"{info.size_bytes / 2**20:.1f} MB"
-            state = "" if info.valid in (None, True) else "  (INVALID: rebuild it)"
-            if m.index_kind != "none" and info.size_bytes is None:
-                state = "  (missing: rebuild it)"
+            state = "" if m.index_kind == "none" else f"  [{info.describe_state()}]"
+            if info.build:  # a deferred build's record
+                state = (f"  [built in {info.build['seconds']} s with maintenance_work_mem "
+                         f"{info.build['maintenance_work_mem']}, {info.build['vectors']} vectors]")
             out(f"{m.name:<20} {m.pretrained[:28]:<28} {info.coverage.vectors:>8} {size:>9}  "
                 f"{indexes.current_choice(m).describe()}{state}")
         return 0
@@ -123,7 +142,7 @@ def add_model_parsers(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--ef-search", type=positive, help="HNSW: query candidate list (default: the search's window)")
     i.add_argument("--lists", type=positive, help="IVFFlat: number of lists (default vectors / 1000)")
     i.add_argument("--probes", type=positive, help="IVFFlat: lists probed per query (default sqrt(lists))")
-    i.add_argument("--memory", default="1GB", help="maintenance_work_mem for the build (default 1GB)")
+    i.add_argument("--memory", help="maintenance_work_mem for the build (default: the server's, at least 1GB)")
     i.set_defaults(handler=_checked_index)
 
 

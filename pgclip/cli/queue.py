@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from pgclip.cli.common import out as _out
-from pgclip.cli.common import positive
+from pgclip.cli.common import nonnegative, positive
 from pgclip.cli.common import progress as _progress
 from pgclip.core.settings import Settings
 
@@ -24,6 +24,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     from pgclip.workers.ingest import BATCH_FILES, ingest, require_paths
     from pgclip.workers.ingest_files import one_line, readable_name
     from pgclip.workers.manifest import load_manifest
+    from pgclip.workers.video import VideoOptions
 
     def usage_error(message: str) -> int:
         print(f"pgclip: error: {one_line(message)}", file=sys.stderr)
@@ -45,10 +46,12 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         url = ready_url(settings)
         model = register_configured_model(url, settings, quick=True)
         with _progress(None, "file", "ingest") as bar, connection(url, role="ingest") as conn:
+            _bulk_mode(conn, url, model, args.bulk)
             report = ingest(
                 conn, paths, model_id=model.id, manifest=manifest, ts_config=settings.text_search_config,
                 progress=bar.update, on_total=lambda n: setattr(bar, "total", n),
                 batch_files=args.batch_files or BATCH_FILES,
+                video=VideoOptions.from_settings(settings, args.frame_interval),
             )
     except Exception as exc:
         # IngestInterrupted (lost mid-run) is a DatabaseUnavailable; so is a driver error of
@@ -61,6 +64,24 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     status = 1 if report.rejected else 0
     _print_ingest_report(report, args.json, args.verbose)
     return status
+
+
+def _bulk_mode(conn, url: str, model, bulk: bool) -> None:
+    """Hold the ingest's place against the model's deferred index (it is built after the ingest's
+    last image), and with ``--bulk`` drop a built index first; say what happened, on stderr."""
+    from pgclip.db.indexes import prepare_ingest
+
+    plan = prepare_ingest(conn, url, model, bulk=bulk)
+    if plan.dropped and plan.vectors:
+        print(f"pgclip: bulk mode: dropped the index of {model.label} ({plan.vectors} vectors); its searches "
+              "rank every vector exactly (slower) until the workers have embedded this ingest and built it "
+              "again, once", file=sys.stderr)
+    elif bulk and plan.deferred:
+        print(f"pgclip: bulk mode: {model.label} has no index yet; it is built once the workers have embedded "
+              "this ingest", file=sys.stderr)
+    elif bulk:
+        print(f"pgclip: bulk mode: {model.label} has no vector index (kind none): nothing to defer",
+              file=sys.stderr)
 
 
 def _print_ingest_report(report, as_json: bool, verbose: bool) -> None:
@@ -77,6 +98,9 @@ def _print_ingest_report(report, as_json: bool, verbose: bool) -> None:
         f"added {report.added}, already present {report.present}, skipped {report.skipped} (not images), "
         f"rejected {len(report.rejected)}; {report.captions_added} captions added, {report.enqueued} queued{warned}"
     )
+    if report.videos_added or report.videos_present:
+        _out(f"videos: added {report.videos_added} ({report.frames_added} frames), "
+             f"already present {report.videos_present}")
     for path, reason in report.rejected:
         _out(f"  rejected {one_line(path)}: {one_line(reason)}")
     if report.warnings and verbose:
@@ -99,10 +123,14 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
     from pgclip.application.bootstrap import ready_url, register_configured_model
+    from pgclip.core import logs
+    from pgclip.core.errors import InvalidInput
     from pgclip.db.engine import connection, describe_target
+    from pgclip.db.metrics import DatabaseCollector, scrape_connection
     from pgclip.db.queue import open_jobs
     from pgclip.workers.encoder import ClipEncoder
     from pgclip.workers.loop import Worker
+    from pgclip.workers.metrics import WorkerMetrics
     from pgclip.workers.reconnect import wait_for_database
     from pgclip.workers.supervisor import install_signal_handlers, supervising_parent
 
@@ -113,13 +141,20 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
         settings = dataclasses.replace(settings, model=args.model or settings.model,
                                        pretrained=args.pretrained or settings.pretrained)
+    metrics_port = settings.worker_metrics_port if args.metrics_port is None else args.metrics_port
+    if metrics_port and metrics_port + args.concurrency - 1 > 65535:
+        raise InvalidInput(f"--metrics-port {metrics_port} with --concurrency {args.concurrency} needs ports past 65535")
+    # Served before anything else: a port already taken fails at once, in one line.
+    registry = _serve_metrics(settings.worker_metrics_host, metrics_port, args.concurrency) if metrics_port else None
     # A worker started before its database (or while it restarts) waits for it.
     target = describe_target(settings.database_url) if settings.database_url else "the embedded server"
     if args.concurrency > 1:
         wait_for_database(target, lambda: ready_url(settings))  # errors that need a person, said once
-        return _supervise(args, settings)
+        return _supervise(args, settings, metrics_port)
     url = wait_for_database(target, lambda: ready_url(settings))
     target = describe_target(url)
+    if registry is not None:
+        registry.register(DatabaseCollector(lambda: scrape_connection(url)))
     encoder = ClipEncoder.from_settings(settings, worker=True)
     with ThreadPoolExecutor(1) as pool:
         # Weights load (fail fast, before claiming anything) while a checkpoint is hashed to register it.
@@ -133,11 +168,15 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     total = wait_for_database(target, count_open)
     bar = _progress(total if args.until_empty else None, "img", "embed")
+    metrics = (WorkerMetrics(registry, model=model.name, pretrained=model.pretrained) if registry is not None
+               else None)
     worker = Worker(
         url, encoder=encoder, model=model, batch_size=settings.batch_size, lease_seconds=settings.lease_seconds,
         max_attempts=settings.max_attempts, model_threads=encoder.model_threads, on_done=bar.update,
-        watchdog_seconds=args.watchdog, parent_pid=parent,
+        watchdog_seconds=args.watchdog, parent_pid=parent, metrics=metrics,
     )
+    worker.metrics.describe_worker(worker.id, encoder.backend, encoder.device)
+    logs.bind(worker=worker.id)
     install_signal_handlers(worker.stop, worker.give_back)
     logging.getLogger("pgclip.worker").info(
         "worker %s on %s (%d model thread%s), model %s", worker.id, encoder.device, encoder.model_threads,
@@ -151,16 +190,9 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _worker_process_setup() -> None:
-    """Log lines that name the process; a stop before any job is held just exits."""
-    import logging
-    import os
+    """A stop before any job is held just exits (the log lines that name the process are
+    set up by ``pgclip.cli.main``)."""
     import signal
-
-    logging.basicConfig(
-        level=logging.WARNING, stream=sys.stderr,
-        format=f"%(asctime)s pgclip-worker[{os.getpid()}] %(levelname)s %(message)s",
-    )
-    logging.getLogger("pgclip").setLevel(logging.INFO)
 
     def quit_quietly(signum, frame):  # stopped before holding any job: nothing to give back
         raise SystemExit(0)
@@ -169,8 +201,9 @@ def _worker_process_setup() -> None:
     signal.signal(signal.SIGINT, quit_quietly)
 
 
-def _supervise(args: argparse.Namespace, settings: Settings) -> int:
-    """`--concurrency N`: N worker processes, each a `pgclip worker` with its share of the threads."""
+def _supervise(args: argparse.Namespace, settings: Settings, metrics_port: int) -> int:
+    """`--concurrency N`: N worker processes, each a `pgclip worker` with its share of the threads
+    (and, with a metrics port P, child i serving its metrics on port P + i)."""
     import os
 
     from pgclip.workers.supervisor import run_children
@@ -178,7 +211,21 @@ def _supervise(args: argparse.Namespace, settings: Settings) -> int:
     child_args = ["--until-empty"] if args.until_empty else []
     child_args += ["--model", settings.model, "--pretrained", settings.pretrained, "--watchdog", str(args.watchdog)]
     threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // args.concurrency)
-    return run_children(args.concurrency, child_args, threads_per_child=threads)
+    return run_children(args.concurrency, child_args, threads_per_child=threads,
+                        slot_args=lambda i: ["--metrics-port", str(metrics_port + i if metrics_port else 0)])
+
+
+def _serve_metrics(host: str, port: int, concurrency: int):
+    """The worker's metrics registry, served on host:port (``workers/metrics.py``); None for a
+    `--concurrency` parent, which only checks that its children's ports are free."""
+    from pgclip.workers.metrics import process_registry, require_free, serve
+
+    if concurrency > 1:
+        require_free(host, range(port, port + concurrency))
+        return None
+    registry = process_registry()
+    serve(registry, host, port)
+    return registry
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -278,15 +325,31 @@ def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _seconds(text: str) -> float:
+    """argparse type of --frame-interval: 0.1 to 86400 seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0.1 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"must be 0.1 to 86400 seconds, got {text}")
+    return value
+
+
 def add_queue_parsers(sub: argparse._SubParsersAction) -> None:
     """The write path: ingest, the workers, the queue's state, and changes to stored images."""
-    ing = sub.add_parser("ingest", help="add image files and folders (recursive), with optional captions")
-    ing.add_argument("paths", nargs="*", metavar="PATH", help="image files or folders")
+    ing = sub.add_parser("ingest", help="add image and video files and folders (recursive), with optional captions")
+    ing.add_argument("paths", nargs="*", metavar="PATH", help="image or video files, or folders")
     ing.add_argument("--captions", metavar="FILE", help="Flickr30k results.csv or JSON Lines manifest")
     ing.add_argument("--json", action="store_true", help="print the summary as JSON")
     ing.add_argument("-v", "--verbose", action="store_true", help="list the image library's warnings, file by file")
+    ing.add_argument("--bulk", action="store_true",
+                     help="a large import: drop the model's vector index first and build it once, when the workers "
+                          "have embedded everything (searches of the model are exact and slower meanwhile)")
     ing.add_argument("--batch-files", type=positive, metavar="N",
                      help="files per transaction (default 64): a killed run keeps every batch it committed")
+    ing.add_argument("--frame-interval", type=_seconds, metavar="SECONDS",
+                     help="videos: sample one frame every SECONDS (default PGCLIP_VIDEO_FRAME_INTERVAL, 5)")
     ing.set_defaults(handler=cmd_ingest)
 
     wrk = sub.add_parser("worker", help="embed queued images (run as many as you like, on any host)")
@@ -294,6 +357,9 @@ def add_queue_parsers(sub: argparse._SubParsersAction) -> None:
     wrk.add_argument("--until-empty", action="store_true", help="exit when no job is left to do")
     wrk.add_argument("--model", metavar="NAME", help="embed for this model instead of PGCLIP_MODEL (a re-embed)")
     wrk.add_argument("--pretrained", metavar="TAG_OR_PATH", help="its weights, instead of PGCLIP_PRETRAINED")
+    wrk.add_argument("--metrics-port", type=nonnegative, metavar="PORT",
+                     help="serve Prometheus metrics on this port (default PGCLIP_WORKER_METRICS_PORT; 0: none); "
+                          "--concurrency N: child i on PORT + i")
     wrk.add_argument("--watchdog", type=float, default=120.0, metavar="SECONDS",
                      help="a worker that holds jobs and makes no progress this long is hung: it prints a thread "
                           "dump and exits with status 3 to be restarted (default 120; 0 = off)")

@@ -32,6 +32,9 @@ def add_search_parsers(sub: argparse._SubParsersAction) -> None:
                     help=f"narrow the search (repeatable); KEY is one of {keys}, or metadata.KEY for metadata "
                          f"containment; e.g. {_EXAMPLE_FILTERS}")
     se.add_argument("--json", action="store_true", help="print the results as JSON")
+    se.add_argument("--in", dest="in_folder", metavar="DIR",
+                    help="search only the images of DIR, brought up to date first (as `pgclip sync DIR`: new and "
+                         "changed files stored and embedded in this process, deleted ones removed)")
     se.set_defaults(handler=cmd_search)
 
     dup = sub.add_parser("duplicates", help="groups of near-identical images (resized, re-encoded copies)")
@@ -104,6 +107,7 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
     from pgclip.application.bootstrap import open_service
+    from pgclip.db.videos import clock
 
     image = None
     if args.image:
@@ -113,7 +117,13 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
             raise InvalidInput(f"cannot read image {args.image}: {exc.strerror or exc}") from None
     options = {p.name: getattr(args, p.name) for p in _OPTIONS}
     options["filters"] = parse_filters(args.filter)
-    service = open_service(settings)
+    encoder = None
+    if args.in_folder is not None:
+        # The folder first (its new images embedded with the encoder that then encodes the query).
+        from pgclip.cli.sync import synced_folder
+
+        options["filters"]["folder"], encoder = synced_folder(args.in_folder, settings)
+    service = open_service(settings, encoder)
     try:
         page = service.search(text=args.text, raw=None, image=image, options=options, local_files=True)
     finally:
@@ -121,16 +131,27 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         import dataclasses
 
-        _out(json.dumps({"model": page.model, "results": [dataclasses.asdict(h) for h in page.hits]}, default=str, indent=2))
+        videos = getattr(page, "videos", {})
+        results = [{**dataclasses.asdict(h), "video": _video_json(videos.get(h.image_id))} for h in page.hits]
+        _out(json.dumps({"model": page.model, "results": results}, default=str, indent=2))
         return 0
     if not page.hits:
         _out("no results")
     for n, h in enumerate(page.hits, start=1):
         sim = "" if h.similarity is None else f" similarity {h.similarity:.3f}"
-        _out(f"{n:>3}. #{h.image_id} score {h.score:.4f}{sim}  {one_line(h.source or '')}")
+        frame = getattr(page, "videos", {}).get(h.image_id)
+        at = f" @ {clock(frame.ts)}" if frame else ""  # a frame of a video: where in it
+        _out(f"{n:>3}. #{h.image_id} score {h.score:.4f}{sim}  {one_line(h.source or '')}{at}")
         if h.caption:
             _out(f"      {h.caption}")
     return 0
+
+
+def _video_json(frame) -> dict | None:  # noqa: ANN001 (a db.videos.VideoFrame or None)
+    if frame is None:
+        return None
+    return {"id": frame.video_id, "timestamp": frame.ts, "source": frame.source, "mime": frame.mime,
+            "duration_s": frame.duration_s}
 
 
 def cmd_duplicates(args: argparse.Namespace, settings: Settings) -> int:

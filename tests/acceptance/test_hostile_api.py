@@ -21,6 +21,7 @@ import pytest
 from pgclip.api.schemas import MAX_JSON_DEPTH
 from tests.acceptance.test_api import served  # noqa: F401  (the running server fixture)
 from tests.images import jpeg_bytes
+from tests.videos import video_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -144,8 +145,8 @@ def _field_paths(schema: dict, spec: dict, prefix: tuple[str, ...] = ()) -> Iter
             yield from _field_paths(prop, spec, (*prefix, name))
 
 
-def operations(spec: dict, image_id: int, model_id: int) -> list[Operation]:
-    valid = {"image_id": str(image_id), "model_id": str(model_id)}
+def operations(spec: dict, image_id: int, model_id: int, video_id: int) -> list[Operation]:
+    valid = {"image_id": str(image_id), "model_id": str(model_id), "video_id": str(video_id)}
     found = []
     for template, methods in spec["paths"].items():
         for method, op in methods.items():
@@ -274,7 +275,10 @@ def schema_ops(served):  # noqa: F811
     client, _, ids, _ = served
     spec = client.get("/schema/openapi.json").json()
     model_id = client.get("/api/models").json()[0]["id"]
-    return client, operations(spec, ids["img0009.jpg"], model_id)
+    # A stored video, so that its routes are tried past their 404.
+    upload = client.post("/api/images", files={"file": ("clip.webm", video_bytes(7, seconds=3), "video/webm")})
+    assert upload.status_code == 202, upload.text
+    return client, operations(spec, ids["img0009.jpg"], model_id, upload.json()["video"]["id"])
 
 
 def test_no_hostile_request_to_any_route_is_a_server_error(schema_ops):

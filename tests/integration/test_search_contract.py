@@ -28,7 +28,7 @@ SQL_PARAMS = [p for p in (*QUERY, *OPTIONS) if p.sql in ("argument", "option")]
 FILTER_SAMPLES = {
     "taken_after": "2020-01-01T00:00:00+00:00", "taken_before": "2030-01-01T00:00:00+00:00", "min_width": 1,
     "min_height": 1, "orientation": "landscape", "format": ["JPEG"], "metadata": {"tag": "dog"},
-    "has_caption": True, "exclude_ids": [1],
+    "has_caption": True, "exclude_ids": [1], "folder": "/photos",
 }
 # A value of each option that changes the answer on ``collection`` (so the SQL reads that very
 # key), with the options it needs to matter. Options whose effect is on plans only are listed apart.

@@ -72,7 +72,7 @@ def test_the_readme_table_of_search_parameters_is_the_definition():
 def test_the_cli_flags_are_the_definitions_options():
     actions = {a.dest: a for a in search_parser()._actions}
     offered = {p.name for p in (*QUERY, *OPTIONS) if p.cli}
-    assert set(actions) - {"help", "image", "filter", "json"} == offered
+    assert set(actions) - {"help", "image", "filter", "json", "in_folder"} == offered
     for name in offered:
         p, action = PARAMS[name], actions[name]
         assert action.default == p.default, name
