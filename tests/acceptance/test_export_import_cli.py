@@ -5,6 +5,7 @@ Refusals are one line on stderr with nothing written."""
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -73,10 +74,12 @@ def test_export_then_import_into_a_fresh_database_searches_the_same(db_url, fres
 
     assert "imported 8 rows for test-tiny (random-seed-0): 8 images added" in imported.stdout
     assert "8 vectors added" in imported.stdout and "8 captions added" in imported.stdout
-    for query in (["a dog on the grass"], ["cat", "--caption", "cat"], ["--image", str(photos[3])],
-                  ["--caption", "dog", "-k", "3"], ["photo", "--filter", "metadata.roll=1"]):
-        expected = searched(source, *query)
-        assert expected and searched(target, *query) == expected, query
+    queries = (["a dog on the grass"], ["cat", "--caption", "cat"], ["--image", str(photos[3])],
+               ["--caption", "dog", "-k", "3"], ["photo", "--filter", "metadata.roll=1"])
+    with ThreadPoolExecutor(2) as pool:  # the two databases asked at once: each `pgclip search` is seconds of imports
+        answers = [(pool.submit(searched, source, *q), pool.submit(searched, target, *q)) for q in queries]
+        for query, (expected, got) in zip(queries, answers):
+            assert expected.result() and got.result() == expected.result(), query
     # Nothing left for a worker: every imported image has its vector and a done job, and no bytes.
     assert counts(fresh_url)["embeddings"] == 8
     with psycopg.connect(fresh_url) as conn:
