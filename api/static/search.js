@@ -23,6 +23,7 @@ let cursor = null;
 let loading = false;
 let generation = 0; // a newer search makes older answers stale
 let shownIds = [];
+let shownSimilarities = []; // of the results on screen that have one (a text-only search has none)
 let model = "";
 let current = null; // the query whose pages are on screen ("More" continues it, not the edited form)
 
@@ -39,6 +40,8 @@ function readForm() {
     formats: [...document.querySelectorAll("#formats input:checked")].map((c) => c.value),
     meta: $("#meta").value.trim(),
     words: $("#words").value.trim(),
+    minSimilarity: $("#min-similarity").value.trim(),
+    maxDrop: $("#max-drop").value.trim(),
     image: queryImage ? queryImage.name : "",
   };
 }
@@ -53,6 +56,8 @@ function writeForm(query) {
   for (const box of document.querySelectorAll("#formats input")) box.checked = query.formats.includes(box.value);
   $("#meta").value = query.meta;
   $("#words").value = query.words;
+  $("#min-similarity").value = query.minSimilarity;
+  $("#max-drop").value = query.maxDrop;
   updateChrome();
 }
 
@@ -67,6 +72,8 @@ function toParams(query) {
   if (query.formats.length) p.set("format", query.formats.join(","));
   if (query.meta) p.set("meta", query.meta);
   if (query.words) p.set("words", query.words);
+  if (query.minSimilarity) p.set("min_similarity", query.minSimilarity);
+  if (query.maxDrop) p.set("max_drop", query.maxDrop);
   if (query.image) p.set("image", query.image);
   return p;
 }
@@ -83,12 +90,15 @@ function fromParams(p) {
     formats: (p.get("format") || "").split(",").filter(Boolean),
     meta: p.get("meta") || "",
     words: p.get("words") || "",
+    minSimilarity: (p.get("min_similarity") || "").trim(),
+    maxDrop: (p.get("max_drop") || "").trim(),
     image: p.get("image") || "",
   };
 }
 
 function activeFilters(query) {
-  return [query.after, query.before, query.orientation, query.formats.length, query.meta, query.words].filter(Boolean).length;
+  return [query.after, query.before, query.orientation, query.formats.length, query.meta, query.words,
+    query.minSimilarity, query.maxDrop].filter(Boolean).length;
 }
 
 function updateChrome() {
@@ -111,7 +121,17 @@ function nextDay(date) {
   return d.toISOString().slice(0, 10);
 }
 
-/** The API request for a query: {text, caption_query, filters, order, k}. Throws on bad metadata. */
+/** A threshold as the API takes it: a number, or null when left empty. Its bounds are the API's
+ * to check (its 400 names them), so only what is not a number at all is refused here. */
+function threshold(name, value) {
+  if (!value) return null;
+  const number = Number(value);
+  if (!Number.isFinite(number)) throw new Error(`${name} must be a number, got ${JSON.stringify(value)}`);
+  return number;
+}
+
+/** The API request for a query: {text, caption_query, filters, order, k, min_similarity, max_drop}.
+ * Throws on bad metadata or a threshold that is not a number. */
 function buildRequest(query) {
   const filters = {};
   if (query.after) filters.taken_after = `${query.after}T00:00:00`;
@@ -124,6 +144,10 @@ function buildRequest(query) {
   const text = query.mode !== "text" && query.q ? query.q : null;
   const captionParts = [query.mode !== "vector" ? query.q : "", query.words].filter(Boolean);
   const request = { filters, order: query.order, k: PAGE_SIZE };
+  const minSimilarity = threshold("min_similarity", query.minSimilarity);
+  const maxDrop = threshold("max_drop", query.maxDrop);
+  if (minSimilarity !== null) request.min_similarity = minSimilarity;
+  if (maxDrop !== null) request.max_drop = maxDrop;
   if (captionParts.length) request.caption_query = captionParts.join(" ");
   return { text, request };
 }
@@ -154,12 +178,48 @@ function renderSummary(count) {
   ].filter(Boolean));
 }
 
+/** The similarities of the results on screen as ticks on one axis, with where each cut falls
+ * (min_similarity, and the best similarity less max_drop): what a user reads to pick a cut-off. */
+function renderStrip(query) {
+  const strip = results.querySelector("#sim-strip");
+  if (!strip) return;
+  strip.classList.toggle("hidden", !shownSimilarities.length);
+  if (!shownSimilarities.length) return strip.replaceChildren();
+  const best = Math.max(...shownSimilarities);
+  const cuts = [];
+  const minSimilarity = Number(query.minSimilarity);
+  const maxDrop = Number(query.maxDrop);
+  if (query.minSimilarity && Number.isFinite(minSimilarity)) {
+    cuts.push({ id: "cut-min", at: minSimilarity, label: `minimum ${minSimilarity}` });
+  }
+  if (query.maxDrop && Number.isFinite(maxDrop)) {
+    cuts.push({ id: "cut-drop", at: best - maxDrop, label: `best ${best.toFixed(3)} − ${maxDrop} = ${(best - maxDrop).toFixed(3)}` });
+  }
+  const values = [...shownSimilarities, ...cuts.map((c) => c.at)];
+  let lo = Math.min(...values);
+  let hi = Math.max(...values);
+  if (hi - lo < 1e-6) [lo, hi] = [lo - 0.01, hi + 0.01];
+  const left = (value) => `${(((value - lo) / (hi - lo)) * 100).toFixed(2)}%`;
+  const axis = el("div", { class: "axis" },
+    ...shownSimilarities.map((s) => el("span", { class: "tick", style: `left:${left(s)}`, title: `similarity ${s.toFixed(3)}`, dataset: { similarity: s } })),
+    ...cuts.map((c) => el("span", { class: "cut", id: c.id, style: `left:${left(c.at)}`, title: `cut: ${c.label}`, dataset: { at: c.at } })));
+  strip.replaceChildren(
+    el("span", { class: "label", text: `Similarity of these ${shownSimilarities.length}` }),
+    el("span", { class: "end", text: lo.toFixed(3) }),
+    axis,
+    el("span", { class: "end", text: hi.toFixed(3) }),
+    cuts.length ? el("span", { class: "label", text: cuts.map((c) => `cut at ${c.at.toFixed(3)} (${c.id === "cut-min" ? "minimum" : "drop"})`).join(", ") }) : null,
+  );
+  strip.setAttribute("aria-label", `Similarities from ${lo.toFixed(3)} to ${hi.toFixed(3)}`);
+}
+
 async function run(query, { append = false } = {}) {
   const mine = append ? generation : ++generation;
   if (!append) {
     current = query;
     cursor = null;
     shownIds = [];
+    shownSimilarities = [];
     notice.replaceChildren();
   }
   if (!hasQuery(query)) {
@@ -178,16 +238,18 @@ async function run(query, { append = false } = {}) {
     let grid = results.querySelector(".grid");
     if (!append || !grid) {
       grid = el("div", { class: "grid", id: "grid" });
-      results.replaceChildren(el("div", { class: "summary" }), grid);
+      results.replaceChildren(el("div", { class: "summary" }), el("div", { class: "simstrip hidden", id: "sim-strip", role: "img" }), grid);
     }
     for (const r of page.results) {
       shownIds.push(r.id);
+      if (typeof r.similarity === "number") shownSimilarities.push(r.similarity);
       grid.append(markFrame(resultCard(r), r)); // a frame of a video shows its time in it
     }
     if (!shownIds.length) {
       results.replaceChildren(emptyBox("No results", "Try other words, fewer filters, or another mode."));
     } else {
       renderSummary(shownIds.length);
+      renderStrip(query);
     }
     more.classList.toggle("hidden", !cursor);
   } catch (err) {
@@ -312,7 +374,7 @@ for (const control of form.querySelectorAll('input[type="radio"], input[type="ch
 }
 form.addEventListener("input", updateChrome);
 $("#clear-filters").addEventListener("click", () => {
-  writeForm({ ...readForm(), after: "", before: "", orientation: "", formats: [], meta: "", words: "" });
+  writeForm({ ...readForm(), after: "", before: "", orientation: "", formats: [], meta: "", words: "", minSimilarity: "", maxDrop: "" });
   if (hasQuery(readForm())) submit();
 });
 $("#choose-file").addEventListener("click", () => $("#file").click());
