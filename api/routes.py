@@ -33,6 +33,9 @@ from pgclip.api.schemas import (
     SearchOptions,
     SearchRequest,
     SearchResponse,
+    TagCount,
+    TagRequest,
+    TagResponse,
     UploadForm,
     UploadResponse,
     VideoDetail,
@@ -285,6 +288,14 @@ class SystemController(ApiController):
         threshold: Annotated[float, Parameter(ge=0.5, le=1.0, description="cosine similarity, 0.5-1")] = 0.95,
     ) -> dict[str, Any]:
         return await asyncio.to_thread(service.duplicates, threshold)
+
+    @post("/api/tags", status_code=200, guards=[require_write_key],
+          summary="Zero-shot tags: each image's nearest label and its score written into its metadata")
+    async def tag(self, data: JSONBody[TagRequest], service: ServiceDep) -> TagResponse:
+        model, run = await asyncio.to_thread(service.tag, data.labels, prompt=data.prompt, key=data.key,
+                                             min_score=data.min_score, dry_run=data.dry_run)
+        return TagResponse(model=model.name, key=data.key, counts=[TagCount(c.label, c.images) for c in run.counts],
+                           below=run.below, changed=run.changed, dry_run=data.dry_run)
 
     @get("/healthz", summary="The process is up", media_type=MediaType.JSON)
     async def healthz(self) -> dict[str, str]:

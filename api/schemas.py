@@ -21,6 +21,7 @@ from litestar.datastructures import UploadFile
 from pgclip.core.errors import InvalidInput
 from pgclip.core.search_request import FORMAT_NAME_PATTERN, MAX_FORMAT_NAME, MAX_TEXT, PARAMS
 from pgclip.db.search import Hit, Page
+from pgclip.db.tags import KEY_PATTERN, MAX_LABEL_CHARS, MAX_LABELS
 from pgclip.db.videos import Video, VideoFrame
 
 # Deepest nesting of [ and { in any JSON the API reads (a body, a form field, a query parameter).
@@ -294,6 +295,34 @@ class IndexRebuildResponse(msgspec.Struct):
     model: ModelInfo
     built: bool  # False: only query-time settings changed, or the index was dropped (kind none)
     seconds: float
+
+
+class TagRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Zero-shot tags (`pgclip tag`): every image of the active model gets its nearest label
+    under ``key`` and that label's score under ``<key>_score``."""
+
+    labels: Annotated[list[Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_LABEL_CHARS)]],
+                      msgspec.Meta(min_length=1, max_length=MAX_LABELS, description="distinct labels")]
+    prompt: Annotated[str, msgspec.Meta(max_length=1000, description="holds one {} where each label goes")] = (
+        "a photo of a {}")
+    key: Annotated[str, msgspec.Meta(pattern=KEY_PATTERN, description="the metadata key to write")] = "tag"
+    min_score: Annotated[float, msgspec.Meta(ge=-1.0, le=1.0, description="cosine similarity a best label "
+                                             "must reach; images under it lose the key")] | None = None
+    dry_run: bool = False  # count, write nothing
+
+
+class TagCount(msgspec.Struct):
+    label: str
+    images: int
+
+
+class TagResponse(msgspec.Struct):
+    model: str
+    key: str
+    counts: list[TagCount]  # in the order of the request's labels
+    below: int  # embedded images whose best label scored under min_score: untagged
+    changed: int  # images whose metadata this request changed (0 for a dry run)
+    dry_run: bool
 
 
 # --- multipart forms ---------------------------------------------------------------

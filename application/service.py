@@ -18,6 +18,7 @@ from pgclip.application import atlas
 from pgclip.db import images as db_images
 from pgclip.db import queue
 from pgclip.db import search as db_search
+from pgclip.db import tags as db_tags
 from pgclip.db import text_vectors
 from pgclip.db import videos as db_videos
 from pgclip.db.engine import driver_errors
@@ -333,6 +334,19 @@ class Service:
         with self.pool.connection() as conn:
             model, groups = near_duplicates(conn, threshold)
         return {"threshold": threshold, "model": model.name, "groups": [dataclasses.asdict(g) for g in groups]}
+
+    def tag(self, labels: list[str], *, prompt: str, key: str, min_score: float | None,
+            dry_run: bool) -> tuple[ModelRow, db_tags.TagRun]:
+        """Zero-shot tags (``pgclip tag``, ``POST /api/tags``): the labels' prompts encoded once by
+        the active model's text tower, then every stored vector scored in SQL (db/tags.py)."""
+        labels = db_tags.check_labels(labels)
+        db_tags.check_key(key, "key")
+        texts = db_tags.prompts(labels, prompt, "prompt")
+        with self.pool.connection() as conn:
+            model, encoder = self._current(conn)
+            vectors = encoder.encode_texts(texts)
+            run = db_tags.tag_images(conn, model, labels, vectors, key=key, min_score=min_score, write=not dry_run)
+        return model, run
 
     # --- models and their indexes ------------------------------------------------
 

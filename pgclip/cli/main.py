@@ -19,6 +19,7 @@ from pgclip.cli.queue import add_queue_parsers
 from pgclip.cli.search import add_search_parsers
 from pgclip.cli.serve import add_serve_parsers
 from pgclip.cli.sync import add_sync_parser
+from pgclip.cli.tags import add_tag_parsers
 from pgclip.core.errors import PgclipError
 from pgclip.core.settings import Settings
 
@@ -123,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_parsers(sub)
     add_eval_parser(sub)
     add_exchange_parsers(sub)
+    add_tag_parsers(sub)
     return parser
 
 
