@@ -12,7 +12,7 @@ from pgclip.core.errors import InvalidInput, NotFound
 from pgclip.core.settings import Settings
 from pgclip.evaluate.captions import CaptionResult, eval_captions
 from pgclip.evaluate.classes import ClassResult, eval_classes
-from pgclip.evaluate.common import DEFAULT_SIZE, DIGITS
+from pgclip.evaluate.common import CIFAR10, DEFAULT_SIZE, DIGITS, MNIST
 from pgclip.evaluate.datasets import load_dataset
 from pgclip.evaluate.report import caption_table, class_table, write_report
 
@@ -90,7 +90,8 @@ def cmd_eval_classes(args: argparse.Namespace, settings: Settings) -> int:
     from pgclip.db.engine import connection
 
     dataset = load_dataset(args.dataset, cache_dir=_cache_dir(args), name=args.name, size=args.size,
-                           resample=args.resample, invert=args.invert, max_images=args.max_images, seed=args.seed)
+                           resample=args.resample, invert=args.invert, max_images=args.max_images, seed=args.seed,
+                           data=Path(args.data).expanduser() if args.data else None, split=args.split)
     url, encoder = _setup(settings)
     with connection(url, role="eval") as conn:
         result = eval_classes(conn, url, encoder, dataset, limit=args.limit, seed=args.seed,
@@ -140,7 +141,13 @@ def add_eval_parser(subparsers: Any) -> None:
                     "query the rest of its dataset, and report top-1/top-5 class accuracy.",
     )
     cls.add_argument("dataset", metavar="DATASET",
-                     help=f"a folder with one sub-folder per class, or '{DIGITS}' (scikit-learn's handwritten digits)")
+                     help=f"a folder with one sub-folder per class, '{DIGITS}' (scikit-learn's handwritten digits), "
+                          f"'{MNIST}' or '{CIFAR10}' (the files in --data DIR)")
+    cls.add_argument("--data", metavar="DIR",
+                     help=f"{MNIST}: the folder with t10k-/train-images-idx3-ubyte[.gz] and the labels; {CIFAR10}: "
+                          "the folder with test_batch, data_batch_1..5 (cifar-10-batches-py). Nothing is downloaded")
+    cls.add_argument("--split", choices=["test", "train"], default="test",
+                     help=f"{MNIST}/{CIFAR10}: which split is the searched set (default test)")
     cls.add_argument("--limit", type=positive, default=None, metavar="N",
                      help="query with N images drawn with --seed (default: every image)")
     cls.add_argument("--max-images", type=positive, default=None, metavar="N",
@@ -151,6 +158,7 @@ def add_eval_parser(subparsers: Any) -> None:
                      help="digits: upscaling filter (default bicubic)")
     cls.add_argument("--invert", action=argparse.BooleanOptionalAction, default=False,
                      help="digits: dark ink on white (default: white ink on black, like MNIST)")
-    cls.add_argument("--cache-dir", metavar="DIR", help="digits: where the PNG files go (default: the user cache dir)")
+    cls.add_argument("--cache-dir", metavar="DIR",
+                     help="digits, mnist, cifar10: where the PNG files go (default: the user cache dir)")
     common(cls)
     cls.set_defaults(handler=cmd_eval_classes)

@@ -27,6 +27,8 @@ CLASS_K = 5  # top-1 and top-5: five neighbours per query
 MAX_K = 100  # pgclip.db.search.MAX_K: the most results one search returns
 TEXT_BATCH = 64  # captions per encode_texts call
 DIGITS = "digits"
+MNIST = "mnist"  # IDX files in a folder the user gives (--data)
+CIFAR10 = "cifar10"  # python batches in a folder the user gives (--data)
 DEFAULT_SIZE = 224  # ViT-B-32's input side; the encoder's own preprocessing resizes anyway
 
 

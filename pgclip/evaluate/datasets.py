@@ -7,7 +7,7 @@ import random
 from pathlib import Path
 
 from pgclip.core.errors import InvalidInput, NotFound, PgclipError
-from pgclip.evaluate.common import DEFAULT_SIZE, DIGITS
+from pgclip.evaluate.common import CIFAR10, DEFAULT_SIZE, DIGITS, MNIST
 
 
 @dataclasses.dataclass
@@ -31,7 +31,8 @@ def folder_dataset(root: Path, *, name: str | None = None) -> LabeledImages:
 
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise NotFound(f"no dataset {str(root)!r}: give a folder with one sub-folder per class, or '{DIGITS}'")
+        raise NotFound(f"no dataset {str(root)!r}: give a folder with one sub-folder per class, '{DIGITS}', "
+                       f"'{MNIST} --data DIR' or '{CIFAR10} --data DIR'")
     items: list[tuple[Path, str]] = []
     ignored = 0
     for entry in sorted(root.iterdir()):
@@ -98,9 +99,23 @@ def digits_dataset(
 
 def load_dataset(
     spec: str, *, cache_dir: Path, name: str | None = None, size: int = DEFAULT_SIZE, resample: str = "bicubic",
-    invert: bool = False, max_images: int | None = None, seed: int = 0,
+    invert: bool = False, max_images: int | None = None, seed: int = 0, data: Path | None = None,
+    split: str = "test",
 ) -> LabeledImages:
-    """``digits`` or a folder of class sub-folders; ``max_images`` takes a seeded random subset."""
+    """``digits``, ``mnist``/``cifar10`` (files in ``data``) or a folder of class sub-folders;
+    ``max_images`` takes a seeded random subset."""
+    if spec in (MNIST, CIFAR10) and (data is not None or not Path(spec).is_dir()):  # --data: even beside ./mnist
+        from pgclip.evaluate.readers import cifar10_dataset, mnist_dataset
+
+        if data is None:
+            raise InvalidInput(f"{spec} needs --data DIR: the folder with the {spec} files (nothing is downloaded)")
+        reader = mnist_dataset if spec == MNIST else cifar10_dataset
+        dataset = reader(Path(data), cache_dir, split=split, max_images=max_images, seed=seed)
+        if name:
+            dataset.name = name
+        return dataset
+    if data is not None:
+        raise InvalidInput(f"--data is for {MNIST} and {CIFAR10}, not {spec!r}")
     if spec == DIGITS and not Path(spec).is_dir():
         dataset = digits_dataset(cache_dir, size=size, resample=resample, invert=invert, max_images=max_images,
                                  seed=seed)

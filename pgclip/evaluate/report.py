@@ -54,6 +54,10 @@ def class_table(result: ClassResult) -> list[str]:
         lines.append(f"{f'top-{k}':<8}{_pct(result.top(k)):>9}{_pct(result.chance[k]):>10}"
                      f"{_pct(PAPER_CLASSES['MNIST'][k]):>10}{_pct(PAPER_CLASSES['CIFAR-10'][k]):>10}")
     notes = []
+    paper = next((key for key in ("MNIST", "CIFAR-10") if result.description.startswith(f"{key} ")), None)
+    if paper:  # the seed's own dataset: say how far we are from its figures
+        notes.append(f"vs the paper's {paper}: " + ", ".join(
+            f"top-{k} {100 * (result.top(k) - PAPER_CLASSES[paper][k]):+.1f} points" for k in (1, CLASS_K)))
     if result.skipped:
         notes.append("left out: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in result.skipped.items()))
     if result.stale_excluded:

@@ -8,6 +8,7 @@ a little noise, so the right answers are known; the searches still run through
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import json
 import random
@@ -211,4 +212,37 @@ def test_user_mistakes_are_one_line_errors(tmp_path, settings):
     manifest.write_text('{"path": "nowhere.jpg", "captions": ["a cat"]}\n')
     with pytest.raises(NotFound, match="none of the 1 captioned images"):
         args = cli(["eval", "captions", str(manifest)])
+        args.handler(args, settings)
+
+
+def test_mnist_files_through_the_protocol_and_the_command(conn, db_url, settings, tmp_path, capsys):
+    from tests.unit.test_eval_readers import idx
+
+    # 30 MNIST-format digits in 3 classes; pixel (0, 0) = the class, so the oracle's neighbours share it.
+    labels = np.arange(30) % 3
+    images = np.random.default_rng(5).integers(0, 256, (30, 28, 28), dtype=np.uint8)
+    images[:, 0, 0] = labels
+    data = tmp_path / "mnist"
+    data.mkdir()
+    (data / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx(2051, images)))
+    (data / "t10k-labels-idx1-ubyte").write_bytes(idx(2049, labels))
+
+    dataset = evaluate.load_dataset("mnist", cache_dir=tmp_path / "cache", data=data)
+    result = evaluate.eval_classes(conn, db_url, Oracle(), dataset)
+    assert (result.dataset, result.classes, result.embedded, len(result.queries)) == ("mnist-test", 3, 30, 30)
+    assert result.top(1) == 1.0 and result.top(5) == 1.0
+    assert result.chance[1] == pytest.approx(9 / 29)
+    assert "vs the paper's MNIST: top-1 +6.2 points, top-5 +1.7 points" in evaluate.class_table(result)
+
+    # The command: a quick run on a seeded subset, the paper's figures printed beside ours.
+    args = cli(["eval", "classes", "mnist", "--data", str(data), "--max-images", "12", "--limit", "6",
+                "--cache-dir", str(tmp_path / "cache2"), "--name", "mnist-quick"])
+    assert args.handler(args, settings) == 0
+    text = capsys.readouterr().out
+    assert "dataset mnist-quick: MNIST test split (30 images" in text
+    assert "12 images embedded in 3 classes; 6 queries" in text and "93.8 %" in text
+    assert "vs the paper's MNIST: top-1 " in text
+    assert len(list((tmp_path / "cache2").rglob("*.png"))) == 12
+    with pytest.raises(InvalidInput, match="mnist needs --data DIR"):
+        args = cli(["eval", "classes", "mnist"])
         args.handler(args, settings)
