@@ -6,7 +6,8 @@ heat-map need figures the search API does not give, so this module adds:
 
 * ``GET /api/map``: a 2-D PCA projection of the active model's vectors,
   ``[{"id", "x", "y"}]``, cached until the vectors change (``application/atlas.py``);
-* ``GET /api/similarity?ids=1,2,3``: the cosine similarity matrix of up to 25 images.
+* ``GET /api/similarity?ids=1,2,3``: the cosine similarity matrix of up to 25 images; with
+  ``texts=["a dog","a cat"]`` (a JSON list) or ``captions=true``, images x texts instead.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from litestar.params import FromPath, Parameter
 from litestar.static_files import create_static_files_router
 
 from pgclip.api.routes import ApiController, ServiceDep
-from pgclip.application.atlas import SIMILARITY_MAX_IDS
+from pgclip.api.schemas import check_json_depth, check_text
+from pgclip.application.atlas import SIMILARITY_MAX_IDS, SIMILARITY_MAX_TEXT_CHARS, SIMILARITY_MAX_TEXTS, check_texts
 from pgclip.core.errors import InvalidInput
 
 STATIC = Path(__file__).parent / "static"
@@ -43,7 +45,9 @@ class MapPoint(msgspec.Struct):
 class SimilarityMatrix(msgspec.Struct):
     ids: list[int]
     model: str
-    matrix: list[list[float]]
+    matrix: list[list[float]]  # rows the images; columns the images, or the texts
+    kind: str = "images"  # "images" (images x images) or "texts" (images x texts)
+    texts: list[str] | None = None  # the columns when kind is "texts"
 
 
 def parse_ids(raw: str) -> list[int]:
@@ -62,6 +66,20 @@ def parse_ids(raw: str) -> list[int]:
     return ids
 
 
+def parse_texts(raw: str) -> list[str]:
+    """``'["a dog", "a cat"]'`` -> the texts: a JSON list of 1 to 25 non-empty strings of at most 500."""
+    wanted = 'texts: give a JSON list of strings, e.g. texts=["a dog","a cat"]'
+    check_json_depth(raw, "texts")
+    try:
+        texts = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        raise InvalidInput(wanted) from None
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise InvalidInput(wanted)
+    check_text(texts, "texts")
+    return check_texts(texts)
+
+
 class VisualsController(ApiController):
     """Figures for the page's map and heat-map (JSON: checked like the rest of the API)."""
 
@@ -72,14 +90,27 @@ class VisualsController(ApiController):
         points = await asyncio.to_thread(service.projection)
         return [MapPoint(id=p.id, x=p.x, y=p.y) for p in points]
 
-    @get("/api/similarity", summary="Cosine similarity matrix of up to 25 images")
+    @get("/api/similarity", summary="Cosine similarity matrix of up to 25 images, or of images x texts")
     async def similarity(
         self,
         service: ServiceDep,
         ids: Annotated[str, Parameter(description="image ids, comma-separated (1 to 25)", max_length=2000)],
+        texts: Annotated[str | None, Parameter(
+            description=f"a JSON list of 1 to {SIMILARITY_MAX_TEXTS} texts (each at most {SIMILARITY_MAX_TEXT_CHARS} "
+                        "characters): the matrix is then images x texts",
+            max_length=SIMILARITY_MAX_TEXTS * (SIMILARITY_MAX_TEXT_CHARS + 4) + 2)] = None,
+        captions: Annotated[bool, Parameter(
+            description="images x the first caption of each image (instead of texts)")] = False,
     ) -> SimilarityMatrix:
-        found = await asyncio.to_thread(service.similarity_matrix, parse_ids(ids))
-        return SimilarityMatrix(ids=found.ids, model=found.model, matrix=found.matrix)
+        chosen = parse_ids(ids)
+        if texts is not None and captions:
+            raise InvalidInput("give texts or captions=true, not both")
+        wanted = parse_texts(texts) if texts is not None else None
+        found = await asyncio.to_thread(service.similarity_matrix, chosen, wanted, captions=captions)
+        if found.texts is None:
+            return SimilarityMatrix(ids=found.ids, model=found.model, matrix=found.matrix)
+        return SimilarityMatrix(ids=found.ids, model=found.model, matrix=found.matrix, kind="texts",
+                                texts=found.texts)
 
 
 # --- HTML ------------------------------------------------------------------------------

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 MAP_MAX_POINTS = 20_000  # points in the map; a larger collection is sampled (deterministically)
 SIMILARITY_MAX_IDS = 25  # images in one heat-map: 625 cells still read as a picture
+SIMILARITY_MAX_TEXTS = 25  # texts in one images x texts heat-map (its columns)
+SIMILARITY_MAX_TEXT_CHARS = 500  # one text's length
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +39,7 @@ class Similarity:
     ids: list[int]  # in the order asked
     model: str
     matrix: list[list[float]]  # cosine similarity, rounded to 6 decimals
+    texts: list[str] | None = None  # the columns of an images x texts matrix; None: images x images
 
 
 @dataclasses.dataclass
@@ -98,26 +101,82 @@ def projection(service: Service) -> list[MapPoint]:
             return cache.points
 
 
-def similarity(service: Service, ids: list[int]) -> Similarity:
+def check_texts(texts: list[str]) -> list[str]:
+    """1 to SIMILARITY_MAX_TEXTS non-empty texts of at most SIMILARITY_MAX_TEXT_CHARS, stripped."""
+    if not 1 <= len(texts) <= SIMILARITY_MAX_TEXTS:
+        raise InvalidInput(f"texts: give 1 to {SIMILARITY_MAX_TEXTS} texts, got {len(texts)}")
+    cleaned = []
+    for n, text in enumerate(texts, 1):
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidInput(f"texts: text {n} is empty (each text must be a non-empty string)")
+        if len(text) > SIMILARITY_MAX_TEXT_CHARS:
+            raise InvalidInput(f"texts: text {n} has {len(text)} characters, at most {SIMILARITY_MAX_TEXT_CHARS}")
+        cleaned.append(text.strip())
+    return cleaned
+
+
+def _stored_vectors(conn: Any, model: Any, ids: list[int]) -> np.ndarray:
+    """The images' vectors (unit rows, in the order of ``ids``); NotFound / NotReady name the missing."""
+    found = db_vectors.vectors_of(conn, model, ids)
+    missing = [i for i in ids if i not in found]
+    if missing:
+        known = db_images.known_ids(conn, missing)
+        unknown = [i for i in missing if i not in known]
+        if unknown:
+            raise NotFound(f"no image with id {', '.join(map(str, unknown))}")
+        raise NotReady(
+            f"image {', '.join(map(str, missing))} has no vector yet (its job is pending or failed: see /status)"
+        )
+    vectors = np.stack([found[i] for i in ids]).astype(np.float64)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def _first_captions(conn: Any, ids: list[int]) -> list[str]:
+    texts, without = [], []
+    for i in ids:
+        found = db_images.captions(conn, i)
+        if found:
+            texts.append(found[0].text[:SIMILARITY_MAX_TEXT_CHARS])
+        else:
+            without.append(i)
+    if without:
+        raise InvalidInput(f"captions: image {', '.join(map(str, without))} has no caption; give texts instead")
+    return texts
+
+
+def similarity(service: Service, ids: list[int], texts: list[str] | None = None, *,
+               captions: bool = False) -> Similarity:
     """Cosine similarity of each pair of the images (1 to SIMILARITY_MAX_IDS, distinct), by the active model.
 
-    NotFound names ids that are no image; NotReady those whose vector is not made yet.
+    With ``texts`` (or ``captions``: the first caption of each image), the images x texts matrix
+    instead: rows the images, columns the texts, each text encoded once by the active model's
+    text tower (through the service's cache). NotFound names ids that are no image; NotReady
+    those whose vector is not made yet.
     """
     if not 1 <= len(ids) <= SIMILARITY_MAX_IDS or len(set(ids)) != len(ids):
         raise InvalidInput(f"ids: give 1 to {SIMILARITY_MAX_IDS} distinct image ids, got {len(ids)}")
-    with service.pool.connection() as conn, conn.transaction():
-        model = require_active_model(conn)
-        found = db_vectors.vectors_of(conn, model, ids)
-        missing = [i for i in ids if i not in found]
-        if missing:
-            known = db_images.known_ids(conn, missing)
-            unknown = [i for i in missing if i not in known]
-            if unknown:
-                raise NotFound(f"no image with id {', '.join(map(str, unknown))}")
-            raise NotReady(
-                f"image {', '.join(map(str, missing))} has no vector yet (its job is pending or failed: see /status)"
-            )
-    vectors = np.stack([found[i] for i in ids]).astype(np.float64)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    matrix = np.clip(np.round(vectors @ vectors.T, 6), -1.0, 1.0)
-    return Similarity(ids=ids, model=model.name, matrix=matrix.tolist())
+    if captions and texts is not None:
+        raise InvalidInput("give texts or captions, not both")
+    if texts is not None:
+        texts = check_texts(texts)
+    cross = captions or texts is not None
+    with service.pool.connection() as conn:
+        if cross:
+            model, encoder = service._current(conn)
+        else:
+            with conn.transaction():
+                model = require_active_model(conn)
+        with conn.transaction():
+            vectors = _stored_vectors(conn, model, ids)
+            if captions:
+                texts = _first_captions(conn, ids)
+        if not cross:
+            matrix = np.clip(np.round(vectors @ vectors.T, 6), -1.0, 1.0)
+            return Similarity(ids=ids, model=model.name, matrix=matrix.tolist())
+        assert texts is not None
+        unique = list(dict.fromkeys(texts))  # a caption shared by two images is encoded once
+        encoded = {t: service.text_vector(conn, model, encoder, t) for t in unique}
+    columns = np.stack([encoded[t] for t in texts]).astype(np.float64)
+    columns /= np.linalg.norm(columns, axis=1, keepdims=True)
+    matrix = np.clip(np.round(vectors @ columns.T, 6), -1.0, 1.0)
+    return Similarity(ids=ids, model=model.name, matrix=matrix.tolist(), texts=texts)

@@ -325,8 +325,10 @@ class Service:
         """The map: the active model's vectors in 2-D, kept until they change."""
         return atlas.projection(self)
 
-    def similarity_matrix(self, ids: list[int]) -> atlas.Similarity:
-        return atlas.similarity(self, ids)
+    def similarity_matrix(self, ids: list[int], texts: list[str] | None = None, *,
+                          captions: bool = False) -> atlas.Similarity:
+        """Images x images; with ``texts`` (or ``captions``: each image's first) images x texts."""
+        return atlas.similarity(self, ids, texts, captions=captions)
 
     def duplicates(self, threshold: float) -> dict[str, Any]:
         from pgclip.db.duplicates import near_duplicates

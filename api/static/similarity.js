@@ -1,5 +1,6 @@
 // The heat-map: GET /api/similarity?ids=… as a colour grid with thumbnails on both axes.
 // Images of one kind form bright blocks along the diagonal (the figure of "CLIP on a personal computer").
+// With texts (typed, or each image's first caption) it is images × texts: rows the images, columns the texts.
 import { $, api, el, emptyBox, errorBox, setTitle } from "/static/common.js";
 
 // Viridis, sampled: dark = least similar of this set, yellow = most similar.
@@ -38,7 +39,37 @@ function thumb(id) {
     el("img", { src: `/api/images/${id}/thumbnail`, alt: `Image ${id}`, loading: "lazy" }));
 }
 
+/** Images × texts: thumbnails down the rows, the texts over the columns, the value in each cell. */
+function renderTexts() {
+  const { ids, matrix, model, texts } = data;
+  const values = matrix.flat();
+  const lo = Math.min(...values), hi = Math.max(...values);
+  const scale = (v) => (hi > lo ? (v - lo) / (hi - lo) : 1);
+  const grid = el("div", { class: "heat heat-texts", id: "heat", role: "table", "aria-label": "Cosine similarity of each image and text",
+    style: `grid-template-columns: 44px repeat(${texts.length}, 64px)` });
+  grid.append(el("div", { class: "axis", role: "presentation" }));
+  for (const t of texts) grid.append(el("div", { class: "axis text-axis", role: "columnheader", title: t, text: t }));
+  ids.forEach((id, i) => {
+    grid.append(thumb(id));
+    texts.forEach((t, j) => {
+      const v = matrix[i][j];
+      grid.append(el("div", { class: "cell", role: "cell", style: `background:${colour(scale(v))};color:${scale(v) > 0.5 ? "#000" : "#fff"}`,
+        title: `#${id} × “${t}”: ${v.toFixed(3)}`, text: v.toFixed(2), dataset: { value: v.toFixed(4) } }));
+    });
+  });
+  root.replaceChildren(
+    el("div", { class: "legend" },
+      el("span", { text: lo.toFixed(3) }), el("span", { class: "ramp", style: `background:${rampCss()}` }), el("span", { text: hi.toFixed(3) }),
+      el("span", { text: `cosine similarity of image and text · ${ids.length} images × ${texts.length} texts · model ${model}` })),
+    el("div", { class: "panel heat-wrap" }, grid));
+}
+
+function rampCss() {
+  return `linear-gradient(to right, ${RAMP.map((c, k) => `rgb(${c.join(",")}) ${(100 * k) / (RAMP.length - 1)}%`).join(", ")})`;
+}
+
 function render() {
+  if (data.kind === "texts") return renderTexts();
   const { ids, matrix, model } = data;
   const n = ids.length;
   const order = form.elements.order.value === "grouped" ? grouped(matrix) : [...ids.keys()];
@@ -67,8 +98,16 @@ function render() {
 }
 
 async function load() {
-  const raw = new URLSearchParams(location.search).get("ids") || "";
+  const params = new URLSearchParams(location.search);
+  const raw = params.get("ids") || "";
+  const texts = params.get("texts");
+  const captions = params.get("captions") === "true";
   $("#ids").value = raw;
+  try {
+    $("#texts").value = texts ? JSON.parse(texts).join("\n") : "";
+  } catch {
+    $("#texts").value = "";
+  }
   if (!raw.trim()) {
     setTitle("Similarity heat-map");
     root.replaceChildren(emptyBox("Choose images to compare",
@@ -77,8 +116,12 @@ async function load() {
   }
   root.replaceChildren(el("p", { class: "muted", text: "Loading…" }));
   try {
-    data = await api(`/api/similarity?ids=${encodeURIComponent(raw)}`);
-    setTitle(`Similarity of ${data.ids.length} images`);
+    let url = `/api/similarity?ids=${encodeURIComponent(raw)}`;
+    if (captions) url += "&captions=true";
+    else if (texts) url += `&texts=${encodeURIComponent(texts)}`;
+    data = await api(url);
+    setTitle(data.kind === "texts" ? `Similarity of ${data.ids.length} images and ${data.texts.length} texts`
+      : `Similarity of ${data.ids.length} images`);
     render();
   } catch (err) {
     setTitle("Similarity heat-map");
@@ -86,12 +129,22 @@ async function load() {
   }
 }
 
+function go(captions) {
+  const ids = $("#ids").value.replace(/\s+/g, "");
+  const texts = $("#texts").value.split("\n").map((t) => t.trim()).filter(Boolean);
+  const query = new URLSearchParams();
+  if (ids) query.set("ids", ids);
+  if (captions) query.set("captions", "true");
+  else if (texts.length) query.set("texts", JSON.stringify(texts));
+  history.pushState(null, "", ids ? `/similarity?${query}` : "/similarity");
+  load();
+}
+
 form.addEventListener("submit", (event) => {
   event.preventDefault();
-  const ids = $("#ids").value.replace(/\s+/g, "");
-  history.pushState(null, "", ids ? `/similarity?ids=${ids}` : "/similarity");
-  load();
+  go(false);
 });
+$("#use-captions").addEventListener("click", () => go(true));
 for (const radio of form.elements.order) radio.addEventListener("change", () => data && render());
 window.addEventListener("popstate", load);
 load();

@@ -14,6 +14,7 @@ from pgclip import __version__
 from pgclip.cli.common import out as _out
 from pgclip.cli.evaluate import add_eval_parser
 from pgclip.cli.exchange import add_exchange_parsers
+from pgclip.cli.heatmap import add_heatmap_parsers
 from pgclip.cli.models import add_model_parsers
 from pgclip.cli.queue import add_queue_parsers
 from pgclip.cli.search import add_search_parsers
@@ -125,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)
     add_exchange_parsers(sub)
     add_tag_parsers(sub)
+    add_heatmap_parsers(sub)
     return parser
 
 

@@ -1,4 +1,5 @@
-"""The JSON behind the map and the heat-map (``GET /api/map``, ``GET /api/similarity``); no browser needed."""
+"""The JSON behind the map and the heat-map (``GET /api/map``, ``GET /api/similarity``), the heat-map PNG of
+``pgclip heatmap``, and (one test) the page drawing images x texts."""
 
 from __future__ import annotations
 
@@ -143,3 +144,132 @@ def test_a_large_collection_is_sampled_the_same_way_and_recomputed_only_when_vec
         assert [p.id for p in again] == [p.id for p in sampled]  # the sample is deterministic
     finally:
         holder.pool.close()
+
+
+# --- images x texts (the cross-modal heat-map) ------------------------------------------
+
+
+def _stored_unit_vectors(db_url: str, ids: list[int]) -> np.ndarray:
+    from pgclip.db.engine import configure_vector
+    from pgclip.db.models import require_active_model
+    from pgclip.db.vectors import vectors_of
+
+    with psycopg.connect(db_url) as conn:
+        configure_vector(conn)
+        model = require_active_model(conn)
+        found = vectors_of(conn, model, ids)
+    rows = np.stack([found[i] for i in ids]).astype(np.float64)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def _text_unit_vectors(texts: list[str]) -> np.ndarray:
+    from pgclip.workers.encoder import ClipEncoder
+
+    encoder = ClipEncoder("test-tiny", "random")
+    encoder.load()
+    rows = encoder.encode_texts(texts).astype(np.float64)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+@pytest.mark.slow
+def test_images_x_texts_is_the_cosine_of_each_stored_image_and_encoded_text(served):
+    chosen = [served.ids[n] for n in ("img0000.jpg", "img0002.jpg", "family1-0.jpg")]
+    texts = ["a dog", "a bowl of soup", "a red bicycle", "a dog"]  # a repeat is a column of its own
+    response = served.client.get("/api/similarity", params={"ids": ",".join(map(str, chosen)),
+                                                             "texts": json.dumps(texts)})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["kind"] == "texts" and body["texts"] == texts and body["ids"] == chosen
+    m = np.array(body["matrix"])
+    assert m.shape == (3, 4)
+    expected = _stored_unit_vectors(served.env["PGCLIP_DATABASE_URL"], chosen) @ _text_unit_vectors(texts).T
+    assert np.allclose(m, expected, atol=1e-4)
+    assert np.array_equal(m[:, 0], m[:, 3])
+    # The image-only answer is unchanged by the new parameters' existence.
+    plain = served.client.get("/api/similarity", params={"ids": ",".join(map(str, chosen))}).json()
+    assert plain["kind"] == "images" and np.array(plain["matrix"]).shape == (3, 3)
+
+
+@pytest.mark.slow
+def test_captions_true_uses_each_images_first_caption(served):
+    chosen = [served.ids[n] for n in ("img0000.jpg", "img0001.jpg", "img0003.jpg")]
+    response = served.client.get("/api/similarity", params={"ids": ",".join(map(str, chosen)), "captions": "true"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["texts"] == ["a brown dog on a sofa", "a dog running on the beach", "a red bicycle against a wall"]
+    expected = _stored_unit_vectors(served.env["PGCLIP_DATABASE_URL"], chosen) @ _text_unit_vectors(body["texts"]).T
+    assert np.allclose(np.array(body["matrix"]), expected, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("params", "fragment"),
+    [
+        ({"texts": "[]"}, "give 1 to 25 texts"),
+        ({"texts": "a dog"}, "JSON list of strings"),
+        ({"texts": '["a dog", 3]'}, "JSON list of strings"),
+        ({"texts": '["a dog", "  "]'}, "text 2 is empty"),
+        ({"texts": json.dumps(["x" * 501])}, "at most 500"),
+        ({"texts": json.dumps([f"t{i}" for i in range(26)])}, "give 1 to 25 texts"),
+        ({"texts": '["a\\u0000"]'}, "NUL"),
+        ({"texts": '["a"]', "captions": "true"}, "not both"),
+        ({"captions": "true", "ids": "img0005.jpg"}, "has no caption"),
+    ],
+)
+def test_bad_images_x_texts_requests_are_400_naming_the_problem(served, params, fragment):
+    ids = served.ids["img0000.jpg"]
+    if params.get("ids") == "img0005.jpg":
+        ids = served.ids["img0005.jpg"]  # ingested without a caption
+    response = served.client.get("/api/similarity", params={**params, "ids": str(ids)})
+    assert response.status_code == 400, response.text
+    assert fragment in response.json()["detail"]
+
+
+@pytest.mark.slow
+def test_pgclip_heatmap_writes_a_png_of_images_x_texts(served, tmp_path):
+    from PIL import Image
+
+    from tests.acceptance.test_cli_db import run
+
+    chosen = ",".join(str(served.ids[n]) for n in ("img0000.jpg", "img0001.jpg", "img0002.jpg", "tall.jpg"))
+    target = tmp_path / "cross.png"
+    done = run("heatmap", "--ids", chosen, "--texts", "a dog", "a bowl of soup", "a tall lighthouse",
+               "-o", str(target), env=served.env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(target)
+    with Image.open(target) as png:
+        assert png.format == "PNG"
+        width, height = png.size
+    assert 300 <= width <= 2000 and 300 <= height <= 2000
+    captions = run("heatmap", "--ids", chosen, "--captions", "-o", str(tmp_path / "captions.png"), env=served.env)
+    assert captions.returncode == 0, captions.stderr
+    assert (tmp_path / "captions.png").stat().st_size > 1000
+    unknown = run("heatmap", "--ids", "999999", "--texts", "a dog", "-o", str(tmp_path / "x.png"), env=served.env)
+    assert unknown.returncode == 1 and "no image with id 999999" in unknown.stderr
+    assert len(unknown.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.png").exists()
+    bad = run("heatmap", "--ids", chosen, "--texts", "", "-o", str(tmp_path / "y.png"), env=served.env)
+    assert bad.returncode == 2 and "--texts: text 1 is empty" in bad.stderr
+
+
+@pytest.mark.slow
+def test_the_page_draws_images_x_texts_from_typed_texts_and_from_captions(page, served, console):
+    from playwright.sync_api import expect
+
+    chosen = [served.ids[n] for n in ("img0000.jpg", "img0001.jpg", "img0002.jpg")]
+    page.goto(f"/similarity?ids={','.join(map(str, chosen))}")
+    expect(page.locator("#heat .cell")).to_have_count(9)
+    page.locator("#texts").fill("a dog\na bowl of soup")
+    page.get_by_role("button", name="Show").click()
+    expect(page.locator("#heat .cell")).to_have_count(6)
+    expect(page.locator("#heat .text-axis")).to_have_text(["a dog", "a bowl of soup"])
+    shown = page.locator("#heat .cell").evaluate_all("cells => cells.map(c => Number(c.dataset.value))")
+    api = served.client.get("/api/similarity", params={"ids": ",".join(map(str, chosen)),
+                                                        "texts": json.dumps(["a dog", "a bowl of soup"])}).json()
+    assert shown == pytest.approx([v for row in api["matrix"] for v in row], abs=1e-4)
+    page.get_by_role("button", name="Use their captions").click()
+    expect(page.locator("#heat .text-axis")).to_have_text(
+        ["a brown dog on a sofa", "a dog running on the beach", "a bowl of soup"])
+    expect(page.locator("#heat .cell")).to_have_count(9)
+    page.reload()  # the URL keeps the choice
+    expect(page.locator("#heat .cell")).to_have_count(9)
+    console.assert_clean()
