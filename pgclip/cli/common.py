@@ -14,6 +14,29 @@ def out(line: str = "") -> None:
     sys.stdout.flush()
 
 
+def usage_error(message: str) -> int:
+    """A usage mistake: the message as one line on stderr; exit status 2."""
+    from pgclip.workers.ingest_files import one_line
+
+    print(f"pgclip: error: {one_line(message)}", file=sys.stderr)
+    return 2
+
+
+def database_lost(exc: Exception) -> int:
+    """Exit status 3, with one line, when ``exc`` is the database going away (a DatabaseUnavailable,
+    or a driver error that translates to one: the server went before the first batch); any other
+    exception is raised again."""
+    from pgclip.core.errors import DatabaseUnavailable
+    from pgclip.db.engine import translate_driver_error
+    from pgclip.workers.ingest_files import one_line
+
+    lost = exc if isinstance(exc, DatabaseUnavailable) else translate_driver_error(exc)
+    if not isinstance(lost, DatabaseUnavailable):
+        raise exc
+    print(f"pgclip: error: {one_line(str(lost))}", file=sys.stderr)
+    return 3
+
+
 def at_least(minimum: int, wanted: str) -> Callable[[str], int]:
     """argparse type: an integer >= minimum; `wanted` names it in the error ("a positive integer")."""
 

@@ -9,16 +9,10 @@ there, or not empty for an export), nothing done.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from pgclip.cli.common import out, positive, progress
+from pgclip.cli.common import out, positive, progress, usage_error
 from pgclip.core.settings import Settings
-
-
-def _usage_error(message: str) -> int:
-    print(f"pgclip: error: {message}", file=sys.stderr)
-    return 2
 
 
 def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
@@ -27,7 +21,7 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 
     directory = Path(args.dir).expanduser()
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
-        return _usage_error(f"{directory} is not an empty folder: export into a new or empty one")
+        return usage_error(f"{directory} is not an empty folder: export into a new or empty one")
     url = ready_url(settings)
     with progress(None, "row", "export") as bar:
         report = export_parquet(
@@ -50,7 +44,7 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
 
     directory = Path(args.dir).expanduser()
     if not directory.is_dir():
-        return _usage_error(f"no such folder: {directory}")
+        return usage_error(f"no such folder: {directory}")
     url = ready_url(settings)
     with progress(None, "row", "import") as bar:
         report = import_parquet(

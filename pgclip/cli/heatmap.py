@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
 from pathlib import Path
 
-from pgclip.cli.common import out
+from pgclip.cli.common import out, usage_error
 from pgclip.core.settings import Settings
 
 MAX_LABEL = 40  # characters of a text shown under its column; longer ones end in "..."
@@ -51,13 +50,6 @@ def parse_ids(raw: str) -> list[int]:
     if not 1 <= len(ids) <= SIMILARITY_MAX_IDS:
         raise InvalidInput(f"--ids: give 1 to {SIMILARITY_MAX_IDS} image ids, comma-separated, got {len(ids)}")
     return ids
-
-
-def _usage_error(message: str) -> int:
-    from pgclip.workers.ingest_files import one_line
-
-    print(f"pgclip: error: {one_line(message)}", file=sys.stderr)
-    return 2
 
 
 def _short(text: str) -> str:
@@ -121,7 +113,7 @@ def cmd_heatmap(args: argparse.Namespace, settings: Settings) -> int:
         if not args.output.parent.is_dir():
             raise InvalidInput(f"-o: the folder {args.output.parent} does not exist")
     except InvalidInput as exc:
-        return _usage_error(str(exc).replace("texts:", "--texts:", 1))
+        return usage_error(str(exc).replace("texts:", "--texts:", 1))
 
     from pgclip.application.bootstrap import open_service
 
@@ -142,6 +134,6 @@ def cmd_heatmap(args: argparse.Namespace, settings: Settings) -> int:
     try:
         args.output.write_bytes(png)
     except OSError as exc:
-        return _usage_error(f"-o: cannot write {args.output}: {exc.strerror or exc}")
+        return usage_error(f"-o: cannot write {args.output}: {exc.strerror or exc}")
     out(str(args.output))
     return 0

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from pgclip.cli.common import out as _out
-from pgclip.cli.common import nonnegative, positive
+from pgclip.cli.common import database_lost, nonnegative, positive, usage_error
 from pgclip.cli.common import progress as _progress
 from pgclip.core.settings import Settings
 
@@ -19,16 +19,12 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
     from pgclip.application.bootstrap import ready_url, register_configured_model
-    from pgclip.core.errors import DatabaseUnavailable, InvalidInput
-    from pgclip.db.engine import connection, translate_driver_error
+    from pgclip.core.errors import InvalidInput
+    from pgclip.db.engine import connection
     from pgclip.workers.ingest import BATCH_FILES, ingest, require_paths
-    from pgclip.workers.ingest_files import one_line, readable_name
+    from pgclip.workers.ingest_files import readable_name
     from pgclip.workers.manifest import load_manifest
     from pgclip.workers.video import VideoOptions
-
-    def usage_error(message: str) -> int:
-        print(f"pgclip: error: {one_line(message)}", file=sys.stderr)
-        return 2
 
     paths = [Path(p).expanduser() for p in args.paths]
     missing = [p for p in paths if not os.path.lexists(p)]
@@ -53,14 +49,8 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
                 batch_files=args.batch_files or BATCH_FILES,
                 video=VideoOptions.from_settings(settings, args.frame_interval),
             )
-    except Exception as exc:
-        # IngestInterrupted (lost mid-run) is a DatabaseUnavailable; so is a driver error of
-        # the start-up queries when the server goes away before the first batch.
-        lost = exc if isinstance(exc, DatabaseUnavailable) else translate_driver_error(exc)
-        if not isinstance(lost, DatabaseUnavailable):
-            raise
-        print(f"pgclip: error: {one_line(str(lost))}", file=sys.stderr)
-        return 3
+    except Exception as exc:  # IngestInterrupted (lost mid-run) is a DatabaseUnavailable
+        return database_lost(exc)
     status = 1 if report.rejected else 0
     _print_ingest_report(report, args.json, args.verbose)
     return status

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pgclip.cli.common import database_lost, usage_error
 from pgclip.cli.common import out as _out
 from pgclip.cli.common import progress as _progress
 from pgclip.core.settings import Settings
@@ -36,13 +37,8 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     import logging
 
     from pgclip.application.sync_run import FolderSync, watch
-    from pgclip.core.errors import DatabaseUnavailable, InvalidInput
-    from pgclip.db.engine import translate_driver_error
+    from pgclip.core.errors import InvalidInput
     from pgclip.workers.ingest_files import one_line
-
-    def usage_error(message: str) -> int:
-        print(f"pgclip: error: {one_line(message)}", file=sys.stderr)
-        return 2
 
     if args.poll and not args.watch:
         return usage_error("--poll goes with --watch")
@@ -66,11 +62,7 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
         _out(f"stopped watching {one_line(folder.folder)}")
         return 0
     except Exception as exc:
-        lost = exc if isinstance(exc, DatabaseUnavailable) else translate_driver_error(exc)
-        if not isinstance(lost, DatabaseUnavailable):
-            raise
-        print(f"pgclip: error: {one_line(str(lost))}", file=sys.stderr)
-        return 3
+        return database_lost(exc)
 
 
 def _sync_once(folder, args: argparse.Namespace, *, quiet: bool = False):

@@ -7,9 +7,8 @@ Exit status: 0 done; 1 a one-line error (no database, no active model); 2 a usag
 from __future__ import annotations
 
 import argparse
-import sys
 
-from pgclip.cli.common import out
+from pgclip.cli.common import out, usage_error
 from pgclip.core.settings import Settings
 
 DEFAULT_PROMPT = "a photo of a {}"
@@ -35,13 +34,6 @@ def add_tag_parsers(sub: argparse._SubParsersAction) -> None:
     tg.set_defaults(handler=cmd_tag)
 
 
-def _usage_error(message: str) -> int:
-    from pgclip.workers.ingest_files import one_line
-
-    print(f"pgclip: error: {one_line(message)}", file=sys.stderr)
-    return 2
-
-
 def cmd_tag(args: argparse.Namespace, settings: Settings) -> int:
     from pgclip.core.errors import InvalidInput
     from pgclip.db import tags
@@ -53,7 +45,7 @@ def cmd_tag(args: argparse.Namespace, settings: Settings) -> int:
         if args.min_score is not None and not -1.0 <= args.min_score <= 1.0:
             raise InvalidInput(f"--min-score must be between -1 and 1 (cosine similarity), got {args.min_score}")
     except InvalidInput as exc:
-        return _usage_error(str(exc))
+        return usage_error(str(exc))
 
     from pgclip.application.bootstrap import open_service
 

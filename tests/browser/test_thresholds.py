@@ -9,25 +9,17 @@ expected results are computed from the API's own answer to the same query.
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from tests.browser.conftest import screenshot
+from tests.browser.test_pages import card_ids, query_of
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests need the playwright package")
 expect = sync_api.expect
 expect.set_options(timeout=10_000)
 
 pytestmark = pytest.mark.slow
-
-
-def card_ids(page) -> list[int]:
-    return [int(i) for i in page.locator("#grid .card").evaluate_all("cards => cards.map(c => c.dataset.id)")]
-
-
-def query_of(url: str) -> dict[str, list[str]]:
-    return parse_qs(urlsplit(url).query)
 
 
 def a_drop_that_cuts(similarities: list[float]) -> float:
