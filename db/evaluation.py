@@ -1,4 +1,5 @@
-"""What `pgclip eval` reads besides searches: stored images by path, dataset tags, filtered corpora."""
+"""What `pgclip eval` reads and writes besides searches: stored images by path, dataset tags, evaluation-set
+membership, filtered corpora, cached caption vectors."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import psycopg
 from psycopg import sql
 from psycopg.rows import class_row
@@ -92,3 +94,26 @@ def stale_images(conn: psycopg.Connection, dataset: str, current: Iterable[int])
     """Images tagged with ``dataset`` that are not among ``current`` (left by an earlier run)."""
     rows = conn.execute(EVALUATION["stale_images"], {"dataset": dataset, "current": list(current)})
     return [r[0] for r in rows]
+
+
+@dataclasses.dataclass(frozen=True)
+class SetChanges:
+    added: int  # images that were in no set
+    moved: int  # images taken from another set
+    removed: int  # images that were in the set and are not now
+
+
+def tag_set(conn: psycopg.Connection, key: str, name: str, image_ids: Sequence[int]) -> SetChanges:
+    """Make the evaluation set ``name`` exactly ``image_ids``: metadata ``key`` = ``name`` on them,
+    removed from the set's earlier members, other metadata untouched (one statement)."""
+    rows = conn.execute(EVALUATION["tag_set"], {"key": key, "name": name, "image_ids": list(image_ids)}).fetchall()
+    return SetChanges(added=sum(1 for member, before in rows if member and before is None),
+                      moved=sum(1 for member, before in rows if member and before is not None),
+                      removed=sum(1 for member, _ in rows if not member))
+
+
+def cached_texts(conn: psycopg.Connection, model: ModelRow, texts: Sequence[str]) -> dict[str, np.ndarray]:
+    """The query cache's vectors of those ``texts`` it holds for ``model``."""
+    with conn.cursor(binary=True) as cur:
+        rows = cur.execute(EVALUATION["cached_texts"], {"model_id": model.id, "texts": list(texts)}).fetchall()
+    return {text: vector.to_numpy() for text, vector in rows}

@@ -1,4 +1,4 @@
--- What `pgclip eval` reads besides searches (pgclip.evaluate's captions and classes protocols).
+-- What `pgclip eval` reads and writes besides searches (pgclip.evaluate's captions and classes protocols).
 -- Sections start with `-- name --`; pgclip.db.queries loads them by name.
 -- corpus_size and passing_filter take the search's own filter as a WHERE clause
 -- over images i (written by pgclip.filter_sql, values quoted by PostgreSQL), so an
@@ -42,3 +42,28 @@ FROM pgclip.images i WHERE i.sha256 = ANY(%(sha256)s::text[]) ORDER BY i.id;
 SELECT id FROM pgclip.images
 WHERE metadata @> jsonb_build_object('eval_dataset', %(dataset)s::text) AND NOT (id = ANY(%(current)s::bigint[]))
 ORDER BY id;
+
+-- tag_set --
+-- Make an evaluation set exactly these images: each gets the set's name under the
+-- key (other metadata untouched); images that carried the name before but are not
+-- among them lose the key; rows already right are not written. Returns, per row
+-- written, whether it is a member now and the set it was in before.
+WITH target AS (
+    SELECT i.id, i.id = ANY(%(image_ids)s::bigint[]) AS member, i.metadata->>%(key)s::text AS before
+    FROM pgclip.images i
+    WHERE i.id = ANY(%(image_ids)s::bigint[]) OR i.metadata @> jsonb_build_object(%(key)s::text, %(name)s::text)
+)
+UPDATE pgclip.images i
+SET metadata = CASE WHEN t.member THEN i.metadata || jsonb_build_object(%(key)s::text, %(name)s::text)
+                    ELSE i.metadata - %(key)s::text END
+FROM target t
+WHERE i.id = t.id AND t.before IS DISTINCT FROM (CASE WHEN t.member THEN %(name)s::text END)
+RETURNING t.member, t.before;
+
+-- cached_texts --
+-- The query cache's vectors of these texts under the model (db/text_vectors.py
+-- reads one text at a time): an evaluation set's captions are looked up at once.
+SELECT v.text, v.embedding FROM pgclip.text_vectors v
+WHERE v.model_id = %(model_id)s
+  AND md5(v.text) = ANY(ARRAY(SELECT md5(t) FROM unnest(%(texts)s::text[]) AS t))
+  AND v.text = ANY(%(texts)s::text[]);

@@ -10,7 +10,7 @@ from typing import Any
 from pgclip.cli.common import nonnegative
 from pgclip.core.errors import InvalidInput, NotFound
 from pgclip.core.settings import Settings
-from pgclip.evaluate.captions import CaptionResult, eval_captions
+from pgclip.evaluate.captions import CaptionResult, eval_captions, set_name_for
 from pgclip.evaluate.classes import ClassResult, eval_classes
 from pgclip.evaluate.common import CIFAR10, DEFAULT_SIZE, DIGITS, MNIST
 from pgclip.evaluate.datasets import load_dataset
@@ -70,10 +70,18 @@ def cmd_eval_captions(args: argparse.Namespace, settings: Settings) -> int:
         raise NotFound(f"no captions manifest at {path}")
     manifest = load_manifest(path)
     filters = parse_filters(args.filter)
+    set_name = set_name_for(path, args.set)
+    images = Path(args.images).expanduser() if args.images else None
+    if images is not None and not images.is_dir():
+        raise NotFound(f"no images folder at {images}")
     url, encoder = _setup(settings)
     with connection(url, role="eval") as conn:
         result = eval_captions(conn, encoder, manifest, n=args.n, seed=args.seed, k=args.k, caption=args.caption,
-                               filters=filters, ts_config=settings.text_search_config, progress=_bar)
+                               filters=filters, set_name=set_name, images=images, url=url,
+                               worker_options={"batch_size": settings.batch_size,
+                                               "lease_seconds": settings.lease_seconds,
+                                               "max_attempts": settings.max_attempts},
+                               ts_config=settings.text_search_config, progress=_bar)
     _emit(args, result, caption_table(result))
     return 0
 
@@ -119,12 +127,21 @@ def add_eval_parser(subparsers: Any) -> None:
         p.add_argument("--report", metavar="DIR", help="write report.md and a PNG plot into DIR")
 
     cap = protocols.add_parser(
-        "captions", help="caption -> image top-K accuracy on an ingested, embedded manifest (seed 000, Flickr30k)",
-        description="Sample N embedded images of MANIFEST, query with one caption each as text, and report how often "
-                    "the right image is in the top 1/3/5/10. Ingest and embed first: `pgclip ingest DIR --captions "
-                    "MANIFEST`, `pgclip worker --until-empty`.",
+        "captions", help="caption -> image and image -> caption top-K accuracy on a set of a manifest's images "
+                         "(seed 000, Flickr30k)",
+        description="Sample N embedded images of MANIFEST as an evaluation set (metadata eval_set = --set), query "
+                    "with one caption each as text among the set's images, rank every caption of the set for each "
+                    "image, and report how often the right answer is in the top 1/3/5/10. The images must be stored "
+                    "and embedded (`pgclip ingest DIR --captions MANIFEST`, `pgclip worker --until-empty`), or give "
+                    "--images DIR to ingest and embed the sample alone.",
     )
     cap.add_argument("manifest", metavar="MANIFEST", help="Flickr30k results.csv or JSON Lines manifest")
+    cap.add_argument("--images", metavar="DIR",
+                     help="the folder holding the manifest's images: sample among the files there, then ingest and "
+                          "embed the sample in this process (default: sample among images stored and embedded already)")
+    cap.add_argument("--set", metavar="NAME",
+                     help="the evaluation set's name, stored as metadata eval_set (default: the manifest's file name "
+                          "without extension, e.g. results); its earlier members are untagged")
     cap.add_argument("--n", type=positive, default=500, help="images to sample (default 500, as in the paper)")
     cap.add_argument("--k", type=positive, default=10, help="results per query (default 10, at most 100)")
     cap.add_argument("--caption", choices=["first", "random"], default="first",

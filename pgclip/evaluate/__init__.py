@@ -2,10 +2,11 @@
 
 Two protocols from the papers pgclip starts from (``SEEDS.md``):
 
-* ``captions`` (seed 000, Novi Sad, Flickr30k): sample images that are stored and
-  embedded, query with one of each image's captions as text, and record the rank
-  of the right image among the top k. The paper reports top-1/3/5/10 of
-  61 / 75 / 85 / 94 % with CLIP + Pinecone.
+* ``captions`` (seed 000, Novi Sad, Flickr30k): sample images of a captions
+  manifest as an evaluation set (metadata ``eval_set``), query with one of each
+  image's captions as text among the set's images alone, and rank every caption of
+  the set for each image: top-1/3/5/10 both ways. The paper reports caption ->
+  image top-1/3/5/10 of 61 / 75 / 85 / 94 % with CLIP + Pinecone.
 * ``classes`` (seed 003, CLIP-DB): every labeled image queries the rest of its
   dataset (leave-one-out); top-1 is right when the nearest image has the query's
   class, top-5 when the class is among the five nearest. The paper reports MNIST
@@ -26,7 +27,7 @@ interface, progress), ``captions`` and ``classes`` (the two protocols),
 Markdown/PNG report). The ``pgclip eval`` sub-commands live in ``pgclip.cli.evaluate``.
 """
 
-from pgclip.evaluate.captions import CaptionQuery, CaptionResult, eval_captions, match_manifest
+from pgclip.evaluate.captions import CaptionQuery, CaptionResult, ImageQuery, eval_captions, match_manifest, set_name_for
 from pgclip.evaluate.classes import ClassResult, eval_classes
 from pgclip.evaluate.common import (
     CAPTION_TOP,
@@ -56,6 +57,7 @@ __all__ = [
     "CaptionResult",
     "ClassResult",
     "Encoder",
+    "ImageQuery",
     "LabeledImages",
     "Progress",
     "caption_table",
@@ -66,5 +68,6 @@ __all__ = [
     "folder_dataset",
     "load_dataset",
     "match_manifest",
+    "set_name_for",
     "write_report",
 ]

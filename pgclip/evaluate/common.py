@@ -15,7 +15,8 @@ if TYPE_CHECKING:  # the db modules load when a command runs, not with the CLI
 
 PAPER_CAPTIONS = {
     "source": "seed 000 (Novi Sad): CLIP + Pinecone, Flickr30k, 500 random images",
-    "top": {1: 0.61, 3: 0.75, 5: 0.85, 10: 0.94},
+    "top": {1: 0.61, 3: 0.75, 5: 0.85, 10: 0.94},  # caption -> image
+    "image_top": None,  # image -> caption: not reported by the paper
 }
 PAPER_CLASSES = {
     "source": "seed 003 (CLIP-DB): CLIP + Chroma, leave-one-out",
@@ -23,6 +24,9 @@ PAPER_CLASSES = {
     "CIFAR-10": {1: 0.280, 5: 0.665},
 }
 CAPTION_TOP = (1, 3, 5, 10)
+SET_KEY = "eval_set"  # metadata key: the evaluation set an image belongs to (`eval captions` ranks only its images)
+MAX_SET_NAME = 200  # characters
+RANK_CELLS = 8_000_000  # image x caption scores per block of the image -> caption ranking (64 MB of float64)
 CLASS_K = 5  # top-1 and top-5: five neighbours per query
 MAX_K = 100  # pgclip.db.search.MAX_K: the most results one search returns
 TEXT_BATCH = 64  # captions per encode_texts call

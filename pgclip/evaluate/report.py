@@ -8,7 +8,7 @@ from pathlib import Path
 from pgclip.core.errors import InvalidInput, PgclipError
 from pgclip.evaluate.captions import CaptionResult
 from pgclip.evaluate.classes import ClassResult
-from pgclip.evaluate.common import CAPTION_TOP, CLASS_K, PAPER_CAPTIONS, PAPER_CLASSES
+from pgclip.evaluate.common import CAPTION_TOP, CLASS_K, PAPER_CAPTIONS, PAPER_CLASSES, SET_KEY
 
 
 def _pct(x: float | None) -> str:
@@ -16,23 +16,43 @@ def _pct(x: float | None) -> str:
 
 
 def caption_table(result: CaptionResult) -> list[str]:
-    recall = result.recall
+    recall, image_recall = result.recall, result.image_recall
+    tops = [K for K in CAPTION_TOP if K <= result.k]
+    changes = result.set_changes
     lines = [
-        f"caption -> image retrieval (seed 000 protocol), model {result.model}",
-        f"{len(result.queries)} queries: the {result.caption} caption of each of {len(result.queries)} images "
-        f"sampled (seed {result.seed}) from {result.eligible} embedded manifest images; "
-        f"ranked among {result.corpus} embedded images" + (f" matching {json.dumps(result.filters)}" if result.filters else ""),
+        f"evaluation set {result.set_name!r} (metadata {SET_KEY}), model {result.model}: {len(result.queries)} images "
+        f"sampled (seed {result.seed}) from {result.candidates} "
+        + ("manifest images found in the folder" if result.ingested is not None else "embedded manifest images")
+        + (f" matching {json.dumps(result.filters)}" if result.filters else ""),
+    ]
+    if changes:
+        lines.append(f"set membership: {changes.get('added', 0)} tagged, {changes.get('moved', 0)} moved from another "
+                     f"set, {changes.get('removed', 0)} earlier members untagged")
+    lines += [
         "",
+        f"caption -> image (seed 000 protocol): the {result.caption} caption of each image queries the search, "
+        f"ranked among the set's {result.corpus} images",
         f"{'':<8}{'ours':>9}{'chance':>10}   paper (CLIP + Pinecone)",
     ]
-    for K in CAPTION_TOP:
-        if K > result.k:
-            continue
-        chance = min(1.0, K / result.corpus) if result.corpus else None
+    for K in tops:
         paper = PAPER_CAPTIONS["top"].get(K)
-        lines.append(f"{f'top-{K}':<8}{_pct(recall[K]):>9}{_pct(chance):>10}   {_pct(paper) if paper else '-':>6}")
+        lines.append(f"{f'top-{K}':<8}{_pct(recall[K]):>9}{_pct(result.chance(K)):>10}   "
+                     f"{_pct(paper) if paper else '-':>6}")
     lines.append(f"{'MRR@' + str(result.k):<8}{result.mrr:>9.3f}")
+    lines += [
+        "",
+        f"image -> caption: each of {len(result.image_queries)} images ranks the set's {result.caption_corpus} "
+        "captions; right when one of its own is in the top K",
+        f"{'':<8}{'ours':>9}{'chance':>10}   paper",
+    ]
+    for K in tops:
+        lines.append(f"{f'top-{K}':<8}{_pct(image_recall[K]):>9}{_pct(result.image_chance(K)):>10}   not reported")
+    lines.append(f"{'MRR@' + str(result.k):<8}{result.image_mrr:>9.3f}")
     lines.append("")
+    if result.ingested is not None:
+        ing = result.ingested
+        lines.append(f"ingested the sample: {ing['added']} added, {ing['present']} already stored, "
+                     f"{ing['rejected']} rejected; {ing['not_in_folder']} manifest images not in the folder")
     lines.append(
         f"manifest: {result.manifest_images} images; {result.missing} not in the database, "
         f"{result.ambiguous} ambiguous file names, {result.not_embedded} not embedded, "
@@ -87,22 +107,29 @@ def write_report(result: CaptionResult | ClassResult, folder: Path) -> tuple[Pat
         png = folder / "recall_at_k.png"
         recall = result.recall
         ks = list(recall)
-        ax.plot(ks, [100 * recall[k] for k in ks], marker="o", label=f"pgclip ({result.model})")
-        paper = [(k, v) for k, v in PAPER_CAPTIONS["top"].items()]
+        image_recall = result.image_recall
+        ax.plot(ks, [100 * recall[k] for k in ks], marker="o", label=f"caption -> image, pgclip ({result.model})")
+        ax.plot(ks, [100 * image_recall[k] for k in ks], marker="^", label="image -> caption, pgclip")
+        paper = [(k, v) for k, v in PAPER_CAPTIONS["top"].items() if k <= result.k]
         ax.plot([k for k, _ in paper], [100 * v for _, v in paper], marker="s", linestyle="--",
-                label="paper: CLIP + Pinecone (seed 000)")
+                label="caption -> image, paper: CLIP + Pinecone (seed 000)")
         if result.corpus:
-            ax.plot(ks, [100 * min(1.0, k / result.corpus) for k in ks], linestyle=":", color="grey", label="chance")
+            ax.plot(ks, [100 * result.chance(k) for k in ks], linestyle=":", color="grey",
+                    label="caption -> image, chance")
         ax.set_xlabel("K")
-        ax.set_ylabel("image in the top K (%)")
+        ax.set_ylabel("right answer in the top K (%)")
         ax.set_xticks(ks)
-        ax.set_title(f"caption -> image, {len(result.queries)} queries")
+        ax.set_title(f"set {result.set_name}: {len(result.queries)} images, {result.caption_corpus} captions")
         table = caption_table(result)
         misses = [q for q in result.queries if q.rank != 1][:20]
-        extra = ["", "## Queries whose image was not first (up to 20)", "",
+        extra = ["", "## caption -> image: queries whose image was not first (up to 20)", "",
                  "| image | caption | rank |", "| --- | --- | --- |"]
         extra += [f"| {q.key} (#{q.image_id}) | {q.caption.replace('|', '/')} | {q.rank or f'> {result.k}'} |"
                   for q in misses]
+        image_misses = [q for q in result.image_queries if q.rank != 1][:20]
+        extra += ["", "## image -> caption: images whose own caption was not first (up to 20)", "",
+                  "| image | own captions | rank of the best |", "| --- | --- | --- |"]
+        extra += [f"| {q.key} (#{q.image_id}) | {q.captions} | {q.rank} |" for q in image_misses]
         title = "pgclip eval captions"
     else:
         png = folder / "top_k.png"

@@ -166,6 +166,151 @@ def test_caption_protocol_counts_exactly_one_wrong_caption(conn, db_url, tmp_pat
         evaluate.eval_captions(conn, oracle, manifest, filters={"metadata": {"no": "such"}})
 
 
+class BasisOracle(Oracle):
+    """Exact vectors: an image with tag t is e_t (no noise); "thing N" is e_N, "blend A B" is 0.8 e_A + 0.6 e_B."""
+
+    def __init__(self) -> None:
+        super().__init__(noise=0.0)
+        self.directions = np.zeros((256, DIM))
+        self.directions[:DIM] = np.eye(DIM)
+
+    def encode_texts(self, texts) -> np.ndarray:
+        out = []
+        for text in texts:
+            words = text.split()
+            if words[0] == "blend":
+                out.append(self._unit(0.8 * self.directions[int(words[1])] + 0.6 * self.directions[int(words[2])]))
+            else:
+                out.append(self._unit(self.directions[int(words[-1])]))
+        return np.stack(out)
+
+
+# Image i (tag i) and its captions. caption -> image: image 3's first caption is nearer image 5 (0.8 against
+# 0.6), image 6's nearer image 0: both rank 2. image -> caption: image 3's only caption (0.6) is beaten by
+# image 4's "blend 3 4" (0.8): rank 2; image 6's two (0.6) by "blend 6 2" and "blend 6 7": rank 3.
+BLENDS = {0: ["thing 0"], 1: ["thing 1"], 2: ["thing 2", "blend 6 2"], 3: ["blend 5 3"], 4: ["thing 4", "blend 3 4"],
+          5: ["thing 5"], 6: ["blend 0 6", "blend 1 6"], 7: ["thing 7", "blend 6 7"]}
+
+
+def eval_sets(conn) -> dict[int, dict]:
+    conn.commit()
+    return {row[0]: row[1] for row in conn.execute("SELECT id, metadata FROM pgclip.images ORDER BY id")}
+
+
+def test_the_set_alone_is_ranked_both_ways_and_tagged_from_a_results_csv(conn, db_url, tmp_path):
+    oracle = BasisOracle()
+    for i in BLENDS:
+        tagged_png(tmp_path / "flickr" / f"{2000 + i}.png", tag=i, seed=300 + i)
+        # Another collection: the same vectors (same tags), so without the set they would tie every right image.
+        tagged_png(tmp_path / "other" / f"other-{i}.png", tag=i, seed=400 + i)
+    rows = ["image_name| comment_number| comment"]
+    rows += [f"{2000 + i}.png| {j}| {text}" for i, texts in BLENDS.items() for j, text in enumerate(texts)]
+    manifest = load_manifest(_write(tmp_path / "results.csv", "\n".join(rows) + "\n"))
+    model = active_model(conn)
+    conn.commit()
+    ingest(conn, [tmp_path / "flickr"], model_id=model.id, manifest=manifest)
+    ingest(conn, [tmp_path / "other"], model_id=model.id, manifest=None)
+    Worker(db_url, encoder=oracle, model=model, batch_size=16, lease_seconds=30, max_attempts=2).run(until_empty=True)
+
+    result = evaluate.eval_captions(conn, oracle, manifest, n=500, seed=0, k=10)
+    assert (result.set_name, result.corpus, result.caption_corpus) == ("results", 8, 12)
+    assert {q.key: q.rank for q in result.queries} == {f"{2000 + i}.png": 2 if i in (3, 6) else 1 for i in BLENDS}
+    assert {q.key: q.rank for q in result.image_queries} == {
+        f"{2000 + i}.png": {3: 2, 6: 3}.get(i, 1) for i in BLENDS}
+    assert result.recall[1] == result.image_recall[1] == pytest.approx(6 / 8)
+    assert result.recall[3] == result.image_recall[3] == 1.0
+    assert result.image_chance(1) == pytest.approx((4 * 1 / 12 + 4 * 2 / 12) / 8)  # 4 images have 2 captions
+    assert result.set_changes == {"added": 8, "moved": 0, "removed": 0}
+
+    # The tag is metadata on the set's images only (the results.csv carries none itself); nothing else changed.
+    stored = eval_sets(conn)
+    tagged = [meta for meta in stored.values() if meta.get("eval_set") == "results"]
+    assert len(tagged) == 8 and len(stored) == 16
+    assert all("eval_set" not in meta for meta in stored.values() if meta not in tagged)
+
+    text = "\n".join(evaluate.caption_table(result))
+    assert "ranked among the set's 8 images" in text and "ranks the set's 12 captions" in text
+    assert "61.0 %" in text and text.count("not reported") == 4
+    data = result.as_dict()
+    assert data["set"] == "results" and data["corpus"] == 8
+    assert data["image_to_caption"]["top"] == {"1": 0.75, "3": 1.0, "5": 1.0, "10": 1.0}
+    assert data["image_to_caption"]["paper"] == "not reported" and data["paper"]["top"]["1"] == 0.61
+
+    # The set is named by the user's filter only through --set.
+    with pytest.raises(InvalidInput, match="name it with --set"):
+        evaluate.eval_captions(conn, oracle, manifest, filters={"metadata": {"eval_set": "other"}})
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_a_jsonl_set_is_retagged_by_each_run_and_other_metadata_stays(conn, db_url, tmp_path):
+    oracle = Oracle()
+    lines = []
+    for i in range(6):
+        tagged_png(tmp_path / "pics" / f"p{i}.png", tag=i, seed=500 + i)
+        lines.append(json.dumps({"path": f"pics/p{i}.png", "captions": [f"thing {i}"], "metadata": {"album": "a"}}))
+    manifest = load_manifest(_write(tmp_path / "holiday.jsonl", "\n".join(lines) + "\n"))
+    model = active_model(conn)
+    conn.commit()
+    ingest(conn, [tmp_path / "pics"], model_id=model.id, manifest=manifest)
+    Worker(db_url, encoder=oracle, model=model, batch_size=16, lease_seconds=30, max_attempts=2).run(until_empty=True)
+
+    first = evaluate.eval_captions(conn, oracle, manifest, n=4, seed=1)
+    assert (first.set_name, first.corpus, len(first.queries), first.caption_corpus) == ("holiday", 4, 4, 4)
+    assert first.recall[1] == first.image_recall[1] == 1.0
+    members = {q.image_id for q in first.queries}
+    stored = eval_sets(conn)
+    assert {i for i, meta in stored.items() if meta.get("eval_set") == "holiday"} == members
+    assert all(meta["album"] == "a" for meta in stored.values())
+
+    # A smaller sample under the same name: the set is exactly the new sample, ranked among 2.
+    second = evaluate.eval_captions(conn, oracle, manifest, n=2, seed=2)
+    now = {q.image_id for q in second.queries}
+    assert second.corpus == 2
+    assert {i for i, meta in eval_sets(conn).items() if meta.get("eval_set") == "holiday"} == now
+    assert second.set_changes == {"added": len(now - members), "moved": 0, "removed": len(members - now)}
+
+    # Another name takes its images from the first set.
+    third = evaluate.eval_captions(conn, oracle, manifest, n=6, seed=0, set_name="all of them")
+    assert third.corpus == 6 and third.set_changes == {"added": 4, "moved": 2, "removed": 0}
+    assert {meta["eval_set"] for meta in eval_sets(conn).values()} == {"all of them"}
+    assert all(meta["album"] == "a" for meta in eval_sets(conn).values())
+
+
+def test_the_command_ingests_and_embeds_only_the_sample(settings, conn, tmp_path, capsys):
+    rows = ["image_name| comment_number| comment"]
+    for i in range(6):
+        tagged_png(tmp_path / "flickr30k_images" / f"{3000 + i}.jpg", tag=i, seed=600 + i)
+        rows += [f"{3000 + i}.jpg| 0| a photo number {i}", f"{3000 + i}.jpg| 1| another photo {i}"]
+    rows += ["3999.jpg| 0| not in the folder"]
+    manifest = _write(tmp_path / "results.csv", "\n".join(rows) + "\n")
+    argv = ["eval", "captions", str(manifest), "--images", str(tmp_path / "flickr30k_images"), "--n", "4",
+            "--set", "flickr-mini"]
+
+    args = cli([*argv, "--json"])
+    assert args.handler(args, settings) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["set"], data["corpus"], data["queries_run"]) == ("flickr-mini", 4, 4)
+    assert data["ingested"] == {"added": 4, "present": 0, "rejected": 0, "not_in_folder": 1}
+    assert data["image_to_caption"]["corpus"] == 8 and data["image_to_caption"]["queries_run"] == 4
+    stored = eval_sets(conn)
+    assert len(stored) == 4 and {meta["eval_set"] for meta in stored.values()} == {"flickr-mini"}
+    # The 8 captions were encoded once, into the query cache the API shares.
+    assert conn.execute("SELECT count(*) FROM pgclip.text_vectors").fetchone()[0] == 8
+
+    args = cli(argv)
+    assert args.handler(args, settings) == 0
+    text = capsys.readouterr().out
+    assert "ingested the sample: 0 added, 4 already stored" in text
+    assert "set membership: 0 tagged, 0 moved from another set, 0 earlier members untagged" in text
+    assert "caption -> image (seed 000 protocol)" in text and "image -> caption" in text
+    assert "94.0 %" in text and "not reported" in text
+
+
 def cli(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="pgclip")
     add_eval_parser(parser.add_subparsers(dest="command", required=True))
@@ -210,8 +355,14 @@ def test_user_mistakes_are_one_line_errors(tmp_path, settings):
         args.handler(args, settings)
     manifest = tmp_path / "m.jsonl"
     manifest.write_text('{"path": "nowhere.jpg", "captions": ["a cat"]}\n')
-    with pytest.raises(NotFound, match="none of the 1 captioned images"):
+    with pytest.raises(NotFound, match="set m is empty: none of the 1 captioned images"):
         args = cli(["eval", "captions", str(manifest)])
+        args.handler(args, settings)
+    with pytest.raises(InvalidInput, match="set name must be 1 to 200 printable characters"):
+        args = cli(["eval", "captions", str(manifest), "--set", " "])
+        args.handler(args, settings)
+    with pytest.raises(NotFound, match="no images folder at"):
+        args = cli(["eval", "captions", str(manifest), "--images", str(tmp_path / "nowhere")])
         args.handler(args, settings)
 
 
