@@ -20,8 +20,10 @@ DEMO_FLAGS ?=
 demo: $(STAMP)
 	$(VENV)/bin/pgclip demo $(DEMO_FLAGS)
 
+# Test files run in parallel (pytest-xdist), each file whole in one process so that its
+# module-scoped servers start once; tests/conftest.py picks the number of processes.
 test: $(STAMP) browser-deps
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n auto --dist loadfile
 
 # The browser tests (tests/browser) drive Debian's Chromium through Playwright, which never
 # downloads a browser. Install it when missing and we can (root or password-less sudo, apt);

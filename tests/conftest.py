@@ -41,6 +41,13 @@ def pytest_make_collect_report(collector):
         report.longrepr = f"CI=true: tests may not skip for a missing part; skipped because: {report.longrepr}"
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`make test` runs `pytest -n auto`: two test processes even on two cores (most of a test's
+    time is spent waiting on a `pgclip` process or PostgreSQL), four at most (each has its own
+    embedded PostgreSQL, and outage tests must not starve)."""
+    return min(4, max(2, os.cpu_count() or 1))
+
+
 def make_settings(db_url: str | None, data_dir: Path, **overrides) -> Settings:
     """Settings as a user with only these variables set would get (the real environment is ignored)."""
     values = {"database_url": db_url, "data_dir": data_dir, "model": TEST_MODEL, "pretrained": "random"}
