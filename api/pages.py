@@ -4,8 +4,9 @@ Every page is a static HTML shell (``static/pages/*.html``) whose script calls t
 JSON API; nothing is fetched from the internet. The map and the similarity
 heat-map need figures the search API does not give, so this module adds:
 
-* ``GET /api/map``: a 2-D PCA projection of the active model's vectors,
-  ``[{"id", "x", "y"}]``, cached until the vectors change (``application/atlas.py``);
+* ``GET /api/map?projection=pca|umap&color=KEY``: a 2-D projection of the active model's
+  vectors, cached per projection until the vectors change (``application/atlas.py``), each
+  point with its value for a metadata key when asked (read per request), and a legend;
 * ``GET /api/similarity?ids=1,2,3``: the cosine similarity matrix of up to 25 images; with
   ``texts=["a dog","a cat"]`` (a JSON list) or ``captions=true``, images x texts instead.
 """
@@ -24,7 +25,19 @@ from litestar.static_files import create_static_files_router
 
 from pgclip.api.routes import ApiController, ServiceDep
 from pgclip.api.schemas import check_json_depth, check_text
-from pgclip.application.atlas import SIMILARITY_MAX_IDS, SIMILARITY_MAX_TEXT_CHARS, SIMILARITY_MAX_TEXTS, check_texts
+from pgclip.application.atlas import (
+    COLOR_KEY_MAX_CHARS,
+    COLOR_VALUE_MAX_CHARS,
+    LEGEND_MAX,
+    MAP_MAX_POINTS,
+    PROJECTIONS,
+    SIMILARITY_MAX_IDS,
+    SIMILARITY_MAX_TEXT_CHARS,
+    SIMILARITY_MAX_TEXTS,
+    check_color_key,
+    check_projection,
+    check_texts,
+)
 from pgclip.core.errors import InvalidInput
 
 STATIC = Path(__file__).parent / "static"
@@ -40,6 +53,26 @@ class MapPoint(msgspec.Struct):
     id: int
     x: float
     y: float
+    # With color: the image's value for that metadata key as text (null: it has none); absent without color.
+    value: str | None | msgspec.UnsetType = msgspec.UNSET
+
+
+class LegendEntry(msgspec.Struct):
+    value: str | None  # null: the images without the key
+    count: int
+
+
+class MapResponse(msgspec.Struct):
+    projection: str  # asked: "pca" or "umap"
+    method: str  # computed: differs from projection where UMAP could not run (note says why)
+    model: str
+    total: int  # the model's vectors; points are a fixed sample beyond 20000
+    points: list[MapPoint]
+    keys: list[str]  # top-level metadata keys of these images, commonest first (for color)
+    color: str | None = None
+    legend: list[LegendEntry] | None = None  # with color: the commonest values, commonest first
+    other: int = 0  # with color: points whose value is not in the legend
+    note: str | None = None
 
 
 class SimilarityMatrix(msgspec.Struct):
@@ -85,10 +118,38 @@ class VisualsController(ApiController):
 
     tags = ["visuals"]
 
-    @get("/api/map", summary="2-D PCA projection of the active model's vectors (at most 20000, sampled)")
-    async def map(self, service: ServiceDep) -> list[MapPoint]:
-        points = await asyncio.to_thread(service.projection)
-        return [MapPoint(id=p.id, x=p.x, y=p.y) for p in points]
+    @get("/api/map", summary=f"2-D projection (PCA or UMAP) of the active model's vectors (at most "
+                              f"{MAP_MAX_POINTS}, sampled), coloured by a metadata key")
+    async def map(
+        self,
+        service: ServiceDep,
+        projection: Annotated[str, Parameter(
+            description=f"{' or '.join(PROJECTIONS)}: PCA is fast; UMAP keeps neighbourhoods (computed once "
+                        "per collection state, the first time in seconds to a minute)")] = PROJECTIONS[0],
+        color: Annotated[str | None, Parameter(
+            description=f"a top-level metadata key (at most {COLOR_KEY_MAX_CHARS} characters): each point gets "
+                        f"its value as text (at most {COLOR_VALUE_MAX_CHARS}; null where missing), plus a "
+                        f"legend of the {LEGEND_MAX} commonest values")] = None,
+    ) -> MapResponse:
+        check_projection(projection)
+        if color is not None:
+            check_color_key(color)
+        pending = await asyncio.to_thread(service.projection, projection)
+        # Awaited, not waited for in a thread: UMAP may take a minute. Shielded: a client that
+        # goes away must not cancel the computation other requests are waiting for.
+        found = await asyncio.shield(asyncio.wrap_future(pending))
+        ids = [p.id for p in found.points]
+        details = await asyncio.to_thread(service.map_details, ids, color)
+        colours = details.colours
+        if colours is None:
+            points = [MapPoint(id=p.id, x=p.x, y=p.y) for p in found.points]
+            legend = None
+        else:
+            points = [MapPoint(id=p.id, x=p.x, y=p.y, value=v) for p, v in zip(found.points, colours.values, strict=True)]
+            legend = [LegendEntry(value=e.value, count=e.count) for e in colours.legend]
+        return MapResponse(projection=found.projection, method=found.method, model=found.model, total=found.total,
+                           points=points, keys=details.keys, color=color, legend=legend,
+                           other=colours.other if colours else 0, note=found.note)
 
     @get("/api/similarity", summary="Cosine similarity matrix of up to 25 images, or of images x texts")
     async def similarity(

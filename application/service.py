@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -321,9 +322,14 @@ class Service:
 
     # --- the page's figures (application/atlas.py) ------------------------------------
 
-    def projection(self) -> list[atlas.MapPoint]:
-        """The map: the active model's vectors in 2-D, kept until they change."""
-        return atlas.projection(self)
+    def projection(self, projection: str = "pca") -> Future[atlas.Projection]:
+        """The map: the active model's vectors in 2-D ("pca" or "umap"), kept until they change.
+        A future: done at once when kept (or PCA); UMAP runs on its own thread, to be awaited."""
+        return atlas.start_projection(self, projection)
+
+    def map_details(self, ids: list[int], color: str | None) -> atlas.MapDetails:
+        """The map's metadata keys and, with ``color``, each point's value for that key and the legend."""
+        return atlas.details(self, ids, color)
 
     def similarity_matrix(self, ids: list[int], texts: list[str] | None = None, *,
                           captions: bool = False) -> atlas.Similarity:

@@ -51,3 +51,17 @@ def vectors_of(conn: psycopg.Connection, model: ModelRow, image_ids: Sequence[in
     with conn.cursor(binary=True) as cur:
         rows = cur.execute(VECTORS["of_images"], {"model_id": model.id, "image_ids": list(image_ids)}).fetchall()
     return {r[0]: r[1].to_numpy() for r in rows}
+
+
+def metadata_values(conn: psycopg.Connection, image_ids: Sequence[int], key: str, *,
+                    max_chars: int) -> list[str | None]:
+    """Each image's value for the top-level metadata ``key`` as text (None where it has none),
+    in the order of ``image_ids``; at most ``max_chars`` characters each."""
+    rows = conn.execute(VECTORS["metadata_values"],
+                        {"ids": list(image_ids), "key": key, "max_chars": max_chars}).fetchall()
+    return [r[0] for r in rows]
+
+
+def metadata_keys(conn: psycopg.Connection, image_ids: Sequence[int], *, limit: int) -> list[str]:
+    """The top-level metadata keys of these images, most common first (at most ``limit``)."""
+    return [r[0] for r in conn.execute(VECTORS["metadata_keys"], {"ids": list(image_ids), "limit": limit})]

@@ -186,7 +186,7 @@ def test_a_failed_image_shows_its_reason(page, served, console):
 
 
 def test_the_map_draws_every_vector_and_hovering_a_point_shows_its_thumbnail(page, served, console):
-    points = served.client.get("/api/map").json()
+    points = served.client.get("/api/map").json()["points"]
     page.goto("/map")
     expect(page.locator("#map-canvas")).to_have_attribute("data-points", str(len(points)))
     expect(page).to_have_title(f"Map of {len(points)} images · pgclip")
@@ -215,7 +215,8 @@ def test_the_map_draws_20000_points_and_still_answers_the_mouse(page, served, co
     points = [{"id": 10_000_000 + i, "x": rng.gauss(0, 1), "y": rng.gauss(0, 1)} for i in range(19_999)]
     real = served.ids["tall.jpg"]
     points.append({"id": real, "x": 8.0, "y": 8.0})  # far out in a corner, alone
-    page.route("**/api/map", lambda route: route.fulfill(json=points))
+    page.route("**/api/map?*", lambda route: route.fulfill(json={
+        "projection": "pca", "method": "pca", "model": "test-tiny", "total": 20_000, "points": points, "keys": []}))
     # Hovering a made-up point asks for its thumbnail: answer with any small picture.
     page.route(re.compile(r"/api/images/1\d{7}/thumbnail$"),
                lambda route: route.fulfill(body=jpeg_bytes(1, (32, 32)), content_type="image/jpeg"))
@@ -259,7 +260,7 @@ def test_a_map_selection_opens_the_similarity_heat_map(page, served, console):
     page.locator("#compare").click()
     expect(page).to_have_url(re.compile(r"/similarity\?ids=[\d,]+$"))
     n = len(query_of(page.url)["ids"][0].split(","))
-    assert n == min(25, len(served.client.get("/api/map").json()))
+    assert n == min(25, len(served.client.get("/api/map").json()["points"]))
     expect(page.locator("#heat .cell")).to_have_count(n * n)
     # The diagonal is each image against itself.
     values = page.locator("#heat .cell").evaluate_all("cells => cells.map(c => Number(c.dataset.value))")

@@ -10,8 +10,10 @@ import psycopg
 import pytest
 
 from pgclip.api.pages import SIMILARITY_MAX_IDS, parse_ids
-from pgclip.application.atlas import pca_2d
+from pgclip.application.atlas import LEGEND_MAX, LegendEntry, legend_of, pca_2d
 from pgclip.core.errors import InvalidInput
+from tests.browser.conftest import _queue_empty
+from tests.waiting import wait_for
 
 
 def test_pca_puts_the_widest_spread_on_x_and_is_deterministic():
@@ -44,16 +46,29 @@ def test_bad_ids_are_refused_with_the_reason(raw, fragment):
         parse_ids(raw)
 
 
+def test_the_legend_names_the_twelve_commonest_values_and_counts_the_rest():
+    values = [f"v{i:02d}" for i in range(15) for _ in range(20 - i)] + [None] * 3
+    legend, other = legend_of(values)
+    assert len(legend) == LEGEND_MAX and legend[0].value == "v00" and legend[0].count == 20
+    assert [e.count for e in legend] == sorted((e.count for e in legend), reverse=True)
+    assert other == len(values) - sum(e.count for e in legend) == 8 + 7 + 6 + 3  # v12, v13, v14 and 3 without a value
+    assert legend_of(["a", None, None]) == ([LegendEntry(None, 2), LegendEntry("a", 1)], 0)
+
+
 @pytest.mark.slow
 def test_the_map_has_one_point_per_vector_and_is_stable(served):
     client = served.client
     first = client.get("/api/map")
     assert first.status_code == 200, first.text
-    points = first.json()
+    body = first.json()
+    assert body["projection"] == body["method"] == "pca" and body["model"] == "test-tiny" and body["note"] is None
+    points = body["points"]
     embedded = {i for name, i in served.ids.items() if name != "broken.jpg"}
     assert {p["id"] for p in points} >= embedded and served.ids["broken.jpg"] not in {p["id"] for p in points}
-    assert all(isinstance(p["x"], float) and isinstance(p["y"], float) for p in points)
-    assert client.get("/api/map").json() == points  # cached, and the same picture every time
+    assert body["total"] == len(points)
+    assert all(isinstance(p["x"], float) and isinstance(p["y"], float) and "value" not in p for p in points)
+    assert "tag" in body["keys"] and body["legend"] is None
+    assert client.get("/api/map").json() == body  # cached, and the same picture every time
     schema = client.get("/schema/openapi.json").json()
     assert {"/api/map", "/api/similarity"} <= set(schema["paths"])
     assert "/" not in schema["paths"] and "/map" not in schema["paths"]  # pages are not API
@@ -130,7 +145,7 @@ def test_a_large_collection_is_sampled_the_same_way_and_recomputed_only_when_vec
     _add_vectors(db_url, 1, 60)
     holder = _Holder(db_url)
     try:
-        everything = pages.projection(holder)
+        everything = pages.projection(holder).points
         assert len(everything) == 60
         xs, ys = np.array([p.x for p in everything]), np.array([p.y for p in everything])
         assert xs.var() >= ys.var()  # the first component carries the most spread
@@ -138,12 +153,102 @@ def test_a_large_collection_is_sampled_the_same_way_and_recomputed_only_when_vec
         monkeypatch.setattr(pages, "MAP_MAX_POINTS", 25)
         _add_vectors(db_url, 61, 1)  # the key changes: recomputed, now sampled
         sampled = pages.projection(holder)
-        assert len(sampled) == 25 and pages.projection(holder) is sampled  # cached while nothing changes
+        assert len(sampled.points) == 25 and sampled.total == 61
+        assert pages.projection(holder) is sampled  # cached while nothing changes
         pages._projections.clear()
         again = pages.projection(holder)
-        assert [p.id for p in again] == [p.id for p in sampled]  # the sample is deterministic
+        assert [p.id for p in again.points] == [p.id for p in sampled.points]  # the sample is deterministic
     finally:
         holder.pool.close()
+
+
+@pytest.mark.slow
+def test_umap_falls_back_to_pca_below_three_images_and_runs_from_three(db_url):
+    from pgclip.application import atlas
+
+    _add_vectors(db_url, 1, 2)
+    holder = _Holder(db_url)
+    try:
+        two = atlas.projection(holder, "umap")
+        assert (two.projection, two.method, len(two.points)) == ("umap", "pca", 2)
+        assert "UMAP needs at least 3 points" in two.note and "showing PCA" in two.note
+        assert atlas.projection(holder, "pca").note is None
+        _add_vectors(db_url, 3, 1)  # three: n_neighbors is clamped to 2
+        three = atlas.projection(holder, "umap")
+        assert (three.method, len(three.points), three.note) == ("umap", 3, None)
+        atlas._projections.clear()
+        assert atlas.projection(holder, "umap").points == three.points  # the same picture, computed again
+    finally:
+        holder.pool.close()
+
+
+@pytest.mark.slow
+def test_the_umap_map_is_deterministic_and_kept_beside_the_pca_one(served):
+    client = served.client
+    pca = client.get("/api/map").json()
+    umap = client.get("/api/map", params={"projection": "umap"}, timeout=180)
+    assert umap.status_code == 200, umap.text
+    body = umap.json()
+    assert (body["projection"], body["method"], body["note"]) == ("umap", "umap", None)
+    assert [p["id"] for p in body["points"]] == [p["id"] for p in pca["points"]]
+    assert [(p["x"], p["y"]) for p in body["points"]] != [(p["x"], p["y"]) for p in pca["points"]]
+    assert client.get("/api/map", params={"projection": "umap"}).json() == body
+    assert client.get("/api/map").json() == pca  # the PCA map is kept too
+    # Three pictures of one family sit nearer each other than the map's median distance.
+    xy = {p["id"]: np.array([p["x"], p["y"]]) for p in body["points"]}
+    family = [xy[served.ids[f"family0-{m}.jpg"]] for m in range(3)]
+    everything = np.array(list(xy.values()))
+    median = np.median(np.linalg.norm(everything[:, None] - everything[None], axis=-1))
+    assert max(np.linalg.norm(a - b) for a in family for b in family) < median
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("params", "fragment"),
+    [
+        ({"projection": "tsne"}, "projection must be pca or umap, got 'tsne'"),
+        ({"projection": ""}, "projection must be pca or umap"),
+        ({"color": ""}, "color: give a metadata key"),
+        ({"color": "k" * 201}, "at most 200 characters, got 201"),
+        ({"color": "a\nb"}, "control characters"),
+        ({"color": "a\x00b"}, "NUL"),
+    ],
+)
+def test_bad_map_requests_are_400_with_a_json_reason(served, params, fragment):
+    response = served.client.get("/api/map", params=params)
+    assert response.status_code == 400, response.text
+    assert fragment in response.json()["detail"]
+
+
+@pytest.mark.slow
+def test_colouring_by_a_key_gives_each_point_its_value_and_follows_metadata_edits(served):
+    client, ids = served.client, served.ids
+    wait_for(lambda: _queue_empty(client), 60, 0.2, "uploads of earlier tests embedded (the map holds still)")
+    before = client.get("/api/map", params={"color": "tag"}).json()
+    assert before["color"] == "tag"
+    values = {p["id"]: p["value"] for p in before["points"]}
+    assert values[ids["img0000.jpg"]] == values[ids["img0001.jpg"]] == "animal"
+    assert values[ids["img0002.jpg"]] == "food" and values[ids["family0-0.jpg"]] is None
+    legend = {e["value"]: e["count"] for e in before["legend"]}
+    assert legend == {v: list(values.values()).count(v) for v in set(values.values())} and before["other"] == 0
+    assert legend["animal"] == 2 and legend["people"] == 2
+    assert before["legend"][0]["value"] is None  # commonest first: most images have no tag
+
+    # An edit recolours the map and leaves its coordinates where they were.
+    image = ids["family0-0.jpg"]
+    edited = client.patch(f"/api/images/{image}", json={"metadata": {"map_shade": 3, "map_flag": True}})
+    assert edited.status_code in (200, 204), edited.text
+    try:
+        after = client.get("/api/map", params={"color": "map_shade"}).json()
+        assert {p["id"]: p["value"] for p in after["points"]}[image] == "3"  # numbers as text
+        assert {e["value"]: e["count"] for e in after["legend"]} == {"3": 1, None: len(values) - 1}
+        assert [(p["id"], p["x"], p["y"]) for p in after["points"]] == [(p["id"], p["x"], p["y"]) for p in before["points"]]
+        flags = client.get("/api/map", params={"color": "map_flag"}).json()
+        assert {p["id"]: p["value"] for p in flags["points"]}[image] == "true"
+        assert {"map_shade", "map_flag", "tag"} <= set(after["keys"])
+    finally:
+        client.patch(f"/api/images/{image}", json={"unset_metadata": ["map_shade", "map_flag"]})
+    assert "map_shade" not in client.get("/api/map").json()["keys"]
 
 
 # --- images x texts (the cross-modal heat-map) ------------------------------------------
