@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from litestar import Litestar
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
@@ -16,8 +17,17 @@ from pgclip.api.pages import ROUTE_HANDLERS as PAGE_HANDLERS
 from pgclip.api.routes import ImageController, ModelController, SearchController, SystemController
 from pgclip.api.videos import VideoController
 from pgclip.application.service import Service
+from pgclip.core.errors import InvalidInput
 from pgclip.core.logs import adopt
 from pgclip.core.settings import Settings
+from pgclip.db.replicas import parse_lsn, start_route
+
+# Read-your-writes over HTTP (README "Read replicas"): a write answers with the primary's WAL
+# position after its commit; a read that sends it back is answered by a replica that has
+# replayed that far, or by the primary. Every answer that read the database names who did.
+LSN_HEADER = b"x-pgclip-lsn"
+MIN_LSN_HEADER = b"x-pgclip-min-lsn"
+SERVED_BY_HEADER = b"x-pgclip-served-by"
 
 
 def create_app(settings: Settings | None = None, *, service: Service | None = None) -> Litestar:
@@ -66,6 +76,47 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
         ),
         logging_config=None,  # the process's logging is pgclip's (core/logs.py), set up by its entry point
     )
-    # Outside the router, so that 404s and the exception handlers' answers are counted too.
-    app.asgi_handler = metrics.wrap(app.asgi_handler)
+    # Outside the router, so that 404s and the exception handlers' answers are counted too
+    # (and a refused X-Pgclip-Min-Lsn: route_reads is inside).
+    app.asgi_handler = metrics.wrap(route_reads(app.asgi_handler))
     return app
+
+
+def route_reads(app: ASGIApp) -> ASGIApp:
+    """Give each HTTP request a Route (``pgclip.db.replicas``) holding its X-Pgclip-Min-Lsn, and
+    answer with X-Pgclip-Served-By and X-Pgclip-Lsn from what the service recorded in it."""
+
+    async def routed(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        raw = next((value for name, value in scope["headers"] if name == MIN_LSN_HEADER), None)
+        try:
+            min_lsn = parse_lsn(raw.decode("latin-1")) if raw else None
+        except InvalidInput as exc:
+            await _refuse(send, 400, f"the header X-Pgclip-Min-Lsn is {exc} (send back an X-Pgclip-Lsn answer)")
+            return
+        route = start_route(min_lsn)
+
+        async def send_routed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if route.served_by:
+                    headers.append((SERVED_BY_HEADER, route.served_by.encode()))
+                if route.lsn:
+                    headers.append((LSN_HEADER, route.lsn.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await app(scope, receive, send_routed)
+
+    return routed
+
+
+async def _refuse(send: Send, status: int, detail: str) -> None:
+    import json
+
+    body = json.dumps({"status_code": status, "detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

@@ -203,12 +203,17 @@ def umap_2d(vectors: np.ndarray) -> np.ndarray:
 
 
 def _compute(service: Service, projection: str) -> tuple[tuple[Any, ...], Projection]:
-    """Read the vectors (one transaction, so the key matches them) and project them."""
-    with service.pool.connection() as conn, conn.transaction():
-        model = require_active_model(conn)
-        stamp = db_vectors.stamp(conn, model)
-        limit = MAP_MAX_POINTS if stamp.count > MAP_MAX_POINTS else None
-        vectors = db_vectors.read_vectors(conn, model, limit=limit)
+    """Read the vectors (one transaction, so the key matches them; on a read replica when there
+    is one) and project them."""
+
+    def read(conn: Any) -> tuple[Any, Any, Any]:
+        with conn.transaction():
+            model = require_active_model(conn)
+            stamp = db_vectors.stamp(conn, model)
+            limit = MAP_MAX_POINTS if stamp.count > MAP_MAX_POINTS else None
+            return model, stamp, db_vectors.read_vectors(conn, model, limit=limit)
+
+    model, stamp, vectors = service.read(read)
     key = (projection, model.id, stamp.count, stamp.newest)
     method, note = projection, None
     if projection == "umap":
@@ -247,9 +252,13 @@ def start_projection(service: Service, projection: str = "pca") -> concurrent.fu
     """
     check_projection(projection)
     cache = _cache(service, projection)
-    with service.pool.connection() as conn, conn.transaction():
-        model = require_active_model(conn)
-        stamp = db_vectors.stamp(conn, model)
+
+    def read(conn: Any) -> tuple[Any, Any]:
+        with conn.transaction():
+            model = require_active_model(conn)
+            return model, db_vectors.stamp(conn, model)
+
+    model, stamp = service.read(read)
     key = (projection, model.id, stamp.count, stamp.newest)
     with cache.lock:
         if cache.key == key and cache.result is not None:
@@ -296,11 +305,17 @@ def details(service: Service, ids: list[int], color: str | None) -> MapDetails:
     and with ``color`` each point's value for that key and the legend."""
     if color is not None:
         check_color_key(color)
-    with service.pool.connection() as conn, conn.transaction():
-        keys = db_vectors.metadata_keys(conn, ids, limit=MAP_MAX_KEYS)
-        if color is None:
-            return MapDetails(keys=keys, colours=None)
-        values = db_vectors.metadata_values(conn, ids, color, max_chars=COLOR_VALUE_MAX_CHARS)
+
+    def read(conn: Any) -> tuple[list[str], list[str | None] | None]:
+        with conn.transaction():
+            keys = db_vectors.metadata_keys(conn, ids, limit=MAP_MAX_KEYS)
+            if color is None:
+                return keys, None
+            return keys, db_vectors.metadata_values(conn, ids, color, max_chars=COLOR_VALUE_MAX_CHARS)
+
+    keys, values = service.read(read)
+    if values is None:
+        return MapDetails(keys=keys, colours=None)
     legend, other = legend_of(values)
     return MapDetails(keys=keys, colours=Colours(key=color, values=values, legend=legend, other=other))
 
@@ -364,7 +379,8 @@ def similarity(service: Service, ids: list[int], texts: list[str] | None = None,
     if texts is not None:
         texts = check_texts(texts)
     cross = captions or texts is not None
-    with service.pool.connection() as conn:
+
+    def read(conn: Any) -> tuple[Any, np.ndarray, list[str] | None, dict[str, np.ndarray]]:
         if cross:
             model, encoder = service._current(conn)
         else:
@@ -372,14 +388,17 @@ def similarity(service: Service, ids: list[int], texts: list[str] | None = None,
                 model = require_active_model(conn)
         with conn.transaction():
             vectors = _stored_vectors(conn, model, ids)
-            if captions:
-                texts = _first_captions(conn, ids)
+            columns = _first_captions(conn, ids) if captions else texts
         if not cross:
-            matrix = np.clip(np.round(vectors @ vectors.T, 6), -1.0, 1.0)
-            return Similarity(ids=ids, model=model.name, matrix=matrix.tolist())
-        assert texts is not None
-        unique = list(dict.fromkeys(texts))  # a caption shared by two images is encoded once
-        encoded = {t: service.text_vector(conn, model, encoder, t) for t in unique}
+            return model, vectors, None, {}
+        unique = list(dict.fromkeys(columns))  # a caption shared by two images is encoded once
+        return model, vectors, columns, {t: service.text_vector(conn, model, encoder, t) for t in unique}
+
+    model, vectors, texts, encoded = service.read(read)
+    if not cross:
+        matrix = np.clip(np.round(vectors @ vectors.T, 6), -1.0, 1.0)
+        return Similarity(ids=ids, model=model.name, matrix=matrix.tolist())
+    assert texts is not None
     columns = np.stack([encoded[t] for t in texts]).astype(np.float64)
     columns /= np.linalg.norm(columns, axis=1, keepdims=True)
     matrix = np.clip(np.round(vectors @ columns.T, 6), -1.0, 1.0)

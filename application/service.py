@@ -9,8 +9,10 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import numpy as np
 import psycopg
@@ -18,6 +20,7 @@ import psycopg
 from pgclip.application import atlas
 from pgclip.db import images as db_images
 from pgclip.db import queue
+from pgclip.db import replicas as db_replicas
 from pgclip.db import search as db_search
 from pgclip.db import tags as db_tags
 from pgclip.db import text_vectors
@@ -26,7 +29,7 @@ from pgclip.db.engine import driver_errors
 from pgclip.db.pool import Pool
 from pgclip.db.indexes import IndexInfo, describe_indexes
 from pgclip.db.models import ModelRow, require_active_model
-from pgclip.core.errors import InvalidInput, NotFound, NotReady
+from pgclip.core.errors import DatabaseUnavailable, InvalidInput, NotFound, NotReady
 from pgclip.core.settings import Settings
 from pgclip.workers.decode import ImageRejected, decode, probe
 from pgclip.workers.encoder import ClipEncoder, backend_for_identity, is_test_model, weights_of
@@ -36,6 +39,7 @@ from pgclip.workers.encoder import ClipEncoder, backend_for_identity, is_test_mo
 TEXT_CACHE_SIZE = 100
 POOL_MAX = 8  # connections per API process
 READY_WAIT_SECONDS = 2.0  # /readyz answers 503 after this long without a connection, well inside probes' timeouts
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,15 +98,47 @@ class Service:
         self._encoders_lock = threading.Lock()
         self.cache = VectorCache()
         self.pool = Pool(url, role="api", max_size=POOL_MAX)
+        # Reads go to the replicas in use (db/replicas.py), writes always to this pool's primary.
+        self.replicas = db_replicas.Replicas(settings.read_database_urls, self.pool, max_lag=settings.max_replica_lag) \
+            if settings.read_database_urls else None
 
     def open(self) -> None:
         self.pool.open()
+        if self.replicas is not None:
+            self.replicas.open()
         self.encoder.load()
         # Warm both towers so the first real query does not pay for lazy initialisation.
         self.encoder.encode_texts(["warm-up"])
 
     def close(self) -> None:
+        if self.replicas is not None:
+            self.replicas.close()
         self.pool.close()
+
+    # --- where reads and writes go -------------------------------------------------
+
+    def read(self, work: Callable[[psycopg.Connection], T]) -> T:
+        """``work(conn)`` on a read replica in use that has replayed the request's token (and
+        its own writes so far), else on the primary."""
+        if self.replicas is None:
+            db_replicas.current_route().served_by = db_replicas.PRIMARY
+            with self.pool.connection() as conn:
+                return work(conn)
+        return self.replicas.read(work)
+
+    @contextmanager
+    def _writing(self) -> Iterator[psycopg.Connection]:
+        """A primary connection for a write; once the block has committed, the request's token
+        (the API's X-Pgclip-Lsn) is the primary's WAL position, which later reads pass back."""
+        with self.pool.connection() as conn:
+            yield conn
+            db_replicas.write_position(conn)
+
+    def mark_written(self) -> None:
+        """Make what is committed on the primary now (by any connection) the current request's
+        token: the reads that follow see it, on a replica that has replayed it or on the primary."""
+        with self._writing():
+            pass
 
     # --- the model that answers ----------------------------------------------------
 
@@ -146,14 +182,29 @@ class Service:
         key = (model.id, text)
         vector = self.cache.get(key)
         if vector is None:
-            with conn.transaction():
-                vector = text_vectors.cached(conn, model.id, text)
+            if db_replicas.is_replica(conn):  # read-only there: a lookup that leaves recency alone
+                vector = db_replicas.cached_text_vector(conn, model.id, text)
+            else:
+                with conn.transaction():
+                    vector = text_vectors.cached(conn, model.id, text)
             if vector is None:
                 vector = encoder.encode_texts([text])[0]
-                with conn.transaction():
-                    text_vectors.store(conn, model.id, {text: vector})
+                self._store_text_vector(conn, model, text, vector)
             self.cache.put(key, vector)
         return vector
+
+    def _store_text_vector(self, conn: psycopg.Connection, model: ModelRow, text: str, vector: np.ndarray) -> None:
+        """Into the shared cache, which lives on the primary: a search answered by a replica
+        stores there, and not at all while the primary is down (the search still answers)."""
+        if not db_replicas.is_replica(conn):
+            with conn.transaction():
+                text_vectors.store(conn, model.id, {text: vector})
+            return
+        try:
+            with self.pool.connection(timeout=READY_WAIT_SECONDS) as primary, primary.transaction():
+                text_vectors.store(primary, model.id, {text: vector})
+        except DatabaseUnavailable:
+            pass
 
     def image_vector(self, encoder: ClipEncoder, data: bytes) -> np.ndarray:
         image = decode(data)  # raises ImageRejected (a 400) for anything that is not a usable image
@@ -209,34 +260,38 @@ class Service:
 
     def search(self, *, text: str | None, raw: list[float] | None, image: bytes | None,
                options: dict[str, Any], local_files: bool = False) -> db_search.Page:
-        with self.pool.connection() as conn:
+        def run(conn: psycopg.Connection) -> db_search.Page:
             model, encoder = self._current(conn)
             vector = self.query_vector(conn, model, encoder, text, raw, image, local_files=local_files)
             params = db_search.SearchParams(vector=vector, ts_config=self.settings.text_search_config, **options)
             return _with_videos(conn, db_search.search(conn, params, model=model))
 
+        return self.read(run)
+
     def similar(self, image_id: int, options: dict[str, Any]) -> db_search.Page:
-        with self.pool.connection() as conn:
-            params = db_search.SearchParams(ts_config=self.settings.text_search_config, **options)
-            return _with_videos(conn, db_search.similar(conn, image_id, params))
+        params = db_search.SearchParams(ts_config=self.settings.text_search_config, **options)
+        return self.read(lambda conn: _with_videos(conn, db_search.similar(conn, image_id, params)))
 
     # --- images ------------------------------------------------------------------
 
     def image(self, image_id: int) -> dict[str, Any]:
         """The image as the active model sees it, with its captions and that model's name."""
-        with self.pool.connection() as conn, conn.transaction():
-            model = require_active_model(conn)
-            detail = db_images.image_detail(conn, image_id, model.id)
-            captions = db_images.captions(conn, image_id)
-            video = db_videos.frames_of(conn, [image_id]).get(image_id)
+        def run(conn: psycopg.Connection) -> tuple:
+            with conn.transaction():
+                model = require_active_model(conn)
+                detail = db_images.image_detail(conn, image_id, model.id)
+                captions = db_images.captions(conn, image_id)
+                video = db_videos.frames_of(conn, [image_id]).get(image_id)
+            return model, detail, captions, video
+
+        model, detail, captions, video = self.read(run)
         return {**dataclasses.asdict(detail), "captions": [dataclasses.asdict(c) for c in captions],
                 "model": model.name, "video": video}
 
     def blob(self, image_id: int, table: str) -> tuple[bytes, str]:
         """The original bytes (``image_blobs``) or the thumbnail (``thumbnails``) with its MIME type."""
         read = {"image_blobs": db_images.original, "thumbnails": db_images.thumbnail}[table]
-        with self.pool.connection() as conn:
-            blob = read(conn, image_id)
+        blob = self.read(lambda conn: read(conn, image_id))
         return blob.data, blob.mime or "application/octet-stream"  # not yet probed (added with SQL)
 
     def add_image(self, data: bytes, *, filename: str | None, captions: list[str],
@@ -252,7 +307,7 @@ class Service:
             raise InvalidInput(f"the upload is not a usable image: {exc}") from exc
         texts = [t for t in (clean_caption(c) for c in captions) if t]
         image = new_image(data, info, source=filename, metadata=metadata)
-        with self.pool.connection() as conn, conn.transaction():
+        with self._writing() as conn, conn.transaction():
             model = require_active_model(conn)
             added, existing = db_images.insert_images(conn, [image])
             image_id = (added or existing)[info.sha256]
@@ -274,7 +329,7 @@ class Service:
 
         texts = [t for t in (clean_caption(c) for c in captions) if t]
         try:
-            with self.pool.connection() as conn, conn.transaction():
+            with self._writing() as conn, conn.transaction():
                 model = require_active_model(conn)
                 stored = store_video(conn, data, source=filename, model_id=model.id,
                                      options=VideoOptions.from_settings(self.settings))
@@ -286,21 +341,18 @@ class Service:
         return stored.video_id, stored.created, stored.frame_ids
 
     def video(self, video_id: int) -> db_videos.Video:
-        with self.pool.connection() as conn:
-            return db_videos.video(conn, video_id)
+        return self.read(lambda conn: db_videos.video(conn, video_id))
 
     def video_size(self, video_id: int) -> tuple[int, str]:
         """(length of the video's stored bytes, its MIME type); NotFound without such a video."""
-        with self.pool.connection() as conn:
-            return db_videos.stored_size(conn, video_id)
+        return self.read(lambda conn: db_videos.stored_size(conn, video_id))
 
     def video_bytes(self, video_id: int, start: int, length: int) -> bytes:
         """A piece of the video's bytes (a Range request's, or one chunk of a whole answer)."""
-        with self.pool.connection() as conn:
-            return db_videos.read_range(conn, video_id, start, length)
+        return self.read(lambda conn: db_videos.read_range(conn, video_id, start, length))
 
     def delete_video(self, video_id: int) -> None:
-        with self.pool.connection() as conn, conn.transaction():
+        with self._writing() as conn, conn.transaction():
             if not db_videos.delete_videos(conn, [video_id]):
                 raise NotFound(f"no video with id {video_id}")
 
@@ -309,14 +361,14 @@ class Service:
         from pgclip.workers.manifest import clean_caption
 
         texts = [t for t in (clean_caption(c) for c in add) if t]
-        with self.pool.connection() as conn, conn.transaction():
+        with self._writing() as conn, conn.transaction():
             db_images.edit_image(
                 conn, image_id, metadata=metadata, replace_metadata=replace, unset_keys=unset, taken_at=taken_at,
                 new_captions=texts, remove_caption_ids=remove, ts_config=self.settings.text_search_config,
             )
 
     def delete_image(self, image_id: int) -> None:
-        with self.pool.connection() as conn, conn.transaction():
+        with self._writing() as conn, conn.transaction():
             if not db_images.delete_images(conn, [image_id]):
                 raise NotFound(f"no image with id {image_id}")
 
@@ -339,8 +391,7 @@ class Service:
     def duplicates(self, threshold: float) -> dict[str, Any]:
         from pgclip.db.duplicates import near_duplicates
 
-        with self.pool.connection() as conn:
-            model, groups = near_duplicates(conn, threshold)
+        model, groups = self.read(lambda conn: near_duplicates(conn, threshold))
         return {"threshold": threshold, "model": model.name, "groups": [dataclasses.asdict(g) for g in groups]}
 
     def tag(self, labels: list[str], *, prompt: str, key: str, min_score: float | None,
@@ -350,7 +401,7 @@ class Service:
         labels = db_tags.check_labels(labels)
         db_tags.check_key(key, "key")
         texts = db_tags.prompts(labels, prompt, "prompt")
-        with self.pool.connection() as conn:
+        with self._writing() as conn:
             model, encoder = self._current(conn)
             vectors = encoder.encode_texts(texts)
             run = db_tags.tag_images(conn, model, labels, vectors, key=key, min_score=min_score, write=not dry_run)
@@ -379,7 +430,7 @@ class Service:
             models.check_activation(conn, model, force=force)
         with driver_errors():  # a deferred index is built first, on a connection of its own
             indexes.build_deferred(self.url, model, wait=True)
-        with self.pool.connection() as conn:
+        with self._writing() as conn:
             previous = models.activate(conn, model, force=force)
         return self.model_info(model_id), previous.label if previous else None
 
@@ -392,14 +443,16 @@ class Service:
             choice = indexes.choose(model, models.vector_count(conn, model), **options)
         with driver_errors():  # the rebuild opens its own connections
             report = indexes.rebuild(self.url, model, choice)
+        self.mark_written()  # what the rebuild committed on its own connections
         return self.model_info(model_id), report.built, report.seconds
 
     def status(self) -> dict[str, Any]:
-        with self.pool.connection() as conn:
-            st = queue.status(conn)
+        """The queue's figures (from a replica when one is in use) and each read replica's state."""
+        st = self.read(queue.status)
         data = dataclasses.asdict(st)
         for m, model in zip(data["models"], st.models, strict=True):
             m["eta_seconds"] = model.eta_seconds
+        data["replicas"] = [dataclasses.asdict(r) for r in self.replicas.states()] if self.replicas else []
         return data
 
     def ready(self) -> None:

@@ -49,6 +49,16 @@ class Settings:
         "PostgreSQL URL (with pgvector available). Unset: the embedded server under PGCLIP_DATA_DIR.",
         secret=True,
     )
+    read_database_urls: tuple[str, ...] = _field(
+        (), "PGCLIP_READ_DATABASE_URLS",
+        "Comma-separated URLs of streaming read replicas of PGCLIP_DATABASE_URL: the API and `pgclip search` "
+        "send searches and other reads to them (writes always go to the primary). Unset: everything on the primary.",
+        secret=True,
+    )
+    max_replica_lag: float = _field(
+        5.0, "PGCLIP_MAX_REPLICA_LAG",
+        "Seconds a read replica may be behind the primary and still answer reads; beyond it reads go elsewhere.",
+    )
     data_dir: Path = dataclasses.field(
         default_factory=_default_data_dir,
         metadata={"setting": Setting("PGCLIP_DATA_DIR", "Where the embedded PostgreSQL keeps its data (persists between runs).")},
@@ -152,6 +162,11 @@ class Settings:
             raise ConfigError(f"PGCLIP_TEXT_SEARCH_CONFIG is not a text search configuration name: {self.text_search_config!r}")
         if self.database_url is not None and not re.match(r"postgres(ql)?(\+\w+)?://", self.database_url):
             raise ConfigError("PGCLIP_DATABASE_URL must start with postgresql:// (got something else)")
+        for n, url in enumerate(self.read_database_urls, start=1):
+            if not re.match(r"postgres(ql)?(\+\w+)?://", url):
+                raise ConfigError(f"PGCLIP_READ_DATABASE_URLS: URL {n} must start with postgresql:// (got something else)")
+        if not 0 <= self.max_replica_lag <= 3600:  # a NaN fails this too
+            raise ConfigError(f"PGCLIP_MAX_REPLICA_LAG must be 0 to 3600 seconds, got {self.max_replica_lag}")
 
     @property
     def write_keys(self) -> tuple[str, ...]:
@@ -167,8 +182,10 @@ class Settings:
         for f in dataclasses.fields(self):
             setting: Setting = f.metadata["setting"]
             value = getattr(self, f.name)
-            if value is None:
+            if value is None or value == ():
                 shown = "(unset)"
+            elif f.name == "read_database_urls":
+                shown = ", ".join(mask_url(url) for url in value)
             elif setting.secret and f.name == "database_url":
                 shown = mask_url(str(value))
             elif setting.secret:
@@ -193,6 +210,8 @@ def _parse(type_name: Any, env: str, raw: str) -> Any:
             raise ConfigError(f"{env} must be a number, got {raw!r}") from None
     if kind == "Path":
         return Path(raw).expanduser()
+    if kind == "tuple[str, ...]":  # comma-separated; blanks between commas are dropped
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
     return raw
 
 

@@ -52,9 +52,11 @@ class _Pool(ConnectionPool):
 class Pool:
     """A psycopg pool whose ``connection()`` raises pgclip errors, and logs one line per outage."""
 
-    def __init__(self, url: str, *, role: str, max_size: int) -> None:
+    def __init__(self, url: str, *, role: str, max_size: int,
+                 connection_class: type[psycopg.Connection] = psycopg.Connection, label: str = "database") -> None:
         self.pool = _Pool(
             url, min_size=1, max_size=max_size, open=False, configure=configure_vector,
+            connection_class=connection_class,
             # A pooled connection that died with the server is noticed here, at checkout, and
             # replaced, instead of failing the request that drew it.
             check=ConnectionPool.check_connection,
@@ -62,14 +64,17 @@ class Pool:
             name=f"pgclip-{role}", timeout=WAIT_SECONDS, max_idle=MAX_IDLE_SECONDS,
         )
         self._down_since: float | None = None
+        self._label = label  # what its outage log lines call the database ("read replica-1 host:port/db")
         self._connect_errors = 0  # the pool's count of failed connection attempts when last up
         self._lock = threading.Lock()
         # The pool logs every failed attempt (once a second during an outage); we log the outage.
         logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
-    def open(self, timeout: float = 30) -> None:
+    def open(self, timeout: float = 30, *, wait: bool = True) -> None:
+        """Open the pool; with ``wait``, fail unless a first connection is made within ``timeout``
+        (without, a server that is down now is connected to once it is up)."""
         with driver_errors():
-            self.pool.open(wait=True, timeout=timeout)
+            self.pool.open(wait=wait, timeout=timeout)
 
     def close(self) -> None:
         self.pool.close()
@@ -99,7 +104,7 @@ class Pool:
         with self._lock:
             if self._down_since is None:
                 self._down_since = time.monotonic()
-                log.warning("database unavailable: %s", exc)
+                log.warning("%s unavailable: %s", self._label, exc)
 
     def _came_back(self) -> None:
         if self._down_since is None:
@@ -107,5 +112,5 @@ class Pool:
         self._connect_errors = self.pool.get_stats().get("connections_errors", 0)
         with self._lock:
             if self._down_since is not None:
-                log.warning("database reachable again after %.1f s", time.monotonic() - self._down_since)
+                log.warning("%s reachable again after %.1f s", self._label, time.monotonic() - self._down_since)
                 self._down_since = None

@@ -9,14 +9,49 @@ export class ApiError extends Error {
   }
 }
 
+// Read-your-writes (README "Read replicas"): the newest X-Pgclip-Lsn a write answered with is
+// kept for this tab and sent as X-Pgclip-Min-Lsn with every request, so that a read after an
+// upload, edit, delete or activation sees it even where a read replica answers.
+const LSN_KEY = "pgclip-lsn";
+const LSN = /^[0-9A-Fa-f]{1,8}\/[0-9A-Fa-f]{1,8}$/;
+
+function lsnValue(text) {
+  const [high, low] = text.split("/");
+  return (BigInt(`0x${high}`) << 32n) + BigInt(`0x${low}`);
+}
+
+function storedLsn() {
+  try {
+    const lsn = sessionStorage.getItem(LSN_KEY);
+    return lsn && LSN.test(lsn) ? lsn : null;
+  } catch {
+    return null; // storage refused (a privacy setting): reads just may not see the newest writes
+  }
+}
+
+function rememberLsn(response) {
+  const lsn = response.headers.get("X-Pgclip-Lsn");
+  if (!lsn || !LSN.test(lsn)) return;
+  const known = storedLsn();
+  try {
+    if (!known || lsnValue(lsn) > lsnValue(known)) sessionStorage.setItem(LSN_KEY, lsn);
+  } catch {
+    // as above
+  }
+}
+
 /** fetch + JSON; throws ApiError with the API's `detail` on any non-2xx answer. */
 export async function api(path, options = {}) {
   let response;
+  const headers = { Accept: "application/json", ...(options.headers || {}) };
+  const lsn = storedLsn();
+  if (lsn) headers["X-Pgclip-Min-Lsn"] = lsn;
   try {
-    response = await fetch(path, { headers: { Accept: "application/json" }, ...options });
+    response = await fetch(path, { ...options, headers });
   } catch (err) {
     throw new ApiError(0, `the server did not answer (${err.message})`);
   }
+  rememberLsn(response);
   const text = await response.text();
   let body = null;
   try {

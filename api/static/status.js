@@ -42,6 +42,31 @@ function failureTable(failures) {
       el("td", { class: "small", text: fmtDateTime(f.updated_at) })))));
 }
 
+// Read replicas (PGCLIP_READ_DATABASE_URLS): shown only where some are configured.
+function replicaSection(replicas) {
+  if (!replicas || !replicas.length) return [];
+  const lag = (r) => (r.lag_bytes === null ? "unknown" : `${r.lag_seconds.toFixed(1)} s (${r.lag_bytes} bytes)`);
+  return [
+    el("h2", { text: "Read replicas" }),
+    el("table", { id: "replica-table" },
+      el("thead", {}, el("tr", {}, ["replica", "state", "lag", "problem"].map((h) => el("th", { scope: "col", text: h })))),
+      el("tbody", {}, replicas.map((r) => el("tr", { dataset: { replica: r.id } },
+        el("td", {}, el("strong", { text: r.id }), " ", el("span", { class: "muted small", text: r.name })),
+        el("td", {}, el("span", { class: `badge ${r.in_use ? "active" : "failed"}`, text: r.in_use ? "in use" : "out of use" })),
+        el("td", { class: "num", text: lag(r) }),
+        el("td", { class: "small", text: r.error || "—" }))))),
+  ];
+}
+
+function showReplicas(replicas) {
+  let box = $("#replicas");
+  if (!box) {
+    box = el("section", { id: "replicas" });
+    $("#failures").after(box);
+  }
+  box.replaceChildren(...replicaSection(replicas));
+}
+
 async function refresh() {
   clearTimeout(timer);
   let busy = false;
@@ -50,6 +75,7 @@ async function refresh() {
     $("#error").replaceChildren();
     $("#models tbody").replaceChildren(...status.models.map(modelRow));
     $("#failures").replaceChildren(failureTable(status.failures));
+    showReplicas(status.replicas);
     busy = status.models.some((m) => (m.counts.pending || 0) + (m.counts.leased || 0) > 0);
     const pending = status.models.reduce((sum, m) => sum + (m.counts.pending || 0) + (m.counts.leased || 0), 0);
     setTitle(busy ? `${pending} to embed · Queue status` : "Queue status");

@@ -227,12 +227,15 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from pgclip.db.engine import connection
     from pgclip.workers.ingest_files import one_line
 
-    with connection(ready_url(settings)) as conn:
+    url = ready_url(settings)
+    with connection(url) as conn:
         status = queue.status(conn, failures=args.failures)
+    replicas = _replica_states(url, settings)
     if args.json:
         data = dataclasses.asdict(status)
         for m, model in zip(data["models"], status.models, strict=True):
             m["eta_seconds"] = model.eta_seconds
+        data["replicas"] = [dataclasses.asdict(r) for r in replicas]
         _out(json.dumps(data, indent=2, default=str))
         return 0
     for m in status.models:
@@ -249,7 +252,30 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         for f in status.failures:
             _out(f"  job {f.job_id} image {f.image_id} {one_line(f.source or '')} [{f.model}, {f.attempts} attempts]: "
                  f"{one_line(f.last_error or '')}")
+    for r in replicas:
+        lag = "lag unknown" if r.lag_bytes is None else f"lag {r.lag_bytes} bytes, {r.lag_seconds:.1f} s"
+        why = f": {one_line(r.error)}" if r.error else ""
+        _out(f"{r.id} {r.name} [{'in use' if r.in_use else 'out of use'}] {lag}{why}")
     return 0
+
+
+def _replica_states(url: str, settings: Settings) -> list:
+    """Each read replica (PGCLIP_READ_DATABASE_URLS) as one look at it and the primary finds it."""
+    if not settings.read_database_urls:
+        return []
+    from pgclip.db.pool import Pool
+    from pgclip.db.replicas import Replicas
+
+    primary = Pool(url, role="cli", max_size=1)
+    primary.open()
+    replicas = Replicas(settings.read_database_urls, primary, max_lag=settings.max_replica_lag, role="cli",
+                        pool_max=1)
+    try:
+        replicas.open(watch=False)
+        return replicas.states()
+    finally:
+        replicas.close()
+        primary.close()
 
 
 def cmd_retry_failed(args: argparse.Namespace, settings: Settings) -> int:

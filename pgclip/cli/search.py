@@ -107,6 +107,7 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
     from pgclip.application.bootstrap import open_service
+    from pgclip.db.replicas import start_route
     from pgclip.db.videos import clock
 
     image = None
@@ -123,8 +124,11 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
         from pgclip.cli.sync import synced_folder
 
         options["filters"]["folder"], encoder = synced_folder(args.in_folder, settings)
+    start_route()  # this command's one read: on a replica only once it has what the sync just wrote
     service = open_service(settings, encoder)
     try:
+        if args.in_folder is not None:
+            service.mark_written()
         page = service.search(text=args.text, raw=None, image=image, options=options, local_files=True)
     finally:
         service.close()

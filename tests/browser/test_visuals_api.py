@@ -112,7 +112,7 @@ def test_an_image_without_a_vector_cannot_be_compared_yet(served):
 
 
 class _Holder:
-    """What :func:`projection` needs of a Service: its pool (and to be a cache key)."""
+    """What :func:`projection` needs of a Service: a pool, ``read`` over it (and to be a cache key)."""
 
     def __init__(self, db_url: str) -> None:
         from psycopg_pool import ConnectionPool
@@ -120,6 +120,10 @@ class _Holder:
         from pgclip.db.engine import configure_vector
 
         self.pool = ConnectionPool(db_url, min_size=1, max_size=2, configure=configure_vector, open=True)
+
+    def read(self, work):
+        with self.pool.connection() as conn:
+            return work(conn)
 
 
 def _add_vectors(db_url: str, start: int, n: int) -> None:

@@ -293,7 +293,7 @@ def test_every_service_runs_a_real_pgclip_or_alembic_command():
     known = _pgclip_commands()
     for name, service in services.items():
         command = service.get("command")
-        if name == "db":
+        if name in ("db", "replica"):  # PostgreSQL itself (the replica: test_the_replica_profile...)
             assert service["image"].startswith("pgvector/pgvector")
             continue
         assert command, name
@@ -338,7 +338,7 @@ def test_compose_refuses_to_start_without_api_keys():
             resolved_compose(env)
 
 
-@pytest.mark.parametrize("name", ["migrate", "api", "worker"])
+@pytest.mark.parametrize("name", ["migrate", "api", "worker", "api-replica"])
 def test_each_command_passes_its_start_up_checks_in_the_environment_compose_gives_it(name):
     """The container's environment is the image's ENV overlaid with the service's `environment`
     (interpolated with the operator's .env); settings are read from exactly that, and `serve`
@@ -406,3 +406,41 @@ def test_long_running_services_are_restarted_when_they_exit():
     services = _compose()["services"]
     for name in ("api", "worker"):
         assert services[name].get("restart") in ("unless-stopped", "always", "on-failure"), name
+
+
+def test_the_replica_profile_streams_from_db_and_an_api_reads_from_it():
+    """`docker compose --profile replica up`: a hot standby made from db by pg_basebackup -R, and an
+    API whose reads go to it; plain `docker compose up` starts neither and needs neither."""
+    compose = resolved_compose(operator_env(PGCLIP_API_KEYS=SAMPLE_KEY))
+    services = compose["services"]
+    profiled = {name for name, service in services.items() if service.get("profiles")}
+    assert profiled == {"replica", "api-replica"}
+    assert all(services[name]["profiles"] == ["replica"] for name in profiled)
+    for name, service in services.items():  # a service without the profile must not wait for one with it
+        if name not in profiled:
+            assert not set(service.get("depends_on") or {}) & profiled, name
+    db, replica, api = services["db"], services["replica"], services["api-replica"]
+    db_env = service_environment(db)
+    # db lets other containers replicate: its hba file (from configs) has a remote replication rule.
+    hba_path = db["command"][db["command"].index("-c") + 1].removeprefix("hba_file=")
+    (mount,) = [c for c in db["configs"] if c["target"] == hba_path]
+    rules = [line.split() for line in compose["configs"][mount["source"]]["content"].splitlines()]
+    assert ["host", "replication", "all", "all", "scram-sha-256"] in rules
+    assert ["host", "all", "all", "all", "scram-sha-256"] in rules  # clients still need the password
+    # The replica: pg_basebackup -R from db with db's superuser and password, on first start only.
+    assert replica["image"] == db["image"] and replica["depends_on"]["db"]["condition"] == "service_healthy"
+    script = replica["command"][0]
+    backup = next(shlex.split(line) for line in script.splitlines() if "pg_basebackup" in line)
+    assert {"--host=db", f"--username={db_env['POSTGRES_USER']}", "--write-recovery-conf"} <= set(backup)
+    assert service_environment(replica)["PGPASSWORD"] == db_env["POSTGRES_PASSWORD"]
+    assert 'if [ ! -s "$PGDATA/PG_VERSION" ]' in script and "exec postgres" in script
+    assert _mount_targets(replica) == [service_environment(replica)["PGDATA"]]
+    assert "healthcheck" in replica
+    # The API of the profile reads from it: the settings it would start with.
+    settings = Settings.from_env({**_image().env, **service_environment(api)})
+    user, password, database = db_env["POSTGRES_USER"], db_env["POSTGRES_PASSWORD"], db_env["POSTGRES_DB"]
+    assert settings.read_database_urls == (f"postgresql://{user}:{password}@replica:5432/{database}",)
+    assert settings.database_url == service_environment(services["api"])["PGCLIP_DATABASE_URL"]
+    assert api["depends_on"]["replica"]["condition"] == "service_healthy"
+    published = {str(p).split(":")[0] for p in api["ports"]} & {str(p).split(":")[0] for p in services["api"]["ports"]}
+    assert not published, "both APIs would publish the same host port"
