@@ -21,9 +21,10 @@ demo: $(STAMP)
 	$(VENV)/bin/pgclip demo $(DEMO_FLAGS)
 
 # Test files run in parallel (pytest-xdist), each file whole in one process so that its
-# module-scoped servers start once; tests/conftest.py picks the number of processes.
+# module-scoped servers start once; tests/conftest.py picks the number of processes. The 25
+# slowest steps are listed at the end: the suite must stay well under 15 minutes.
 test: $(STAMP) browser-deps
-	$(VENV)/bin/python -m pytest -n auto --dist loadfile
+	$(VENV)/bin/python -m pytest -n auto --dist loadfile --durations=25
 
 # The browser tests (tests/browser) drive Debian's Chromium through Playwright, which never
 # downloads a browser. Install it when missing and we can (root or password-less sudo, apt);
