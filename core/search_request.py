@@ -160,7 +160,8 @@ OPTIONS = (
     Param("model_id", "int", "search this model's vectors (pgclip pins the model it encoded the query with)",
           default_note="the active model", api=False, cli=False),
     Param("ef_search", "int", "HNSW candidate list for this query",
-          default_note="the model's (pgclip index rebuild), else max(40, window)", minimum=1,
+          default_note="the model's (pgclip index rebuild), else max(40, window); with filters, by relevance, "
+                       "vector only: up to 4 k / the share they leave (at most 1000)", minimum=1,
           maximum=MAX_EF_SEARCH, api=False, cli=False),
     Param("probes", "int", "IVFFlat lists probed for this query", default_note="the model's, else 1", minimum=1,
           api=False, cli=False),

@@ -123,6 +123,23 @@ BEGIN
 END
 $$;
 
+-- filter_share --
+CREATE OR REPLACE FUNCTION pgclip.filter_share(filters jsonb) RETURNS double precision
+LANGUAGE plpgsql VOLATILE AS $$
+-- The share of the images that pass the filters (0 to 1), as the planner estimates it: no rows
+-- are read. VOLATILE only because PostgreSQL allows EXPLAIN in no other function; it changes nothing.
+DECLARE
+    plan jsonb;
+    passing double precision;
+BEGIN
+    EXECUTE format('EXPLAIN (FORMAT JSON) SELECT 1 FROM pgclip.images i WHERE %s', pgclip.filter_sql(filters))
+        INTO plan;
+    passing := (plan->0->'Plan'->>'Plan Rows')::double precision;
+    EXECUTE 'EXPLAIN (FORMAT JSON) SELECT 1 FROM pgclip.images i' INTO plan;
+    RETURN least(1, passing / greatest(1, (plan->0->'Plan'->>'Plan Rows')::double precision));
+END
+$$;
+
 -- search --
 CREATE OR REPLACE FUNCTION pgclip.search(
     query_vector vector DEFAULT NULL,
@@ -176,6 +193,9 @@ DECLARE
     where_sql text := pgclip.filter_sql(filters);
     tq tsquery;
     exact boolean := false;
+    share double precision := 1;
+    prefix boolean := false;
+    sort_setting text;
     use_vector boolean := query_vector IS NOT NULL;
     use_text boolean := false;
     vec text;
@@ -267,7 +287,18 @@ BEGIN
             INTO exact;
     END IF;
     -- By default the graph search looks at least as far as the window (HNSW's ceiling is 1000).
-    ef_search := coalesce((options->>'ef_search')::int, (params->>'ef_search')::int, least(greatest(40, win), 1000));
+    ef_search := least(greatest(40, win), 1000);
+    IF use_vector AND NOT use_text AND result_order = 'relevance' AND NOT exact AND index_kind = 'hnsw'
+       AND where_sql <> 'true' THEN
+        -- The share of the images the filters leave, as the planner estimates it (no rows read),
+        -- and a first pass long enough to hold 4 k rows that pass them (2 k at least: HNSW stops
+        -- at 1000), so that it finds the k nearest of them as surely as an unfiltered search.
+        share := pgclip.filter_share(filters);
+        IF 4 * k / share > ef_search AND 2 * k / share <= 1000 THEN
+            ef_search := least(ceil(4 * k / share), 1000);
+        END IF;
+    END IF;
+    ef_search := coalesce((options->>'ef_search')::int, (params->>'ef_search')::int, ef_search);
     probes := coalesce((options->>'probes')::int, (params->>'probes')::int, 1);
     IF ef_search < 1 OR ef_search > 1000 THEN
         RAISE EXCEPTION 'ef_search must be between 1 and 1000, got %', ef_search USING ERRCODE = '22023';
@@ -277,6 +308,21 @@ BEGIN
     END IF;
     PERFORM set_config('hnsw.ef_search', ef_search::text, true);
     PERFORM set_config('ivfflat.probes', probes::text, true);
+    -- Ranked by the vector alone, by relevance: a page needs only the first offset + k candidates
+    -- when they come in exact distance order, which an exact sort gives, and an HNSW scan in
+    -- strict_order too (a scan's first rows do not depend on where it stops, so the pages of a
+    -- query still agree with each other). Not when the first pass is unlikely to hold 2 k rows that
+    -- pass the filters: past it, strict_order drops neighbours found out of order, and recall falls.
+    -- Every page must take the index, whatever its offset (a deep page would otherwise tempt the
+    -- planner to sort the filtered rows, a different ranking): sorts are priced out for this
+    -- statement, and the caller's enable_sort is put back after it.
+    prefix := use_vector AND NOT use_text AND result_order = 'relevance'
+              AND (exact OR (index_kind = 'hnsw' AND share * ef_search >= 2 * k));
+    IF prefix AND NOT exact THEN
+        PERFORM set_config('hnsw.iterative_scan', 'strict_order', true);
+        sort_setting := current_setting('enable_sort');
+        PERFORM set_config('enable_sort', 'off', true);
+    END IF;
 
     sql := format($q$
         WITH vector_hits AS MATERIALIZED (
@@ -355,8 +401,11 @@ BEGIN
         full_distance);
 
     RETURN QUERY EXECUTE sql
-        USING query_vector, win, tq, use_vector, use_text, weight, rrf_k, min_similarity, max_drop,
-              "offset", k;
+        USING query_vector, CASE WHEN prefix THEN least(win, "offset" + k) ELSE win END, tq, use_vector, use_text,
+              weight, rrf_k, min_similarity, max_drop, "offset", k;
+    IF sort_setting IS NOT NULL THEN
+        PERFORM set_config('enable_sort', sort_setting, true);
+    END IF;
 END
 $$;
 

@@ -733,6 +733,22 @@ def test_the_filtered_index_scan_does_not_starve(large, large_conn, filters, mas
     assert np.mean(recalls) >= 0.9, recalls
 
 
+def test_the_pages_of_a_broad_filter_on_the_index_follow_each_other_in_order(large, large_conn):
+    """A vector-only search reads only the candidates of its page (offset + k) from the index,
+    in strict distance order: the pages of one query still never repeat or reorder an image."""
+    call = "SELECT image_id FROM pgclip.search(%s, NULL, %s, 10, %s, '{\"exact_threshold\": 0}')"
+    recalls = []
+    for q in large.queries:
+        walked = [r[0] for offset in range(0, 200, 10)  # the whole window, 20 pages
+                  for r in large_conn.execute(call, [q, json.dumps(TENTH), offset]).fetchall()]
+        assert len(walked) == 200 and len(set(walked)) == 200
+        assert large.tenth[np.asarray(walked) - 1].all()
+        sims = large.vectors[np.asarray(walked) - 1].astype(np.float64) @ q.astype(np.float64)
+        assert (np.diff(sims) <= 1e-6).all(), "each page goes on where the one before it stopped"
+        recalls.append(len(set(walked) & set(exact_neighbours(large, q, large.tenth, k=200))) / 200)
+    assert np.mean(recalls) >= 0.9, recalls
+
+
 # --- 9. plans ----------------------------------------------------------------------------------
 
 
@@ -765,6 +781,14 @@ def test_plans(large, explained):
     selective = vector_hits_plan(conn, notices, call, [q, json.dumps(RARE), "{}"])
     assert hnsw not in selective
     assert "images_metadata_idx" in selective
+    # A broad filter, by the vector alone: the index, for a page's worth of candidates, not the
+    # window's (200): a search with caption words still takes the whole window, for the fusion.
+    page = json.loads(vector_hits_plan(conn, notices, call, [q, json.dumps(TENTH), '{"exact_threshold": 0}']))
+    assert hnsw in json.dumps(page)
+    assert page["Plan Rows"] == 10
+    fused = vector_hits_plan(conn, notices, "SELECT * FROM pgclip.search(%s, 'dog', %s, 10, 0, %s)",
+                             [q, json.dumps(TENTH), '{"exact_threshold": 0}'])
+    assert json.loads(fused)["Plan Rows"] == 200
 
 
 # --- 13. the analyst's text queries (pgclip.embed_text, pgclip.search_text) ------------------------

@@ -7,8 +7,8 @@ import pytest
 
 from pgclip.db.queries import SQL_DIR
 
-FUNCTIONS = ("pgclip.filter_sql(jsonb)", "pgclip.search(vector, text, jsonb, int, int, jsonb)",
-             "pgclip.similar(bigint, int, jsonb, int, jsonb)")
+FUNCTIONS = ("pgclip.filter_sql(jsonb)", "pgclip.filter_share(jsonb)",
+             "pgclip.search(vector, text, jsonb, int, int, jsonb)", "pgclip.similar(bigint, int, jsonb, int, jsonb)")
 
 
 def assert_migrated_as_written(conn: psycopg.Connection, filename: str, functions: tuple[str, ...],
@@ -30,7 +30,7 @@ def assert_migrated_as_written(conn: psycopg.Connection, filename: str, function
 
 
 def test_the_migrated_functions_are_the_ones_in_search_sql(conn):
-    assert_migrated_as_written(conn, "search.sql", FUNCTIONS, "0007_search_checks.py")
+    assert_migrated_as_written(conn, "search.sql", FUNCTIONS, "0012_broad_filters.py")
 
 
 @pytest.mark.parametrize("call", [
