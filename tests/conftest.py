@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from pgclip.core.settings import Settings
+from tests import chromium
 from tests.pg import Databases, test_server
 
 TEST_MODEL = "test-tiny"
@@ -90,3 +91,9 @@ def conn(db_url: str) -> Iterator[psycopg.Connection]:
 
     with connect(db_url, role="test") as connection:
         yield connection
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium for the whole test process (browser tests, and the replica test's page)."""
+    yield from chromium.launched()

@@ -19,8 +19,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-# Durability is pointless for throw-away test data and costs seconds per test.
-FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+# Durability is pointless for throw-away test data and costs seconds per test. Memory at
+# PostgreSQL's defaults, not sized to the machine as pgclip's own server is: test collections
+# are tiny, several test servers run at once, and a shared_buffers other than the one a server
+# starts with costs a restart at every start (tests/outage.py starts dozens).
+FAST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
+                 "shared_buffers": "128MB", "maintenance_work_mem": "256MB"}
 
 
 def with_database(url: str, name: str) -> str:

@@ -232,39 +232,35 @@ def test_a_write_is_read_back_at_once_while_the_replica_is_behind(pair):
     assert bad.status_code == 400 and "X-Pgclip-Min-Lsn" in bad.json()["detail"], bad.text
 
 
-def test_the_page_reads_its_own_upload_back_while_the_replica_is_behind(pair):
+def test_the_page_reads_its_own_upload_back_while_the_replica_is_behind(pair, browser):
     """The page's api() helper keeps the newest X-Pgclip-Lsn and sends it with every request."""
-    from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS
-
-    if not CHROMIUM.exists():
-        pytest.skip(f"this test needs Debian's Chromium at {CHROMIUM}")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="this test needs the playwright package")
     primary, replica, url, env, ids = pair
     wait_for(lambda: _replica_in_use(url), 30, interval=0.1, what="the replica in use")
     replica.sql("SELECT pg_wal_replay_pause()")
+    context = other = None
     try:
         wait_for(lambda: replica.sql("SELECT pg_get_wal_replay_pause_state()") == "paused", 10, what="replay paused")
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-            try:
-                page = browser.new_page()
-                page.goto(f"{url}/upload")
-                new_id = page.evaluate("""async (bytes) => {
-                    const { api } = await import("/static/common.js");
-                    const form = new FormData();
-                    form.append("file", new Blob([new Uint8Array(bytes)], { type: "image/jpeg" }), "from-the-page.jpg");
-                    return (await api("/api/images", { method: "POST", body: form })).id;
-                }""", list(jpeg_bytes(901, (64, 48))))
-                # The same tab opens the image: shown, though the replica does not have it yet ...
-                page.goto(f"{url}/images/{new_id}")
-                page.wait_for_function("document.title.startsWith('from-the-page.jpg')", timeout=30_000)
-                # ... where a tab without the token (a new context: its own sessionStorage) gets "not found".
-                other = browser.new_context().new_page()
-                other.goto(f"{url}/images/{new_id}")
-                other.wait_for_function("document.title.startsWith('Image not found')", timeout=30_000)
-            finally:
-                browser.close()
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(f"{url}/upload")
+        new_id = page.evaluate("""async (bytes) => {
+            const { api } = await import("/static/common.js");
+            const form = new FormData();
+            form.append("file", new Blob([new Uint8Array(bytes)], { type: "image/jpeg" }), "from-the-page.jpg");
+            return (await api("/api/images", { method: "POST", body: form })).id;
+        }""", list(jpeg_bytes(901, (64, 48))))
+        # The same tab opens the image: shown, though the replica does not have it yet ...
+        page.goto(f"{url}/images/{new_id}")
+        page.wait_for_function("document.title.startsWith('from-the-page.jpg')", timeout=30_000)
+        # ... where a tab without the token (a new context: its own sessionStorage) gets "not found".
+        other = browser.new_context()
+        stranger = other.new_page()
+        stranger.goto(f"{url}/images/{new_id}")
+        stranger.wait_for_function("document.title.startsWith('Image not found')", timeout=30_000)
     finally:
+        for opened in (context, other):
+            if opened is not None:
+                opened.close()
         replica.sql("SELECT pg_wal_replay_resume()")
 
 

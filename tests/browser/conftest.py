@@ -22,12 +22,10 @@ import pytest
 from PIL import Image
 
 from tests.acceptance.test_cli_db import run
+from tests.chromium import CHROMIUM, CHROMIUM_ARGS  # noqa: F401  (imported from here by tests)
 from tests.images import jpeg_bytes, write_jpegs
 from tests.waiting import wait_for
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
 PAGE_TIMEOUT_MS = 10_000
 
@@ -176,22 +174,6 @@ def served(databases, tmp_path_factory) -> Iterator[Served]:
         for proc in running:
             proc.wait(timeout=15)
         databases.drop(db_url)
-
-
-@pytest.fixture(scope="session")
-def browser():
-    """Chromium, headless; skips (with the reason) where it or Playwright is missing."""
-    if not CHROMIUM.exists():
-        pytest.skip(f"browser tests need Debian's Chromium at {CHROMIUM} "
-                    "(apt-get install chromium; `make test` does it as root)")
-    sync_api = pytest.importorskip("playwright.sync_api",
-                                   reason="browser tests need the playwright package (pip install -e '.[test]')")
-    with sync_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 class Console:
