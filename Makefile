@@ -21,10 +21,13 @@ demo: $(STAMP)
 	$(VENV)/bin/pgclip demo $(DEMO_FLAGS)
 
 # Test files run in parallel (pytest-xdist), each file whole in one process so that its
-# module-scoped servers start once; tests/conftest.py picks the number of processes. The 25
-# slowest steps are listed at the end: the suite must stay well under 15 minutes.
+# module-scoped servers start once; tests/conftest.py picks the number of processes. Then the
+# tests marked `alone` (faults under load with time bounds: a neighbouring test process would
+# measure the machine, not pgclip), one at a time. The slowest steps are listed at the end of
+# each part: the suite must stay well under 15 minutes.
 test: $(STAMP) browser-deps
-	$(VENV)/bin/python -m pytest -n auto --dist loadfile --durations=25
+	$(VENV)/bin/python -m pytest -n auto --dist loadfile -m "not alone" --durations=25
+	$(VENV)/bin/python -m pytest -m alone --durations=10
 
 # The browser tests (tests/browser) drive Debian's Chromium through Playwright, which never
 # downloads a browser. Install it when missing and we can (root or password-less sudo, apt);

@@ -72,6 +72,7 @@ def test_sync_embed_waits_for_the_folders_images_while_another_worker_takes_some
     worker.communicate(timeout=60)
 
 
+@pytest.mark.alone  # a watcher's latency, with time bounds: not beside another test process
 @pytest.mark.parametrize("poll", [False, True], ids=["inotify", "polling"])
 def test_watch_syncs_each_change_until_ctrl_c(db_url, tmp_path, poll):
     env = env_for(db_url, tmp_path)

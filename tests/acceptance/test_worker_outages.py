@@ -17,7 +17,8 @@ from tests.images import write_jpegs
 from tests.outage import RestartablePostgres
 from tests.waiting import wait_for
 
-pytestmark = pytest.mark.slow
+# alone: faults under load with time bounds; `make test` runs them after the parallel part.
+pytestmark = [pytest.mark.slow, pytest.mark.alone]
 
 OUTAGE_SECONDS = 20  # the long outage: ten times the workers' longest reconnection backoff
 

@@ -23,7 +23,8 @@ from tests.acceptance.test_workers import assert_every_image_embedded_once, env_
 from tests.images import write_jpegs
 from tests.waiting import wait_for
 
-pytestmark = pytest.mark.slow
+# alone: faults under load with time bounds; `make test` runs them after the parallel part.
+pytestmark = [pytest.mark.slow, pytest.mark.alone]
 
 
 def logged_worker(env: dict[str, str], log: Path, *args: str) -> tuple[subprocess.Popen, Path]:
