@@ -32,6 +32,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     Text,
     func,
 )
@@ -198,8 +199,8 @@ class Caption(Base):
 
     __tablename__ = "captions"
 
-    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
-    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), nullable=False)
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False))
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
     text: Mapped[str] = mapped_column(Text, nullable=False)
     # The text search configuration is stored per caption (from PGCLIP_TEXT_SEARCH_CONFIG
     # at ingest) so the generated column stays immutable and changing the setting later
@@ -210,7 +211,8 @@ class Caption(Base):
 
     __table_args__ = (
         CheckConstraint("length(text) > 0", name="not_empty"),
-        Index("captions_image_id_idx", "image_id"),
+        # The image first: ready to be distributed by image_id (docs/scaling.md, migration 0013).
+        PrimaryKeyConstraint("image_id", "id", name="captions_pkey"),
         Index("captions_tsv_idx", "tsv", postgresql_using="gin"),
         # md5 of the text, not the text: a B-tree entry must stay under ~2.7 kB.
         Index("captions_image_text_key", "image_id", sql("md5(text)"), unique=True),
