@@ -79,9 +79,12 @@ def test_watch_syncs_each_change_until_ctrl_c(db_url, tmp_path, poll):
     photos = tmp_path / "photos"
     write_jpegs(photos, 1)
     base = {k: v for k, v in os.environ.items() if not k.startswith("PGCLIP_")}
+    # Ctrl-C as in a terminal: SIGINT at its default (a test run started in the background by
+    # a shell inherits it ignored, and so would the watcher).
     watcher = subprocess.Popen([sys.executable, "-m", "pgclip.cli", "sync", str(photos), "--watch",
                                 *(["--poll"] if poll else [])],
-                               env={**base, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               env={**base, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         wait_for(lambda: file_rows(db_url) == {str(photos / "img0000.jpg")}, 120, 0.2, "the first sync", [watcher])
         (photos / "sub").mkdir()
