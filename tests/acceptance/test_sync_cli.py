@@ -96,7 +96,12 @@ def test_watch_syncs_each_change_until_ctrl_c(db_url, tmp_path, poll):
                  "the deleted file removed", [watcher])
     finally:
         watcher.send_signal(signal.SIGINT)
-        out, err = watcher.communicate(timeout=60)
+        try:
+            out, err = watcher.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            watcher.kill()  # no watcher left behind by a failed test
+            watcher.communicate()
+            raise
     assert watcher.returncode == 0, err
     assert "Traceback" not in err
     lines = out.strip().splitlines()
