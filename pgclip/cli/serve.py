@@ -73,6 +73,9 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         ) from exc
     if is_test_model(settings.model):
         _out("note: the test model has random weights; the demo's search results mean nothing")
+    if args.test_model:  # other commands load the configured model (ViT-B-32 by default), not this one
+        _out("other commands use it with PGCLIP_MODEL=test-tiny PGCLIP_PRETRAINED=random, e.g. "
+             "PGCLIP_MODEL=test-tiny PGCLIP_PRETRAINED=random pgclip search \"a cat\"")
     with connection(url) as conn:
         if activate_if_unused(conn, model):
             _out(f"model {model.label} is now the active model (the previous one had no vectors)")

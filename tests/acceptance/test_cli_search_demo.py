@@ -36,6 +36,8 @@ def test_demo_without_weights_says_so_and_offers_the_test_model(demo_env):
 def test_demo_with_the_test_model_embeds_every_demo_image(demo_env):
     result = run("demo", "--test-model", "--no-serve", env=demo_env, check=True, timeout=300)
     assert "random weights" in result.stdout
+    # ... and how the other commands use the same model (they load the configured one otherwise).
+    assert "PGCLIP_MODEL=test-tiny PGCLIP_PRETRAINED=random pgclip search" in result.stdout
     with psycopg.connect(demo_env["PGCLIP_DATABASE_URL"]) as conn:
         states = dict(conn.execute(
             "SELECT j.state, count(*) FROM pgclip.embedding_jobs j JOIN pgclip.models m ON m.id = j.model_id"
