@@ -158,14 +158,14 @@ def exact_topk(base: np.ndarray, queries: np.ndarray) -> np.ndarray:
     return np.take_along_axis(np.hstack(ids), order, axis=1)
 
 
-def binary_rows(first_id: int, vectors: np.ndarray) -> bytes:
+def binary_rows(ids: np.ndarray, vectors: np.ndarray) -> bytes:
     """Rows (id int8, embedding vector) in COPY BINARY format; pgvector's binary vector is
     dim int2, an unused int2, then dim float4, big-endian."""
     dim = vectors.shape[1]
     row = np.dtype([("nfields", ">i2"), ("l_id", ">i4"), ("id", ">i8"), ("l_vec", ">i4"), ("dim", ">i2"),
                     ("unused", ">i2"), ("vec", ">f4", (dim,))])
     rows = np.empty(len(vectors), dtype=row)
-    rows["nfields"], rows["l_id"], rows["id"] = 2, 8, np.arange(first_id, first_id + len(vectors))
+    rows["nfields"], rows["l_id"], rows["id"] = 2, 8, ids
     rows["l_vec"], rows["dim"], rows["unused"] = 4 + 4 * dim, dim, 0
     rows["vec"] = vectors
     return rows.tobytes()
@@ -182,7 +182,8 @@ def load(conn: psycopg.Connection, base: np.ndarray) -> dict:
     with conn.cursor() as cur, cur.copy("COPY pgclip_bench.vec (id, embedding) FROM STDIN WITH (FORMAT BINARY)") as copy:
         copy.write(COPY_HEADER)
         for start in range(0, len(base), COPY_CHUNK):
-            copy.write(binary_rows(start + 1, base[start : start + COPY_CHUNK]))
+            chunk = base[start : start + COPY_CHUNK]
+            copy.write(binary_rows(np.arange(start + 1, start + 1 + len(chunk)), chunk))
         copy.write(COPY_TRAILER)
     copy_s = time.perf_counter() - t
     t = time.perf_counter()

@@ -76,7 +76,17 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 # benchmarks/search.py and index.py: this script's folder is first on sys.path.
-from index import COPY_CHUNK, COPY_HEADER, COPY_TRAILER, GENERATOR, exact_topk, markdown_table
+from index import (
+    COPY_CHUNK,
+    COPY_HEADER,
+    COPY_TRAILER,
+    GENERATOR,
+    _cores,
+    binary_rows,
+    exact_topk,
+    int_list,
+    markdown_table,
+)
 from search import DIM, HNSW_EFC, HNSW_M, PGCLIP, REPO, CpuMeter, K, generate_vectors, log, machine_facts, run_cli
 from search import parse_args as parse_search_args
 
@@ -90,17 +100,6 @@ MODES = ("single", "sequential", "parallel", "slowest")
 
 
 # --- data -------------------------------------------------------------------------------------------
-
-
-def binary_rows(ids: np.ndarray, vectors: np.ndarray) -> bytes:
-    """Rows (id int8, embedding vector) in COPY BINARY format (index.py's, for ids that are not a range)."""
-    row = np.dtype([("nfields", ">i2"), ("l_id", ">i4"), ("id", ">i8"), ("l_vec", ">i4"), ("dim", ">i2"),
-                    ("unused", ">i2"), ("vec", ">f4", (DIM,))])
-    rows = np.empty(len(vectors), dtype=row)
-    rows["nfields"], rows["l_id"], rows["id"] = 2, 8, ids
-    rows["l_vec"], rows["dim"], rows["unused"] = 4 + 4 * DIM, DIM, 0
-    rows["vec"] = vectors
-    return rows.tobytes()
 
 
 def load(url: str, ids: np.ndarray, vectors: np.ndarray) -> dict:
@@ -277,10 +276,6 @@ def throughput(single_url: str, shard_urls: list[str], mode: str, ef: int, queri
 # --- report -----------------------------------------------------------------------------------------
 
 
-def _cores(x: float | None) -> str:
-    return "?" if x is None else f"{x:.2f}"
-
-
 def print_report(r: dict) -> None:
     m, s = r["machine"], r["shards"]
     print(f"\nsharding simulated, {r['date']}: {r['rows']:,} vectors ({DIM}-d), {s} shards (databases), "
@@ -341,10 +336,6 @@ def print_report(r: dict) -> None:
 
 
 # --- main -------------------------------------------------------------------------------------------
-
-
-def int_list(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
