@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
+import re
 import socket
 import subprocess
 import sys
@@ -227,6 +229,19 @@ def keyed_page(browser, served, console):
     context = _context(browser, served.keyed_url, console)
     yield context.new_page()
     context.close()
+
+
+def fake_map(page, real_id: int, n: int, seed: int) -> None:
+    """Serve the page a PCA map of ``n`` points: ``n - 1`` made-up ones around the origin and the
+    real image ``real_id`` far out in a corner, alone. A made-up point's thumbnail (asked on hover
+    or at zoom) is any small picture."""
+    rng = random.Random(seed)
+    points = [{"id": 10_000_000 + i, "x": rng.gauss(0, 1), "y": rng.gauss(0, 1)} for i in range(n - 1)]
+    points.append({"id": real_id, "x": 8.0, "y": 8.0})
+    page.route("**/api/map?*", lambda route: route.fulfill(json={
+        "projection": "pca", "method": "pca", "model": "test-tiny", "total": n, "points": points, "keys": []}))
+    page.route(re.compile(r"/api/images/1\d{7}/thumbnail$"),
+               lambda route: route.fulfill(body=jpeg_bytes(1, (32, 32)), content_type="image/jpeg"))
 
 
 def screenshot(page, name: str) -> Path:

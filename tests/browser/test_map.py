@@ -3,14 +3,12 @@ thumbnails once few points are on screen, and a selection sent to the heat-maps.
 
 from __future__ import annotations
 
-import random
 import re
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests.browser.conftest import _queue_empty, screenshot
-from tests.images import jpeg_bytes
+from tests.browser.conftest import _queue_empty, fake_map, screenshot
 from tests.waiting import wait_for
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests need the playwright package")
@@ -104,14 +102,8 @@ def test_compare_with_captions_opens_the_images_x_captions_heat_map_of_the_selec
 
 
 def test_zooming_in_until_few_points_show_draws_their_thumbnails(page, served, console):
-    rng = random.Random(1)
-    points = [{"id": 10_000_000 + i, "x": rng.gauss(0, 1), "y": rng.gauss(0, 1)} for i in range(1999)]
     real = served.ids["tall.jpg"]
-    points.append({"id": real, "x": 8.0, "y": 8.0})  # far out in a corner, alone
-    page.route("**/api/map?*", lambda route: route.fulfill(json={
-        "projection": "pca", "method": "pca", "model": "test-tiny", "total": 2000, "points": points, "keys": []}))
-    page.route(re.compile(r"/api/images/1\d{7}/thumbnail$"),
-               lambda route: route.fulfill(body=jpeg_bytes(1, (32, 32)), content_type="image/jpeg"))
+    fake_map(page, real, 2000, seed=1)
     page.goto("/map")
     shown(page, "data-points", "2000")
     shown(page, "data-thumbnails-drawn", "0")  # 2000 points on screen: dots

@@ -9,13 +9,12 @@ vectors, and captions, filters and dates are exact.
 from __future__ import annotations
 
 import math
-import random
 import re
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests.browser.conftest import screenshot
+from tests.browser.conftest import fake_map, screenshot
 from tests.images import jpeg_bytes
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests need the playwright package")
@@ -211,15 +210,8 @@ def test_the_map_draws_every_vector_and_hovering_a_point_shows_its_thumbnail(pag
 
 def test_the_map_draws_20000_points_and_still_answers_the_mouse(page, served, console):
     """The largest map the API sends (20000 points, sampled beyond): one canvas, no node per point."""
-    rng = random.Random(0)
-    points = [{"id": 10_000_000 + i, "x": rng.gauss(0, 1), "y": rng.gauss(0, 1)} for i in range(19_999)]
     real = served.ids["tall.jpg"]
-    points.append({"id": real, "x": 8.0, "y": 8.0})  # far out in a corner, alone
-    page.route("**/api/map?*", lambda route: route.fulfill(json={
-        "projection": "pca", "method": "pca", "model": "test-tiny", "total": 20_000, "points": points, "keys": []}))
-    # Hovering a made-up point asks for its thumbnail: answer with any small picture.
-    page.route(re.compile(r"/api/images/1\d{7}/thumbnail$"),
-               lambda route: route.fulfill(body=jpeg_bytes(1, (32, 32)), content_type="image/jpeg"))
+    fake_map(page, real, 20_000, seed=0)
     page.goto("/map")
     expect(page.locator("#map-canvas")).to_have_attribute("data-points", "20000")
     frame_ms = page.evaluate("""async () => {
