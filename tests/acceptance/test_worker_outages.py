@@ -72,6 +72,15 @@ def test_workers_ride_out_two_crash_restarts_and_a_long_outage_without_losing_or
         print(f"{name}: {in_flight} jobs leased when it struck; fault took {time.monotonic() - started:.1f}s")
         assert group.poll() is None and single.poll() is None
 
+    claiming: set[str] = set()
+
+    def every_worker_claiming() -> bool:  # a worker still loading its model would sleep through a fault
+        with psycopg.connect(url) as conn:
+            claiming.update(w for (w,) in conn.execute(
+                "SELECT DISTINCT locked_by FROM pgclip.embedding_jobs WHERE state = 'leased'"))
+        return len(claiming) >= 3
+
+    wait_for(every_worker_claiming, timeout=180, interval=0.02)
     wait_for(lambda: done_count(url) >= 20, timeout=180, interval=0.02)
     fault_under_load("crash-restart 1", 1, server.crash_restart)
     fault_under_load("crash-restart 2", 2, server.crash_restart)
