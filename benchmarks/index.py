@@ -5,6 +5,7 @@ HNSW over halfvec, HNSW over binary_quantize with re-ranking.
     .venv/bin/python benchmarks/index.py --sizes 100000,1000000   # several sizes in one run
     .venv/bin/python benchmarks/index.py -n 20000 -q 50           # a quick look
     .venv/bin/python benchmarks/index.py --only exact,hnsw,halfvec --json out.json
+    .venv/bin/python benchmarks/index.py --only hnsw,halfvec --grid 16x64,24x128,32x200 --ef-search 100,200,400
 
 Seed paper 002's table (FAISS Flat vs IVF vs HNSW), asked of pgvector: for each index, its build
 time, its size, recall@10 against exact search and single-client latency, with the speed-up over
@@ -26,7 +27,8 @@ and --build-workers (max_parallel_maintenance_workers), measured, and dropped:
   exact     no index: ORDER BY embedding <=> q LIMIT 10, a sequential scan (--exact-queries queries)
   ivfflat   IVFFlat vector_cosine_ops, lists = rows / 1000 up to 1M rows and sqrt(rows) above
             (pgvector's advice); ivfflat.probes from --probes, plus sqrt(lists)
-  hnsw      HNSW vector_cosine_ops, m=16, ef_construction=64; hnsw.ef_search from --ef-search
+  hnsw      HNSW vector_cosine_ops, m=16, ef_construction=64 (or each graph of --grid, built and
+            measured one after the other); hnsw.ef_search from --ef-search
   halfvec   the same HNSW over the expression embedding::halfvec(512) (halfvec_cosine_ops), queried
             with ORDER BY embedding::halfvec(512) <=> q::halfvec(512)
   binary    HNSW over binary_quantize(embedding)::bit(512) (bit_hamming_ops): the first --windows
@@ -128,15 +130,20 @@ def variants(rows: int, args: argparse.Namespace) -> list[Variant]:
     create = "CREATE INDEX vec_idx ON pgclip_bench.vec USING"
     hnsw_with = f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EFC})"
     n = args.queries
+
+    def graphs(key: str, opclass: str, query: str) -> list[Variant]:
+        """One variant per --grid point (m, ef_construction), each queried at every --ef-search."""
+        return [Variant(key, f"{create} hnsw ({opclass}) WITH (m = {m}, ef_construction = {efc})", INDEX_MARK, n,
+                        [Setting(f"{graph}ef_search {ef}", {"hnsw.ef_search": ef}, query) for ef in args.ef_search])
+                for m, efc in args.grid
+                for graph in [f"m {m}, ef_construction {efc}, " if args.grid != [(HNSW_M, HNSW_EFC)] else ""]]
+
     return [
         Variant("exact", None, "Seq Scan on vec", min(args.exact_queries, n), [Setting("no index", {}, knn)]),
         Variant("ivfflat", f"{create} ivfflat (embedding vector_cosine_ops) WITH (lists = {lists})", INDEX_MARK, n,
                 [Setting(f"lists {lists}, probes {p}", {"ivfflat.probes": p}, knn) for p in probes]),
-        Variant("hnsw", f"{create} hnsw (embedding vector_cosine_ops) {hnsw_with}", INDEX_MARK, n,
-                [Setting(f"ef_search {ef}", {"hnsw.ef_search": ef}, knn) for ef in args.ef_search]),
-        Variant("halfvec", f"{create} hnsw ((embedding::halfvec({DIM})) halfvec_cosine_ops) {hnsw_with}",
-                INDEX_MARK, n,
-                [Setting(f"ef_search {ef}", {"hnsw.ef_search": ef}, knn_half) for ef in args.ef_search]),
+        *graphs("hnsw", "embedding vector_cosine_ops", knn),
+        *graphs("halfvec", f"(embedding::halfvec({DIM})) halfvec_cosine_ops", knn_half),
         Variant("binary", f"{create} hnsw ((binary_quantize(embedding)::bit({DIM})) bit_hamming_ops) {hnsw_with}",
                 INDEX_MARK, n,
                 [Setting(f"window {w}, ef_search {w}", {"hnsw.ef_search": w}, rerank_query(w)) for w in args.windows]),
@@ -328,6 +335,17 @@ def int_list(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
+def grid_list(text: str) -> list[tuple[int, int]]:
+    """"16x64,24x128": HNSW graphs as (m, ef_construction)."""
+    try:
+        grid = [(int(m), int(efc)) for m, efc in (x.strip().split("x") for x in text.split(",") if x.strip())]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a comma list of MxEF_CONSTRUCTION, e.g. 16x64,24x128") from None
+    if bad := [f"{m}x{efc}" for m, efc in grid if efc < 2 * m]:
+        raise argparse.ArgumentTypeError(f"{', '.join(bad)}: ef_construction must be at least twice m (pgvector)")
+    return grid
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -340,6 +358,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--probes", type=int_list, default=[1, 10], help="ivfflat.probes (default 1,10; sqrt(lists) added)")
     p.add_argument("--ef-search", type=int_list, default=[40, 100, 200],
                    help="hnsw.ef_search for hnsw and halfvec (default 40,100,200)")
+    p.add_argument("--grid", type=grid_list, default=[(HNSW_M, HNSW_EFC)],
+                   help=f"HNSW graphs built for hnsw and halfvec, as MxEF_CONSTRUCTION, e.g. 16x64,24x128,32x200 "
+                        f"(default {HNSW_M}x{HNSW_EFC}, pgclip's default)")
     p.add_argument("--windows", type=int_list, default=[40, 100, 200],
                    help="binary: candidates re-ranked by exact cosine (default 40,100,200)")
     p.add_argument("--rounds", type=int, default=2, help="timed rounds per setting; the lowest p50 counts (default 2)")
