@@ -106,9 +106,13 @@ class Service:
         self.pool.open()
         if self.replicas is not None:
             self.replicas.open()
-        self.encoder.load()
-        # Warm both towers so the first real query does not pay for lazy initialisation.
-        self.encoder.encode_texts(["warm-up"])
+        # Load and warm the model that answers searches, the active one (a database may have moved
+        # away from the configured model: `pgclip demo --test-model`, `pgclip models activate`), so
+        # that the first query does not pay for it, and weights that cannot be loaded fail here,
+        # before anything is served. Warming both towers spares the first query lazy initialisation.
+        with self.pool.connection() as conn:
+            _, encoder = self._current(conn)
+        encoder.encode_texts(["warm-up"])
 
     def close(self) -> None:
         if self.replicas is not None:
@@ -467,7 +471,8 @@ def _model_info(info: IndexInfo) -> dict[str, Any]:
     return {
         "id": m.id, "name": m.name, "pretrained": m.pretrained, "dimension": m.dimension, "state": m.state,
         "vectors": info.coverage.vectors, "images": info.coverage.images,
-        "index": {"kind": m.index_kind, "storage": m.storage, "params": m.index_params,
+        "index": {"kind": m.index_kind, "storage": m.storage, "params": info.choice.params,
+                  "by_size": list(info.choice.sized), "outgrown": info.outgrown,
                   "size_bytes": info.size_bytes, "valid": info.valid, "state": info.state,
                   "exact_search": info.exact, "progress": info.progress, "build": info.build},
     }

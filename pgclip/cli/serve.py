@@ -73,9 +73,10 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         ) from exc
     if is_test_model(settings.model):
         _out("note: the test model has random weights; the demo's search results mean nothing")
-    if args.test_model:  # other commands load the configured model (ViT-B-32 by default), not this one
-        _out("other commands use it with PGCLIP_MODEL=test-tiny PGCLIP_PRETRAINED=random, e.g. "
-             "PGCLIP_MODEL=test-tiny PGCLIP_PRETRAINED=random pgclip search \"a cat\"")
+    if args.test_model:  # ingest and workers embed for the configured model (ViT-B-32 by default), not this one
+        _out("`pgclip search` and `pgclip serve` answer with it while it is the active model; to add images to "
+             "it, give ingest and workers the same model: PGCLIP_MODEL=test-tiny PGCLIP_PRETRAINED=random "
+             "pgclip ingest DIR, then PGCLIP_MODEL=test-tiny PGCLIP_PRETRAINED=random pgclip worker")
     with connection(url) as conn:
         if activate_if_unused(conn, model):
             _out(f"model {model.label} is now the active model (the previous one had no vectors)")

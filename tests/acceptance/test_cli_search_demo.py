@@ -36,8 +36,8 @@ def test_demo_without_weights_says_so_and_offers_the_test_model(demo_env):
 def test_demo_with_the_test_model_embeds_every_demo_image(demo_env):
     result = run("demo", "--test-model", "--no-serve", env=demo_env, check=True, timeout=300)
     assert "random weights" in result.stdout
-    # ... and how the other commands use the same model (they load the configured one otherwise).
-    assert "PGCLIP_MODEL=test-tiny PGCLIP_PRETRAINED=random pgclip search" in result.stdout
+    # ... and how ingest and workers use the same model (they embed for the configured one otherwise).
+    assert "PGCLIP_MODEL=test-tiny PGCLIP_PRETRAINED=random pgclip ingest" in result.stdout
     with psycopg.connect(demo_env["PGCLIP_DATABASE_URL"]) as conn:
         states = dict(conn.execute(
             "SELECT j.state, count(*) FROM pgclip.embedding_jobs j JOIN pgclip.models m ON m.id = j.model_id"
@@ -46,6 +46,13 @@ def test_demo_with_the_test_model_embeds_every_demo_image(demo_env):
     assert images >= 25 and states == {"done": images}
     again = run("demo", "--test-model", "--no-serve", env=demo_env, check=True, timeout=300)
     assert "0 added" in again.stdout  # a second run reuses what is there
+
+
+def test_cli_search_after_the_test_model_demo_answers_with_the_active_model(demo_env):
+    # A new user's next command after `pgclip demo --test-model`, with nothing set: the configured
+    # model (ViT-B-32) has no weights here, the active one (test-tiny) answers.
+    found = json.loads(run("search", "a cup of coffee", "--json", env=demo_env, check=True).stdout)
+    assert found["model"] == "test-tiny" and found["results"]
 
 
 def test_cli_search_finds_demo_captions_and_filters(demo_env):
