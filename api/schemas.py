@@ -244,7 +244,13 @@ class IndexBuild(msgspec.Struct):
 class IndexState(msgspec.Struct):
     kind: Literal["hnsw", "ivfflat", "none"]
     storage: Literal["vector", "halfvec"]
-    params: dict[str, int]
+    params: dict[str, int]  # as built (m, ef_construction; lists) and searched (ef_search; probes)
+    # The params chosen from the collection's size when the index was built, rather than fixed
+    # (PGCLIP_HNSW_M / PGCLIP_HNSW_EF_CONSTRUCTION, a rebuild's m / ef_construction).
+    by_size: list[str]
+    # The graph a rebuild would choose by size now that the collection has grown past the size
+    # the index was built for; null when the built one is still the right one.
+    outgrown: dict[str, int] | None
     size_bytes: int | None
     valid: bool | None
     # built; building (progress 0..1); deferred (no index yet: built once the model's backlog
@@ -286,6 +292,7 @@ class IndexRebuild(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     halfvec: bool | None = None
     m: Positive | None = None
     ef_construction: Positive | None = None
+    by_size: bool = False  # HNSW: m and ef_construction from the collection's size again, forgetting fixed ones
     ef_search: Positive | None = None
     lists: Positive | None = None
     probes: Positive | None = None

@@ -227,7 +227,8 @@ def import_parquet(
         with conn.transaction():
             model, registered = db.register_model(
                 conn, name, identity, found.dimension,
-                {"m": settings.hnsw_m, "ef_construction": settings.hnsw_ef_construction})
+                {k: v for k, v in (("m", settings.hnsw_m), ("ef_construction", settings.hnsw_ef_construction))
+                 if v is not None})  # unset: by the collection's size, when its index is built
             counts = db.ImportCounts()
             for part in found.parts:
                 for batch in batches(part):

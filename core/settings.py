@@ -93,8 +93,16 @@ class Settings:
     lease_seconds: int = _field(120, "PGCLIP_LEASE_SECONDS", "How long a claimed job stays leased before another worker may take it.")
     max_attempts: int = _field(5, "PGCLIP_MAX_ATTEMPTS", "Attempts before a job with transient failures ends failed.")
     text_search_config: str = _field("english", "PGCLIP_TEXT_SEARCH_CONFIG", "PostgreSQL text search configuration for captions.")
-    hnsw_m: int = _field(16, "PGCLIP_HNSW_M", "HNSW graph degree (m) for new vector indexes.")
-    hnsw_ef_construction: int = _field(64, "PGCLIP_HNSW_EF_CONSTRUCTION", "HNSW ef_construction for new vector indexes.")
+    hnsw_m: int | None = _field(
+        None, "PGCLIP_HNSW_M",
+        "HNSW graph degree (m) of new models' indexes. Unset: chosen from the collection's size when the index is "
+        "built (16).",
+    )
+    hnsw_ef_construction: int | None = _field(
+        None, "PGCLIP_HNSW_EF_CONSTRUCTION",
+        "HNSW ef_construction of new models' indexes. Unset: chosen from the collection's size when the index is "
+        "built (64 up to 500,000 vectors, 128 above).",
+    )
     host: str = _field("127.0.0.1", "PGCLIP_HOST", "Address `pgclip serve` listens on.")
     port: int = _field(8000, "PGCLIP_PORT", "Port `pgclip serve` listens on.")
     api_keys: str | None = _field(
@@ -145,7 +153,7 @@ class Settings:
                                   f"got {getattr(self, name)!r}")
         for name in ("batch_size", "lease_seconds", "max_attempts", "hnsw_m", "hnsw_ef_construction", "port",
                      "upload_max_bytes", "video_max_frames", "video_upload_max_bytes"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{self._env(name)} must be at least 1, got {getattr(self, name)}")
         if not 0.1 <= self.video_frame_interval <= 86400:  # a NaN fails this too
             raise ConfigError(f"PGCLIP_VIDEO_FRAME_INTERVAL must be 0.1 to 86400 seconds, got {self.video_frame_interval}")
@@ -182,7 +190,9 @@ class Settings:
         for f in dataclasses.fields(self):
             setting: Setting = f.metadata["setting"]
             value = getattr(self, f.name)
-            if value is None or value == ():
+            if value is None and f.name.startswith("hnsw_"):
+                shown = "(unset: by the collection's size)"
+            elif value is None or value == ():
                 shown = "(unset)"
             elif f.name == "read_database_urls":
                 shown = ", ".join(mask_url(url) for url in value)
@@ -198,7 +208,7 @@ class Settings:
 
 def _parse(type_name: Any, env: str, raw: str) -> Any:
     kind = str(type_name)
-    if kind == "int":
+    if kind in ("int", "int | None"):
         try:
             return int(raw)
         except ValueError:

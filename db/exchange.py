@@ -22,7 +22,7 @@ from psycopg.types.json import Jsonb
 
 from pgclip.db.engine import connect
 from pgclip.db.images import add_captions
-from pgclip.db.models import MODELS, ModelRow, get_model, index_ddl
+from pgclip.db.models import MODELS, ModelRow, get_model, index_ddl, vector_count
 from pgclip.db.queries import load
 
 EXCHANGE = load("exchange.sql")
@@ -118,10 +118,10 @@ def register_model(conn: psycopg.Connection, name: str, pretrained: str, dimensi
 def build_index(url: str, model: ModelRow) -> None:
     """Build the model's vector index if it has none, without blocking writers
     (``CREATE INDEX CONCURRENTLY``, outside any transaction)."""
-    if (ddl := index_ddl(model, concurrently=True)) is None:
+    if model.index_kind == "none":
         return
     with connect(url, role="import", autocommit=True) as conn:
-        conn.execute(ddl)
+        conn.execute(index_ddl(model, rows=vector_count(conn, model), concurrently=True))
 
 
 @dataclasses.dataclass

@@ -46,12 +46,12 @@ from pgclip.core.errors import ConfigError, InvalidInput
 from pgclip.db.engine import application_name, connect
 from pgclip.db.models import (
     BUILD_PARAMS,
-    HNSW_DEFAULTS,
     MODELS,
     Coverage,
     ModelRow,
     coverage,
     drop_index_ddl,
+    hnsw_graph,
     index_ddl,
     model_by_id,
     vector_count,  # noqa: F401  (pgclip.db.indexes.vector_count too: choose() takes the count)
@@ -75,24 +75,45 @@ STATES = ("built", "building", "deferred", "invalid", "none")
 class IndexChoice:
     kind: str
     storage: str
-    params: dict[str, int]
+    params: dict[str, int]  # what the index is built (and searched) with
+    sized: tuple[str, ...] = ()  # the params chosen from the collection's size, not fixed in the model's row
 
     def describe(self) -> str:
         if self.kind == "none":
             return "none (exact search)"
         order = BUILD_PARAMS[self.kind] + QUERY_PARAMS[self.kind]
         settings = ", ".join(f"{k}={self.params[k]}" for k in order if k in self.params)
-        return f"{self.kind} over {self.storage} ({settings})"
+        by_size = f"; {' and '.join(self.sized)} by the collection's size" if self.sized else ""
+        return f"{self.kind} over {self.storage} ({settings}{by_size})"
+
+    @property
+    def fixed(self) -> dict[str, int]:
+        """What the model's row keeps: the params a later build must not choose again by size."""
+        return {k: v for k, v in self.params.items() if k not in self.sized}
 
 
-def current_choice(model: ModelRow) -> IndexChoice:
-    return IndexChoice(model.index_kind, model.storage, dict(model.index_params))
+def built_params(conn: psycopg.Connection, model: ModelRow) -> dict[str, int]:
+    """The build parameters the model's index has in the database: its reloptions (m,
+    ef_construction; lists); empty when there is no such index."""
+    row = conn.execute(INDEXES["reloptions"], {"index": f"pgclip.{model.index_name}"}).fetchone()
+    options = dict(opt.split("=", 1) for opt in (row[0] or [])) if row else {}
+    return {k: int(options[k]) for k in BUILD_PARAMS.get(model.index_kind, ()) if k in options}
+
+
+def current_choice(model: ModelRow, built: dict[str, int] | None = None) -> IndexChoice:
+    """The model's index as its row describes it; ``built`` (:func:`built_params`) fills in the
+    parameters its last build chose by size."""
+    built = {} if model.index_kind != "hnsw" else built or {}
+    sized = tuple(k for k in BUILD_PARAMS[model.index_kind] if k in built and k not in model.index_params)
+    return IndexChoice(model.index_kind, model.storage, {**built, **model.index_params}, sized)
 
 
 def choose(model: ModelRow, rows: int, *, kind: str | None = None, halfvec: bool | None = None,
-           **params: int | None) -> IndexChoice:
+           by_size: bool = False, **params: int | None) -> IndexChoice:
     """The index ``model`` gets from these options; what is not given stays as it is (same kind)
-    or takes pgvector's advice (a new kind: IVFFlat lists = rows / 1000, probes = sqrt(lists))."""
+    or takes pgvector's advice (a new kind: IVFFlat lists = rows / 1000, probes = sqrt(lists)).
+    HNSW's m and ef_construction, when nobody fixed them (or ``by_size``: forget the fixed
+    ones), follow the collection's size (:func:`pgclip.db.models.hnsw_graph` of ``rows``)."""
     explicit = kind is not None
     kind = kind or model.index_kind
     if kind not in KINDS:
@@ -115,14 +136,25 @@ def choose(model: ModelRow, rows: int, *, kind: str | None = None, halfvec: bool
     storage = model.storage if halfvec is None else ("halfvec" if halfvec else "vector")
     kept = dict(model.index_params) if kind == model.index_kind else {}
     if kind == "hnsw":
-        merged = {**HNSW_DEFAULTS, **kept, **given}
+        if by_size and (both := [k for k in BUILD_PARAMS["hnsw"] if k in given]):
+            raise InvalidInput(f"by_size chooses m and ef_construction from the collection's size: "
+                               f"give it or {' and '.join(both)}, not both")
+        if by_size:
+            kept = {k: v for k, v in kept.items() if k not in BUILD_PARAMS["hnsw"]}
+        fixed = {**kept, **given}
+        merged = {**hnsw_graph(rows), **fixed}
+        if "ef_construction" not in fixed:  # chosen by size, but never under pgvector's floor for the m given
+            merged["ef_construction"] = max(merged["ef_construction"], 2 * merged["m"])
         if merged["ef_construction"] < 2 * merged["m"]:  # pgvector's own rule
             raise InvalidInput(f"ef_construction must be at least twice m ({2 * merged['m']}), "
                                f"got {merged['ef_construction']}")
-    else:
-        lists = given.get("lists") or kept.get("lists") or advised_lists(rows)
-        merged = {**kept, **given, "lists": lists}
-        merged.setdefault("probes", max(1, round(math.sqrt(lists))))
+        sized = tuple(k for k in BUILD_PARAMS["hnsw"] if k not in fixed)
+        return IndexChoice(kind, storage, {k: int(merged[k]) for k in allowed if k in merged}, sized)
+    if by_size:
+        raise InvalidInput(f"by_size applies to HNSW's m and ef_construction, not to kind {kind}")
+    lists = given.get("lists") or kept.get("lists") or advised_lists(rows)
+    merged = {**kept, **given, "lists": lists}
+    merged.setdefault("probes", max(1, round(math.sqrt(lists))))
     return IndexChoice(kind, storage, {k: int(merged[k]) for k in allowed if k in merged})
 
 
@@ -146,7 +178,6 @@ class RebuildReport:
 
 def rebuild(url: str, model: ModelRow, choice: IndexChoice, *, build_memory: str | None = None) -> RebuildReport:
     """Give ``model`` the index ``choice`` describes without stopping searches (see the module doc)."""
-    previous = current_choice(model)
     staged, retired = model.staged_index_name, model.retired_index_name
     t0 = time.perf_counter()
     # CREATE/DROP INDEX CONCURRENTLY cannot run inside a transaction block.
@@ -154,6 +185,7 @@ def rebuild(url: str, model: ModelRow, choice: IndexChoice, *, build_memory: str
         lock = {"lock_class": _LOCK_CLASS, "model_id": model.id}
         if not conn.execute(INDEXES["try_lock"], lock).fetchone()[0]:
             raise ConfigError(f"another `pgclip index rebuild` of {model.label} is running: wait for it to finish")
+        previous = current_choice(model, built_params(conn, model))  # the graph it has, sized or fixed
         # Leftovers of a rebuild that was interrupted (an INVALID index, or an old one not dropped yet).
         for name in (staged, retired):
             conn.execute(drop_index_ddl(name, concurrently=True))
@@ -179,7 +211,7 @@ def rebuild(url: str, model: ModelRow, choice: IndexChoice, *, build_memory: str
         with conn.transaction():
             conn.execute(MODELS["lock_model"], {"model_id": model.id})
             conn.execute(MODELS["set_index"], {"kind": choice.kind, "storage": choice.storage,
-                                               "params": Jsonb(choice.params), "model_id": model.id})
+                                               "params": Jsonb(choice.fixed), "model_id": model.id})
             if build or choice.kind == "none":
                 conn.execute(sql.SQL("ALTER INDEX IF EXISTS pgclip.{} RENAME TO {}").format(
                     sql.Identifier(model.index_name), sql.Identifier(retired)))
@@ -200,6 +232,22 @@ class IndexInfo:
     state: str = "built"  # one of STATES
     progress: float | None = None  # building: the share of the vectors in the graph so far (0..1)
     build: dict[str, Any] | None = None  # how a deferred build made it: seconds, memory, vectors, at, by
+    built: dict[str, int] = dataclasses.field(default_factory=dict)  # the built index's m, ef_construction (lists)
+
+    @property
+    def choice(self) -> IndexChoice:
+        """The index as it is: the row's settings, with what its build chose by size."""
+        return current_choice(self.coverage.model, self.built)
+
+    @property
+    def outgrown(self) -> dict[str, int] | None:
+        """The denser graph `pgclip index rebuild` would now choose by size, when the collection
+        has grown past a bound of HNSW_BY_SIZE since its index was built (None otherwise)."""
+        choice = self.choice
+        if self.state != "built" or not choice.sized:
+            return None
+        now = {k: v for k, v in hnsw_graph(self.coverage.vectors).items() if k in choice.sized}
+        return now if any(v > self.built.get(k, v) for k, v in now.items()) else None
 
     @property
     def exact(self) -> bool:
@@ -228,18 +276,20 @@ def describe_indexes(conn: psycopg.Connection) -> list[IndexInfo]:
         row = conn.execute(INDEXES["state"], {"index": index}).fetchone()
         size, valid = (row[0], row[1]) if row else (None, None)
         progress = record = None
+        built: dict[str, int] = {}
         if cov.model.index_kind == "none":
             state = "none"
         elif valid:
             state = "built"
             record = _build_record(conn.execute(INDEXES["build_record"], {"index": index}).fetchone()[0])
+            built = built_params(conn, cov.model)
         elif (p := conn.execute(INDEXES["progress"], {"index": index}).fetchone()) is not None:
             state = "building"
             _, done, total, _, _ = p
             progress = min(1.0, done / total) if total else None
         else:
             state = "invalid" if row else "deferred"
-        out.append(IndexInfo(cov, size if valid else None, valid, state, progress, record))
+        out.append(IndexInfo(cov, size if valid else None, valid, state, progress, record, built))
     return out
 
 
@@ -326,7 +376,7 @@ def build_deferred(url: str, model: ModelRow, *, wait: bool = False, app_name: s
             memory = conn.execute(INDEXES["build_session"], {"floor": BUILD_MEMORY_FLOOR}).fetchone()[0]
             t0 = time.perf_counter()
             conn.execute(drop_index_ddl(model.index_name, concurrently=True))  # an INVALID leftover
-            conn.execute(index_ddl(model, concurrently=True))
+            conn.execute(index_ddl(model, rows=vector_count(conn, model), concurrently=True))
             seconds = time.perf_counter() - t0
             vectors = vector_count(conn, model)
             record = {"seconds": round(seconds, 2), "maintenance_work_mem": memory, "vectors": vectors,

@@ -93,8 +93,8 @@ def require_active_model(conn: psycopg.Connection) -> ModelRow:
 
 
 def ensure_model(
-    conn: psycopg.Connection, name: str, pretrained: str, dimension: int, *, hnsw_m: int = 16,
-    hnsw_ef_construction: int = 64,
+    conn: psycopg.Connection, name: str, pretrained: str, dimension: int, *, hnsw_m: int | None = None,
+    hnsw_ef_construction: int | None = None,
 ) -> ModelRow:
     """Register a model (idempotent) and, when its row is new, create its (empty) vector index; commits.
 
@@ -105,10 +105,13 @@ def ensure_model(
     recreated here, where a CREATE INDEX would block every writer while it runs.
     `pgclip reembed` and `pgclip ingest` drop a new model's empty index so that
     its vectors go in by plain inserts (:func:`pgclip.db.indexes.defer_index`).
+    ``hnsw_m`` / ``hnsw_ef_construction``: fixed for the model; None (the default): each build
+    chooses them from the model's vectors (:func:`hnsw_graph`).
     """
+    fixed = {"m": hnsw_m, "ef_construction": hnsw_ef_construction}
     new = conn.execute(MODELS["register"], {
         "name": name, "pretrained": pretrained, "dimension": dimension,
-        "index_params": Jsonb({"m": hnsw_m, "ef_construction": hnsw_ef_construction}),
+        "index_params": Jsonb({k: v for k, v in fixed.items() if v is not None}),
     }).fetchone() is not None
     model = get_model(conn, name, pretrained)
     assert model is not None
@@ -133,16 +136,39 @@ def registered_model(conn: psycopg.Connection, name: str, pretrained: str) -> Mo
     return model if ready else None
 
 
-HNSW_DEFAULTS = {"m": 16, "ef_construction": 64}
 BUILD_PARAMS = {"hnsw": ("m", "ef_construction"), "ivfflat": ("lists",), "none": ()}
+# The HNSW graph by the collection's size, for a model whose m and ef_construction nobody fixed
+# (PGCLIP_HNSW_M / PGCLIP_HNSW_EF_CONSTRUCTION, `pgclip index rebuild --m/--ef-construction`): the
+# cheapest graph that keeps recall@10 >= 0.97 at ef_search 200 (the search's candidate window),
+# from benchmarks/index.py --grid at 100k, 500k and 1M CLIP-like vectors (benchmarks/README.md,
+# "HNSW graphs by size"). 16/64 is cheapest to build and to insert into, but at 1M it stops at
+# 0.969 however far a search walks it (0.959 at ef_search 200); 16/128 gives 0.980 there at the
+# same size and latency (build 1.4x); m 24 was slower at every recall. (rows up to, graph); the
+# last applies to any size.
+HNSW_BY_SIZE: tuple[tuple[int | None, dict[str, int]], ...] = (
+    (500_000, {"m": 16, "ef_construction": 64}),
+    (None, {"m": 16, "ef_construction": 128}),
+)
 
 
-def index_ddl(model: ModelRow, *, name: str | None = None, concurrently: bool = False) -> sql.Composed | None:
-    """CREATE INDEX for the model's index as its row describes it (None for kind ``none``)."""
+def hnsw_graph(rows: int) -> dict[str, int]:
+    """The HNSW graph (m, ef_construction) for ``rows`` vectors, when the user fixed neither."""
+    for limit, graph in HNSW_BY_SIZE:
+        if limit is None or rows <= limit:
+            return dict(graph)
+    raise AssertionError("HNSW_BY_SIZE ends with a bound of None")
+
+
+def index_ddl(model: ModelRow, *, rows: int = 0, name: str | None = None,
+              concurrently: bool = False) -> sql.Composed | None:
+    """CREATE INDEX for the model's index as its row describes it (None for kind ``none``); an
+    HNSW parameter the row does not fix comes from the size (``rows`` vectors to index)."""
     if model.index_kind == "none":
         return None
     if model.index_kind == "hnsw":
-        params = {**HNSW_DEFAULTS, **model.index_params}
+        params = {**hnsw_graph(rows), **model.index_params}
+        if "ef_construction" not in model.index_params:  # by size, but not under pgvector's floor for a fixed m
+            params["ef_construction"] = max(params["ef_construction"], 2 * params["m"])
     else:
         params = {"lists": 100, **model.index_params}
     with_params = sql.SQL(", ").join(

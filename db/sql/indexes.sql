@@ -27,6 +27,11 @@ SELECT pg_relation_size(to_regclass(%(index)s));
 -- concurrent build that failed leaves an index that is there but not valid.
 SELECT pg_relation_size(i.indexrelid), i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%(index)s);
 
+-- reloptions --
+-- The build parameters an index was made with (['m=16', 'ef_construction=64'] for HNSW, as
+-- CREATE INDEX ... WITH stored them); no row when there is no such index.
+SELECT c.reloptions FROM pg_class c WHERE c.oid = to_regclass(%(index)s);
+
 -- lock --
 -- The deferred index (pgclip.db.indexes.build_deferred) starts here: a model whose index
 -- does not exist takes its vectors by plain inserts (no HNSW insert per row, ~2-4 ms of

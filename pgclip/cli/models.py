@@ -81,9 +81,11 @@ def cmd_index(args: argparse.Namespace, settings: Settings) -> int:
             infos = indexes.describe_indexes(conn)
         else:
             model = models.find_model(conn, args.name, args.pretrained)
+            before = indexes.current_choice(model, indexes.built_params(conn, model))
             choice = indexes.choose(
                 model, indexes.vector_count(conn, model), kind=args.kind, halfvec=args.halfvec, m=args.m,
-                ef_construction=args.ef_construction, ef_search=args.ef_search, lists=args.lists, probes=args.probes,
+                ef_construction=args.ef_construction, by_size=args.by_size, ef_search=args.ef_search,
+                lists=args.lists, probes=args.probes,
             )
     if args.action == "list":
         out(f"{'model':<20} {'pretrained':<28} {'vectors':>8} {'size':>9}  index")
@@ -95,14 +97,20 @@ def cmd_index(args: argparse.Namespace, settings: Settings) -> int:
                 state = (f"  [built in {info.build['seconds']} s with maintenance_work_mem "
                          f"{info.build['maintenance_work_mem']}, {info.build['vectors']} vectors]")
             out(f"{m.name:<20} {m.pretrained[:28]:<28} {info.coverage.vectors:>8} {size:>9}  "
-                f"{indexes.current_choice(m).describe()}{state}")
+                f"{info.choice.describe()}{state}")
+            if grown := info.outgrown:
+                graph = ", ".join(f"{k}={v}" for k, v in grown.items())
+                out(f"{'':<20} the collection outgrew this graph: `pgclip index rebuild {m.name}` builds {graph}")
         return 0
-    out(f"{model.label}: {indexes.current_choice(model).describe()} -> {choice.describe()}")
+    same = choice == before
+    out(f"{model.label}: {before.describe()}" + ("" if same else f" -> {choice.describe()}"))
     report = indexes.rebuild(url, model, choice, build_memory=args.memory)
     if report.built:
         out(f"built in {report.seconds:.1f} s ({report.size_bytes / 2**20:.1f} MB); the old index is dropped")
     elif choice.kind == "none":
         out("index dropped: searches of this model now rank every vector exactly")
+    elif same:
+        out("nothing to change: the index is built as asked")
     else:
         out("query-time settings only: no rebuild needed, searches use them from now on")
     return 0
@@ -137,8 +145,12 @@ def add_model_parsers(sub: argparse._SubParsersAction) -> None:
     storage.add_argument("--halfvec", action="store_true", default=None,
                          help="index the vectors as halfvec: half the size (results are re-ranked at full precision)")
     storage.add_argument("--vector", dest="halfvec", action="store_false", help="index the vectors as vector")
-    i.add_argument("--m", type=positive, help="HNSW: graph degree (default 16)")
-    i.add_argument("--ef-construction", type=positive, help="HNSW: build candidate list (default 64)")
+    i.add_argument("--m", type=positive,
+                   help="HNSW: graph degree, fixed from now on (default: by the collection's size, 16)")
+    i.add_argument("--ef-construction", type=positive,
+                   help="HNSW: build candidate list, fixed from now on (default: by the collection's size, 64 or 128)")
+    i.add_argument("--by-size", action="store_true",
+                   help="HNSW: m and ef_construction from the collection's size again, forgetting fixed ones")
     i.add_argument("--ef-search", type=positive, help="HNSW: query candidate list (default: the search's window)")
     i.add_argument("--lists", type=positive, help="IVFFlat: number of lists (default vectors / 1000)")
     i.add_argument("--probes", type=positive, help="IVFFlat: lists probed per query (default sqrt(lists))")

@@ -118,7 +118,11 @@ def test_bad_edits_are_4xx(keyed_client, image):
 def test_models_and_their_indexes_over_http(keyed_client, image):
     models = keyed_client.get("/api/models").json()  # a read: no key needed
     assert [(m["name"], m["state"], m["vectors"], m["images"]) for m in models] == [("test-tiny", "active", 1, 1)]
-    assert models[0]["index"]["kind"] == "hnsw" and models[0]["index"]["size_bytes"] > 0
+    index = models[0]["index"]
+    assert index["kind"] == "hnsw" and index["size_bytes"] > 0
+    # The graph as built, chosen by the collection's size (nobody fixed it), and not outgrown.
+    assert (index["params"]["m"], index["params"]["ef_construction"]) == (16, 64)
+    assert (index["by_size"], index["outgrown"]) == (["m", "ef_construction"], None)
     model_id = models[0]["id"]
 
     rebuilt = keyed_client.post(f"/api/models/{model_id}/index", json={"halfvec": True, "m": 8}, headers=AUTH)
@@ -126,7 +130,11 @@ def test_models_and_their_indexes_over_http(keyed_client, image):
     body = rebuilt.json()
     assert body["built"] is True
     assert (body["model"]["index"]["storage"], body["model"]["index"]["params"]["m"]) == ("halfvec", 8)
+    assert body["model"]["index"]["by_size"] == ["ef_construction"]  # m is fixed now
     assert keyed_client.post("/api/search", json={"vector": [1.0] * 64}).json()["results"][0]["id"] == image
+    back = keyed_client.post(f"/api/models/{model_id}/index", json={"by_size": True}, headers=AUTH).json()
+    assert (back["built"], back["model"]["index"]["params"]["m"], back["model"]["index"]["by_size"]) == (
+        True, 16, ["m", "ef_construction"])
 
     bad = keyed_client.post(f"/api/models/{model_id}/index", json={"kind": "none", "m": 8}, headers=AUTH)
     assert bad.status_code == 400 and "m does not apply to kind none" in bad.json()["detail"]

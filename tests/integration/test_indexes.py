@@ -3,6 +3,7 @@ the neighbours, a rebuild never interrupts searches, and bad choices are refused
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator
 
@@ -10,9 +11,11 @@ import numpy as np
 import psycopg
 import pytest
 
+from pgclip.cli.main import main as cli_main
 from pgclip.core.errors import ConfigError, InvalidInput
 from pgclip.db import indexes
 from pgclip.db import migrate as migrations
+from pgclip.db import models as models_db
 from pgclip.db.engine import connect
 from pgclip.db.models import ModelRow
 from pgclip.db.search import SearchParams, search
@@ -154,7 +157,9 @@ def test_query_time_settings_change_without_a_build(collection):
         ({"kind": "ivfflat", "m": 8}, "m does not apply to kind ivfflat"),
         ({"kind": "none", "halfvec": True}, "halfvec applies to an index"),
         ({"kind": "hnsw", "m": 1}, "m must be between 2 and 100"),
-        ({"kind": "hnsw", "m": 40}, "ef_construction must be at least twice m \\(80\\), got 64"),
+        ({"kind": "hnsw", "m": 40, "ef_construction": 64}, "ef_construction must be at least twice m \\(80\\), got 64"),
+        ({"m": 8, "by_size": True}, "by_size chooses m and ef_construction from the collection's size: give it or m, not both"),
+        ({"kind": "ivfflat", "by_size": True}, "by_size applies to HNSW's m and ef_construction, not to kind ivfflat"),
         ({"kind": "hnsw", "ef_search": 5000}, "ef_search must be between 1 and 1000"),
         ({"kind": "btree"}, "index kind must be one of hnsw, ivfflat, none"),
     ],
@@ -178,6 +183,84 @@ def test_ivfflat_lists_follow_the_collection_size_unless_given(collection):
     assert indexes.choose(m, 250_000, kind="ivfflat").params == {"lists": 250, "probes": 16}
     assert indexes.choose(m, 4_000_000, kind="ivfflat").params == {"lists": 2000, "probes": 45}
     assert indexes.choose(m, 10, kind="ivfflat", lists=3).params == {"lists": 3, "probes": 2}
+
+
+def test_the_hnsw_graph_follows_the_collection_size_unless_someone_fixed_it(collection):
+    m = current(collection.url)
+    assert "m" not in m.index_params and "ef_construction" not in m.index_params  # nobody fixed them
+    small, large = indexes.choose(m, 100_000), indexes.choose(m, 1_000_000)
+    assert (small.params["m"], small.params["ef_construction"], small.sized) == (16, 64, ("m", "ef_construction"))
+    assert (large.params["m"], large.params["ef_construction"], large.sized) == (16, 128, ("m", "ef_construction"))
+    assert "by the collection's size" in large.describe()
+    # What is given is fixed from then on; the rest still follows the size (never under 2 m).
+    one = indexes.choose(m, 1_000_000, m=24)
+    assert (one.params["m"], one.params["ef_construction"], one.sized) == (24, 128, ("ef_construction",))
+    assert one.fixed["m"] == 24 and "ef_construction" not in one.fixed
+    assert indexes.choose(m, 10, m=40).params["ef_construction"] == 80
+    fixed = dataclasses.replace(m, index_params={"m": 32, "ef_construction": 200})
+    assert (indexes.choose(fixed, 1_000_000).params["m"], indexes.choose(fixed, 1_000_000).sized) == (32, ())
+    again = indexes.choose(fixed, 1_000_000, by_size=True)  # forget the fixed ones
+    assert (again.params["m"], again.params["ef_construction"], again.sized) == (16, 128, ("m", "ef_construction"))
+
+
+def outgrown_collection(url: str, monkeypatch) -> None:
+    """The graph bounds scaled down to the collection (4,000 vectors), and its index as a build by
+    size left it when the collection held fewer than 1,000 vectors (8/32)."""
+    monkeypatch.setattr(models_db, "HNSW_BY_SIZE", ((1000, {"m": 8, "ef_construction": 32}),
+                                                    (None, {"m": 12, "ef_construction": 48})))
+    m = rebuild(url, kind="hnsw", halfvec=False, m=8, ef_construction=32).model
+    with connect(url) as conn:
+        conn.execute("UPDATE pgclip.models SET index_params = index_params - 'm' - 'ef_construction' WHERE id = %s",
+                     [m.id])
+        conn.commit()
+
+
+def test_a_collection_that_outgrew_its_graph_is_told_and_a_plain_rebuild_builds_the_denser_one(
+        collection, monkeypatch):
+    outgrown_collection(collection.url, monkeypatch)
+    with connect(collection.url) as conn:
+        (info,) = indexes.describe_indexes(conn)
+    assert info.built == {"m": 8, "ef_construction": 32}
+    assert info.outgrown == {"m": 12, "ef_construction": 48}
+    report = rebuild(collection.url)  # nothing given: by size
+    assert report.built and "m" not in report.model.index_params  # still by size, not fixed
+    with connect(collection.url) as conn:
+        (info,) = indexes.describe_indexes(conn)
+        assert indexes.built_params(conn, report.model) == {"m": 12, "ef_construction": 48}
+    assert info.outgrown is None and info.choice.sized == ("m", "ef_construction")
+    assert not rebuild(collection.url).built  # the graph the size asks for is there already
+    q = collection.queries[0]
+    assert len(set(ids(collection.url, q)[0]) & set(exact_neighbours(collection, q))) >= 9  # searches use it
+
+
+def test_pgclip_index_says_so_and_its_rebuild_follows(collection, monkeypatch, capsys):
+    outgrown_collection(collection.url, monkeypatch)
+    monkeypatch.setenv("PGCLIP_DATABASE_URL", collection.url)
+    assert cli_main(["index"]) == 0
+    listed = capsys.readouterr().out
+    assert "hnsw over vector (m=8, ef_construction=32" in listed  # (and the ef_search an earlier test set)
+    assert "; m and ef_construction by the collection's size)" in listed
+    assert "the collection outgrew this graph: `pgclip index rebuild test-tiny` builds m=12, ef_construction=48" \
+        in listed
+    assert cli_main(["index", "rebuild", "test-tiny"]) == 0
+    rebuilt = capsys.readouterr().out
+    assert "-> hnsw over vector (m=12, ef_construction=48" in rebuilt and "built in" in rebuilt
+    assert cli_main(["index", "rebuild", "test-tiny"]) == 0
+    assert "nothing to change: the index is built as asked" in capsys.readouterr().out
+    assert cli_main(["index"]) == 0
+    assert "outgrew" not in capsys.readouterr().out
+
+
+def test_a_deferred_build_takes_its_graph_from_the_vectors_it_indexes(collection, monkeypatch):
+    monkeypatch.setattr(models_db, "HNSW_BY_SIZE", ((1000, {"m": 8, "ef_construction": 32}),
+                                                    (None, {"m": 10, "ef_construction": 40})))
+    m = current(collection.url)
+    with connect(collection.url, autocommit=True) as conn:
+        conn.execute(f"DROP INDEX pgclip.{m.index_name}")
+    report = indexes.build_deferred(collection.url, m, wait=True)
+    assert report is not None and report.vectors == N
+    with connect(collection.url) as conn:
+        assert indexes.built_params(conn, m) == {"m": 10, "ef_construction": 40}
 
 
 def test_one_rebuild_of_a_model_at_a_time(collection):
@@ -208,8 +291,11 @@ def test_the_migration_renames_existing_indexes_and_records_their_parameters(dat
             assert conn.execute("SELECT to_regclass(%s)", [f"pgclip.embeddings_m{m_id}_hnsw"]).fetchone()[0]
         migrations.upgrade(url)
         m = current(url)
-        assert (m.index_kind, m.storage, m.index_params) == ("hnsw", "vector", {"m": 16, "ef_construction": 64})
+        # 0004 recorded pgvector's defaults, 0014 turned them into "by the collection's size"; the
+        # index itself keeps the graph it was built with.
+        assert (m.index_kind, m.storage, m.index_params) == ("hnsw", "vector", {})
         with connect(url) as conn:
             assert conn.execute("SELECT to_regclass(%s)", [f"pgclip.{m.index_name}"]).fetchone()[0]
+            assert indexes.built_params(conn, m) == {"m": 16, "ef_construction": 64}
     finally:
         databases.drop(url)

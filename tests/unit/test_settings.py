@@ -1,0 +1,28 @@
+"""PGCLIP_* variables as a user sets them: parsed, checked, and shown by `pgclip config`."""
+
+from __future__ import annotations
+
+import pytest
+
+from pgclip.core.errors import ConfigError
+from pgclip.core.settings import Settings
+
+
+def test_the_hnsw_graph_is_by_size_unless_a_variable_fixes_it():
+    unset = Settings.from_env({})
+    assert (unset.hnsw_m, unset.hnsw_ef_construction) == (None, None)
+    shown = {env: value for env, value, _ in unset.describe()}
+    assert shown["PGCLIP_HNSW_M"] == "(unset: by the collection's size)"
+    fixed = Settings.from_env({"PGCLIP_HNSW_M": "24", "PGCLIP_HNSW_EF_CONSTRUCTION": "128"})
+    assert (fixed.hnsw_m, fixed.hnsw_ef_construction) == (24, 128)
+    assert {env: value for env, value, _ in fixed.describe()}["PGCLIP_HNSW_M"] == "24"
+    assert Settings.from_env({"PGCLIP_HNSW_M": ""}).hnsw_m is None  # set but empty: unset
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("0", "PGCLIP_HNSW_M must be at least 1, got 0"),
+    ("sixteen", "PGCLIP_HNSW_M must be an integer, got 'sixteen'"),
+])
+def test_a_bad_graph_setting_is_one_clear_error(value, message):
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env({"PGCLIP_HNSW_M": value})
