@@ -3,9 +3,13 @@
     .venv/bin/python benchmarks/bulk.py                      # 100,000 images, 4 workers (about 15 minutes on 2 cores)
     .venv/bin/python benchmarks/bulk.py --images 20000 --incremental 50     # a quick look
 
-Workers are ``pgclip.workers.loop.Worker`` processes with a no-op encoder (random unit 512-d
-vectors) over 8x8 JPEGs, as in ``ingest.py`` phase (c): the model costs nothing, so what is
-measured is the write path. Each scenario runs twice on fresh models, once as pgclip did before
+Workers are ``pgclip.workers.loop.Worker`` processes with a no-op encoder over 8x8 JPEGs, as in
+``ingest.py`` phase (c): the model costs nothing, so what is measured is the write path. Its
+vectors (--vectors): ``clip-like`` (the default) are ``generate_vectors`` of search.py with that
+script's defaults, clustered in a low-dimensional subspace as CLIP embeddings are, drawn from one
+shared file (each worker its own block of rows); ``uniform`` are random unit 512-d vectors, the
+hardest data there is for an HNSW graph (no structure: builds and searches several times slower
+than on CLIP vectors, and recall far lower). Each scenario runs twice on fresh models, once as pgclip did before
 (the model's HNSW index exists from the start and every vector is inserted into it) and once
 deferred (no index while the vectors come, one ``CREATE INDEX CONCURRENTLY`` by a worker when
 the queue has drained). Vectors/s are from the start to the last worker's exit, the index
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -60,10 +65,59 @@ def register(url: str, settings, tag: str, *, deferred: bool):
     return model
 
 
-def _worker_child(url, model, batch_size, build, seed, ready, start, results) -> None:
+class PoolEncoder(base.NoopEncoder):
+    """The no-op encoder, its vectors read in turn from block ``index`` of a shared .npy file."""
+
+    def __init__(self, path: str, block: int, index: int) -> None:
+        super().__init__(DIM, index)
+        self.pool = np.load(path, mmap_mode="r")
+        self.start, self.block, self.taken = index * block, block, 0
+
+    def encode_prepared(self, prepared) -> np.ndarray:
+        rows = self.start + (self.taken + np.arange(len(prepared))) % self.block  # wraps only past its block
+        self.taken += len(prepared)
+        return np.asarray(self.pool[rows], dtype=np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Vectors:
+    """What the no-op encoders produce: uniform random unit vectors, or blocks of a CLIP-like pool."""
+
+    kind: str  # clip-like | uniform
+    path: str | None = None  # the pool (.npy): `blocks` blocks of `block` rows, then the queries
+    block: int = 0
+    blocks: int = 0
+
+    def encoder(self, index: int) -> base.NoopEncoder:
+        return PoolEncoder(self.path, self.block, index) if self.path else base.NoopEncoder(DIM, 100 + index)
+
+    def queries(self, n: int) -> np.ndarray:
+        if not self.path:
+            return base.unit_vectors(np.random.default_rng(11), n, DIM)
+        return np.asarray(np.load(self.path, mmap_mode="r")[self.blocks * self.block:][:n])
+
+
+def make_vectors(kind: str, folder: Path, images: int, workers: int, queries: int) -> Vectors:
+    """Blocks twice a worker's fair share (workers do not split the jobs evenly), one more for the
+    incremental runs, then held-out queries."""
+    if kind == "uniform":
+        return Vectors(kind)
+    from search import generate_vectors  # benchmarks/search.py
+    from search import parse_args as search_defaults
+
+    defaults = search_defaults([])
+    block, blocks = max(1000, -(-2 * images // workers)), workers + 1
+    pool, _ = generate_vectors(block * blocks + queries, **{k: getattr(defaults, k) for k in (
+        "clusters", "subspace", "spread", "iso", "common", "seed")})
+    path = folder / "vectors.npy"
+    np.save(path, pool)
+    return Vectors(kind, str(path), block, blocks)
+
+
+def _worker_child(url, model, batch_size, build, vectors, index, ready, start, results) -> None:
     from pgclip.workers.loop import Worker
 
-    worker = Worker(url, encoder=base.NoopEncoder(DIM, seed), model=model, batch_size=batch_size,
+    worker = Worker(url, encoder=vectors.encoder(index), model=model, batch_size=batch_size,
                     lease_seconds=120, max_attempts=5, build_index=build)
     ready.put(os.getpid())
     start.wait()
@@ -88,7 +142,8 @@ def _producer(url, model, ids, batch, deferred, started) -> None:
                 started.set()
 
 
-def drain(url: str, settings, model, n: int, workers: int, *, deferred: bool, ingest_ids=None) -> dict:
+def drain(url: str, settings, model, n: int, workers: int, vectors: Vectors, *, deferred: bool,
+          ingest_ids=None) -> dict:
     """Run the workers until the queue is empty (and, deferred, the index built); vectors/s."""
     import multiprocessing as mp
 
@@ -106,7 +161,7 @@ def drain(url: str, settings, model, n: int, workers: int, *, deferred: bool, in
         producer.start()
         started.wait(120)  # the first batch is there: until-empty workers find work
     outs, t0, cpu = base.run_children(
-        workers, _worker_child, lambda i: (url, model, settings.batch_size, deferred, 100 + i))
+        workers, _worker_child, lambda i: (url, model, settings.batch_size, deferred, vectors, i))
     t0 = min(t0, t_start) if producer is not None else t0
     if producer is not None:
         producer.join()
@@ -121,7 +176,7 @@ def drain(url: str, settings, model, n: int, workers: int, *, deferred: bool, in
             "builds": built, "index_bytes": state.size_bytes, "cpu": cpu.as_dict()}
 
 
-def incremental(url: str, settings, model, samples: int, *, build: bool) -> dict:
+def incremental(url: str, settings, model, samples: int, vectors: Vectors, *, build: bool) -> dict:
     """One running worker; one image at a time into the model's built index."""
     import threading
 
@@ -129,7 +184,7 @@ def incremental(url: str, settings, model, samples: int, *, build: bool) -> dict
     from pgclip.db.engine import connection
     from pgclip.workers.loop import Worker
 
-    worker = Worker(url, encoder=base.NoopEncoder(DIM, 7), model=model, batch_size=settings.batch_size,
+    worker = Worker(url, encoder=vectors.encoder(vectors.blocks - 1), model=model, batch_size=settings.batch_size,
                     lease_seconds=120, max_attempts=5, build_index=build)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
@@ -161,12 +216,11 @@ def incremental(url: str, settings, model, samples: int, *, build: bool) -> dict
             "p90_ms": float(np.percentile(lat, 90)), "mean_ms": float(lat.mean())}
 
 
-def search_quality(url: str, models: dict[str, object], queries: int) -> dict:
+def search_quality(url: str, models: dict[str, object], queries: np.ndarray) -> dict:
     """recall@10 of pgclip.search against exact ranking, and its p50 latency, on each model."""
     from pgclip.db.engine import connection
     from pgclip.db.search import SearchParams, search
 
-    rng = np.random.default_rng(11)
     out = {}
     with connection(url) as conn:
         for label, model in models.items():
@@ -177,7 +231,7 @@ def search_quality(url: str, models: dict[str, object], queries: int) -> dict:
                 vecs.append(v.to_numpy())
             ids, vecs = np.asarray(ids), np.stack(vecs)
             recalls, times = [], []
-            for q in base.unit_vectors(rng, queries, DIM):
+            for q in queries:
                 truth = set(ids[np.argsort(-(vecs @ q))[:10]].tolist())
                 t = time.perf_counter()
                 page = search(conn, SearchParams(vector=q, k=10), model=model)
@@ -193,6 +247,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--incremental", type=int, default=200, help="single images per incremental measurement")
     ap.add_argument("--queries", type=int, default=50)
+    ap.add_argument("--vectors", choices=["clip-like", "uniform"], default="clip-like",
+                    help="what the no-op encoder returns (see above; default clip-like)")
     ap.add_argument("--only", default="reembed,ingest,incremental,search")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
@@ -208,9 +264,10 @@ def main(argv=None) -> int:
     for k in [k for k in os.environ if k.startswith("PGCLIP_") and k not in env]:
         del os.environ[k]
     settings = Settings.from_env()
-    results: dict = {"images": args.images, "workers": args.workers, "cpus": os.cpu_count()}
+    results: dict = {"images": args.images, "workers": args.workers, "cpus": os.cpu_count(), "vectors": args.vectors}
     t_total = time.perf_counter()
     try:
+        vectors = make_vectors(args.vectors, tmp, args.images, args.workers, args.queries)
         base.run_cli("migrate", env=env)
         url = base.run_cli("db", "url", env=env).stdout.strip()
         with connection(url) as conn:
@@ -230,7 +287,8 @@ def main(argv=None) -> int:
                 with connection(url) as conn:
                     queue.enqueue_model(conn, model.id)
                 base.log(f"(reembed) {label}: {args.images} jobs, {args.workers} workers")
-                results["reembed"][label] = drain(url, settings, model, args.images, args.workers, deferred=deferred)
+                results["reembed"][label] = drain(url, settings, model, args.images, args.workers, vectors,
+                                                  deferred=deferred)
                 base.log(f"(reembed) {label}: {results['reembed'][label]['vectors_per_s']:.0f} vectors/s "
                          f"(builds {results['reembed'][label]['builds']})")
                 reembed_models[label] = model
@@ -242,19 +300,19 @@ def main(argv=None) -> int:
                 label = "deferred" if deferred else "per-row"
                 model = register(url, settings, f"ingest-{label}", deferred=False)  # the empty index exists
                 base.log(f"(ingest) {label}: {args.images} images arriving in batches of 1000")
-                results["ingest"][label] = drain(url, settings, model, args.images, args.workers, deferred=deferred,
-                                                 ingest_ids=ids)
+                results["ingest"][label] = drain(url, settings, model, args.images, args.workers, vectors,
+                                                 deferred=deferred, ingest_ids=ids)
                 base.log(f"(ingest) {label}: {results['ingest'][label]['vectors_per_s']:.0f} vectors/s")
             r = results["ingest"]
             r["ratio"] = r["deferred"]["vectors_per_s"] / r["per-row"]["vectors_per_s"]
         if "search" in only and reembed_models:
             base.log("(search) recall and latency on both indexes")
-            results["search"] = search_quality(url, reembed_models, args.queries)
+            results["search"] = search_quality(url, reembed_models, vectors.queries(args.queries))
         if "incremental" in only and reembed_models:
             results["incremental"] = []
             for build in (False, True, False, True):  # interleaved: the machine drifts
                 results["incremental"].append(incremental(url, settings, reembed_models["deferred"], args.incremental,
-                                                          build=build))
+                                                          vectors, build=build))
                 base.log(f"(incremental) builder {'on' if build else 'off'}: "
                          f"p50 {results['incremental'][-1]['p50_ms']:.1f} ms")
     finally:
@@ -268,7 +326,7 @@ def main(argv=None) -> int:
 
 def report(r: dict) -> None:
     s = r.get("server", {})
-    print(f"{r['images']} images, {r['workers']} worker processes, {r['cpus']} CPUs; PostgreSQL "
+    print(f"{r['images']} images, {r['vectors']} vectors, {r['workers']} worker processes, {r['cpus']} CPUs; PostgreSQL "
           f"{s.get('server_version')}, pgvector {s.get('pgvector')}, shared_buffers {s.get('shared_buffers')}, "
           f"maintenance_work_mem {s.get('maintenance_work_mem')}")
     for scenario in ("reembed", "ingest"):
