@@ -252,9 +252,32 @@ def measure(conn: psycopg.Connection, variant: Variant, queries: np.ndarray, tru
         out["settings"].append(res)
         log(f"  {variant.key} {setting.params}: recall {res['recall']:.3f}, p50 {res['p50_ms']:.2f} ms, "
             f"p95 {res['p95_ms']:.2f} ms, other processes {_cores(res['others_cores'])} cores")
+    if variant.index and args.inserts:
+        out["inserts"] = time_inserts(conn, queries, args.inserts)
+        ins = out["inserts"]
+        log(f"  {variant.key}: {ins['rows']} row inserts into the index, p50 {ins['p50_ms']:.2f} ms, "
+            f"p95 {ins['p95_ms']:.2f} ms")
     if variant.index:
         conn.execute("DROP INDEX pgclip_bench.vec_idx")
     return out
+
+
+def time_inserts(conn: psycopg.Connection, vectors: np.ndarray, n: int) -> dict:
+    """One row at a time into the indexed table, as a worker's vector reaches a built index (the
+    held-out vectors in turn, under new ids), then removed again. synchronous_commit off, so that
+    the figure is the row's insert and its graph update rather than the disk's flush."""
+    start = conn.execute("SELECT max(id) FROM pgclip_bench.vec").fetchone()[0] + 1
+    conn.execute("SET synchronous_commit = off")
+    times = []
+    for i in range(n):
+        t = time.perf_counter()
+        conn.execute("INSERT INTO pgclip_bench.vec (id, embedding) VALUES (%s, %s)",
+                     [start + i, vectors[i % len(vectors)]])
+        times.append(time.perf_counter() - t)
+    conn.execute("RESET synchronous_commit")
+    conn.execute("DELETE FROM pgclip_bench.vec WHERE id >= %s", [start])
+    p50, p95 = percentiles(times)
+    return {"rows": n, "p50_ms": p50, "p95_ms": p95}
 
 
 def run_size(conn: psycopg.Connection, rows: int, generator: dict, notices: list[str],
@@ -319,6 +342,11 @@ def print_report(r: dict) -> None:
                              f"{exact / s['p50_ms']:.1f}" if exact else "n/a", _cores(s["others_cores"])])
         print(markdown_table(head, rows))
         for v in size["variants"]:
+            if "inserts" in v:
+                ins = v["inserts"]
+                print(f"\n{v['variant']} {v['settings'][0]['params'].split(', ef_search')[0]}: {ins['rows']} row "
+                      f"inserts, p50 {ins['p50_ms']:.2f} ms, p95 {ins['p95_ms']:.2f} ms")
+        for v in size["variants"]:
             for notice in v.get("build_notices", []):
                 print(f"\n{v['variant']} build notice: {notice}")
             for warning in v["warnings"]:
@@ -372,6 +400,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--parallel-workers", type=int, default=0,
                    help="max_parallel_workers_per_gather for the queries (default 0: each query in one process, so "
                         "variants compare core for core and the CPU meter can tell other processes apart)")
+    p.add_argument("--inserts", type=int, default=0,
+                   help="after each index's queries, time this many single-row inserts into it (default 0: none)")
     p.add_argument("--json", metavar="FILE", help="also write every figure (and the plans) to FILE as JSON")
     p.add_argument("--keep", action="store_true",
                    help="keep the temporary folder, the server running and the last table with its data")
