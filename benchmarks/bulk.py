@@ -1,6 +1,6 @@
 """The deferred index (#19) against today's per-row HNSW path, side by side in one run.
 
-    .venv/bin/python benchmarks/bulk.py                      # 100,000 images, 4 workers (about 15 minutes on 2 cores)
+    .venv/bin/python benchmarks/bulk.py                      # 100,000 images, 4 workers (about 7 minutes on 2 cores)
     .venv/bin/python benchmarks/bulk.py --images 20000 --incremental 50     # a quick look
 
 Workers are ``pgclip.workers.loop.Worker`` processes with a no-op encoder over 8x8 JPEGs, as in
@@ -9,11 +9,11 @@ vectors (--vectors): ``clip-like`` (the default) are ``generate_vectors`` of sea
 script's defaults, clustered in a low-dimensional subspace as CLIP embeddings are, drawn from one
 shared file (each worker its own block of rows); ``uniform`` are random unit 512-d vectors, the
 hardest data there is for an HNSW graph (no structure: builds and searches several times slower
-than on CLIP vectors, and recall far lower). Each scenario runs twice on fresh models, once as pgclip did before
-(the model's HNSW index exists from the start and every vector is inserted into it) and once
-deferred (no index while the vectors come, one ``CREATE INDEX CONCURRENTLY`` by a worker when
-the queue has drained). Vectors/s are from the start to the last worker's exit, the index
-build included.
+than on CLIP vectors, and recall far lower). Each scenario runs twice on fresh models, once as
+pgclip did before (the model's HNSW index exists from the start and every vector is inserted into
+it) and once deferred (no index while the vectors come, one ``CREATE INDEX CONCURRENTLY`` by a
+worker when the queue has drained). Vectors/s are from the start to the last worker's exit, the
+index build included.
 
   reembed  every image is queued for a new model (`pgclip reembed`), the workers drain it.
   ingest   a first ingest into an empty model: a producer process adds the images and their
