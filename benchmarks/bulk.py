@@ -102,13 +102,10 @@ def make_vectors(kind: str, folder: Path, images: int, workers: int, queries: in
     incremental runs, then held-out queries."""
     if kind == "uniform":
         return Vectors(kind)
-    from search import generate_vectors  # benchmarks/search.py
-    from search import parse_args as search_defaults
+    from search import generate_vectors, generator_options  # benchmarks/search.py
 
-    defaults = search_defaults([])
     block, blocks = max(1000, -(-2 * images // workers)), workers + 1
-    pool, _ = generate_vectors(block * blocks + queries, **{k: getattr(defaults, k) for k in (
-        "clusters", "subspace", "spread", "iso", "common", "seed")})
+    pool, _ = generate_vectors(block * blocks + queries, **generator_options())
     path = folder / "vectors.npy"
     np.save(path, pool)
     return Vectors(kind, str(path), block, blocks)

@@ -78,18 +78,17 @@ from search import (
     REPO,
     CpuMeter,
     generate_vectors,
+    generator_options,
     load,
     log,
     machine_facts,
     make_checkpoint,
     run_cli,
 )
-from search import parse_args as parse_search_args
 
 from pgclip.core.settings import Settings
 from pgclip.db.engine import connect, database_url
 
-GENERATOR = ("clusters", "subspace", "spread", "iso", "common", "seed")  # search.py's options, its defaults
 EXACT_CHUNK = 1_000  # rows per matrix product of the exact search: 1000 x N floats at a time (400 MB at 100k)
 ROLE = "bench-duplicates"  # application_name of this script's own connections
 # What `pgclip index rebuild --ef-search N` does to the active model (None: back to the default).
@@ -434,8 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t_total = time.perf_counter()
     load_before = os.getloadavg()[0]
-    search_defaults = parse_search_args([])
-    generator = {name: getattr(search_defaults, name) for name in GENERATOR}
+    generator = generator_options()
     tmp = Path(tempfile.mkdtemp(prefix="pgclip-bench-duplicates-"))
     env = {k: v for k, v in os.environ.items() if k != "PGCLIP_DATABASE_URL"}  # always a fresh embedded server
     checkpoint = tmp / "vit-b-32-random.pt"

@@ -72,6 +72,7 @@ from search import (
     CpuMeter,
     K,
     generate_vectors,
+    generator_options,
     log,
     machine_facts,
     percentiles,
@@ -79,13 +80,11 @@ from search import (
     run_cli,
     timed,
 )
-from search import parse_args as parse_search_args
 
 from pgclip.core.settings import Settings
 from pgclip.db.engine import connect, database_url
 
 VARIANTS = ("exact", "ivfflat", "hnsw", "halfvec", "binary")
-GENERATOR = ("clusters", "subspace", "spread", "iso", "common", "seed")  # search.py's options, its defaults
 COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
 COPY_TRAILER = (-1).to_bytes(2, "big", signed=True)
 COPY_CHUNK = 10_000  # rows per binary COPY write
@@ -417,8 +416,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t_total = time.perf_counter()
-    search_defaults = parse_search_args([])
-    generator = {name: getattr(search_defaults, name) for name in GENERATOR}
+    generator = generator_options()
     tmp = Path(tempfile.mkdtemp(prefix="pgclip-bench-index-"))
     external = bool(os.environ.get("PGCLIP_DATABASE_URL"))
     env = dict(os.environ)

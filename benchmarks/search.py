@@ -122,6 +122,16 @@ class CpuMeter:
 # --- data -------------------------------------------------------------------------------------
 
 
+GENERATOR = ("clusters", "subspace", "spread", "iso", "common", "seed")  # generate_vectors' options
+
+
+def generator_options(args: argparse.Namespace | None = None) -> dict:
+    """generate_vectors' keyword arguments as these parsed options set them (None: this script's
+    defaults, the vectors every benchmark shares)."""
+    args = parse_args([]) if args is None else args
+    return {name: getattr(args, name) for name in GENERATOR}
+
+
 def generate_vectors(n: int, *, clusters: int, subspace: int, spread: float, iso: float, common: float,
                      seed: int) -> tuple[np.ndarray, np.ndarray]:
     """n unit vectors of low intrinsic dimension (see the module docstring) and their cluster labels."""
@@ -678,8 +688,7 @@ def main(argv=None) -> int:
     server: subprocess.Popen | None = None
     results: dict = {"date": time.strftime("%Y-%m-%d"), "n": args.vectors, "queries": args.queries,
                      "rounds": args.rounds,
-                     "generator": {k: getattr(args, k) for k in ("clusters", "subspace", "spread", "iso", "common",
-                                                                 "seed")}}
+                     "generator": generator_options(args)}
     try:
         log(f"temporary folder {tmp}")
         log(f"generating {args.vectors} + {args.queries} vectors")

@@ -80,15 +80,26 @@ from index import (
     COPY_CHUNK,
     COPY_HEADER,
     COPY_TRAILER,
-    GENERATOR,
     _cores,
     binary_rows,
     exact_topk,
     int_list,
     markdown_table,
 )
-from search import DIM, HNSW_EFC, HNSW_M, PGCLIP, REPO, CpuMeter, K, generate_vectors, log, machine_facts, run_cli
-from search import parse_args as parse_search_args
+from search import (
+    DIM,
+    HNSW_EFC,
+    HNSW_M,
+    PGCLIP,
+    REPO,
+    CpuMeter,
+    K,
+    generate_vectors,
+    generator_options,
+    log,
+    machine_facts,
+    run_cli,
+)
 
 from pgclip.core.settings import Settings
 from pgclip.db.engine import connect, database_url
@@ -458,8 +469,7 @@ def run(url: str, args: argparse.Namespace, generator: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t_total = time.perf_counter()
-    search_defaults = parse_search_args([])
-    generator = {name: getattr(search_defaults, name) for name in GENERATOR}
+    generator = generator_options()
     tmp = Path(tempfile.mkdtemp(prefix="pgclip-bench-shards-"))
     external = bool(os.environ.get("PGCLIP_DATABASE_URL"))
     env = dict(os.environ)
