@@ -94,6 +94,12 @@ class Pool:
             raise
         self._came_back()
 
+    @property
+    def down(self) -> bool:
+        """Whether the last failure was an outage (not a pool that was only busy), and no
+        connection has been used since."""
+        return self._down_since is not None
+
     def _is_outage(self, exc: DatabaseUnavailable) -> bool:
         """A lost connection, or a wait for one while the pool fails to connect: not a busy pool."""
         if not isinstance(exc.__cause__, PoolTimeout):

@@ -300,7 +300,8 @@ class Replicas:
     def read(self, work: Callable[[psycopg.Connection], T]) -> T:
         """``work(conn)`` on a replica in use (one that has replayed the current Route's
         ``min_lsn``), else on the primary; the Route names who answered. A replica that fails
-        the read (gone, or a query cancelled by a conflict with recovery) hands it to the primary."""
+        the read (gone, busy past READ_WAIT, or a query cancelled by a conflict with recovery) hands
+        it to the primary; only a replica that is gone is out of use until a check finds it again."""
         route = current_route()
         needed = route.needed()
         replica = self.choose(needed)
@@ -311,7 +312,8 @@ class Replicas:
                         route.served_by = replica.id  # named on a NotFound too: what this replica had
                         return work(conn)
             except DatabaseUnavailable as exc:
-                self.failed(replica, exc)
+                if replica.pool.down:  # unreachable; a pool only busy for READ_WAIT stays in use
+                    self.failed(replica, exc)
             except psycopg.Error as exc:
                 state = exc.sqlstate or ""
                 # 40001: cancelled by a conflict with recovery; 25006: a write slipped into a read.
