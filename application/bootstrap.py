@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from pgclip.db import migrate as migrations
 from pgclip.db.engine import connect, database_url, describe_target, require_pgvector
-from pgclip.db.models import ModelRow, ensure_model, registered_model
+from pgclip.db.models import ModelRow, active_model, ensure_model, registered_model
 from pgclip.core.errors import DatabaseUnavailable
 from pgclip.core.settings import Settings
 
@@ -72,8 +72,12 @@ def ready_url(settings: Settings) -> str:
 
 def open_service(settings: Settings, encoder: ClipEncoder | None = None) -> Service:
     """The Service of a process that answers searches (``pgclip serve``, ``search``, ``demo``):
-    the database at schema head, the configured model registered, the encoder loaded and warm
-    (``encoder``: one this process already holds for the configured model).
+    the database at schema head, a model active (the configured one, registered, when none is),
+    the encoder loaded and warm (``encoder``: one this process already holds for the configured
+    model).
+
+    A reader never registers the configured model beside an active one: that would leave a
+    model "building" that only workers of its own fill (`pgclip reembed` is the way to add one).
 
     Fails with a pgclip error (one line on the CLI) before anything is served.
     """
@@ -81,7 +85,10 @@ def open_service(settings: Settings, encoder: ClipEncoder | None = None) -> Serv
     from pgclip.workers.encoder import ClipEncoder
 
     url = ready_url(settings)
-    register_configured_model(url, settings)
+    with connect(url) as conn:
+        active = active_model(conn)
+    if active is None:
+        register_configured_model(url, settings)
     service = Service(settings, url, encoder or ClipEncoder.from_settings(settings))
     service.open()
     return service

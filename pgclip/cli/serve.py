@@ -61,8 +61,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.test_model:
         settings = dataclasses.replace(settings, model="test-tiny", pretrained="random")
-    url, model = migrate(settings)
-    _out(f"database ready: {url}")
+    # The model first: without its weights the demo stops before it registers (and activates) a
+    # model that could never embed, which `pgclip demo --test-model` would then leave "building".
     encoder = ClipEncoder.from_settings(settings)
     try:
         encoder.load()
@@ -71,6 +71,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             f"{exc}. To see the pipeline without real weights: `pgclip demo --test-model` "
             "(random weights: its search results mean nothing)"
         ) from exc
+    url, model = migrate(settings)
+    _out(f"database ready: {url}")
     if is_test_model(settings.model):
         _out("note: the test model has random weights; the demo's search results mean nothing")
     if args.test_model:  # ingest and workers embed for the configured model (ViT-B-32 by default), not this one

@@ -31,6 +31,8 @@ def demo_env(databases, tmp_path_factory):
 def test_demo_without_weights_says_so_and_offers_the_test_model(demo_env):
     result = run("demo", "--no-serve", env={**demo_env, "PGCLIP_MODEL": "ViT-B-32"})
     assert_one_line_error(result, "ViT-B-32", "--test-model")
+    with psycopg.connect(demo_env["PGCLIP_DATABASE_URL"]) as conn:  # nothing registered for it
+        assert conn.execute("SELECT count(*) FROM pgclip.models WHERE name = 'ViT-B-32'").fetchone()[0] == 0
 
 
 def test_demo_with_the_test_model_embeds_every_demo_image(demo_env):
@@ -53,6 +55,11 @@ def test_cli_search_after_the_test_model_demo_answers_with_the_active_model(demo
     # model (ViT-B-32) has no weights here, the active one (test-tiny) answers.
     found = json.loads(run("search", "a cup of coffee", "--json", env=demo_env, check=True).stdout)
     assert found["model"] == "test-tiny" and found["results"]
+    # ... and leaves no ViT-B-32 "building" beside it, for whose vectors every later ingest would queue
+    # jobs that no worker of this user takes.
+    with psycopg.connect(demo_env["PGCLIP_DATABASE_URL"]) as conn:
+        names = [name for (name,) in conn.execute("SELECT name FROM pgclip.models")]
+    assert "ViT-B-32" not in names, names
 
 
 def test_cli_search_finds_demo_captions_and_filters(demo_env):
