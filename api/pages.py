@@ -81,6 +81,8 @@ class SimilarityMatrix(msgspec.Struct):
     matrix: list[list[float]]  # rows the images; columns the images, or the texts
     kind: str = "images"  # "images" (images x images) or "texts" (images x texts)
     texts: list[str] | None = None  # the columns when kind is "texts"
+    # With captions=true: the image whose first caption each column is (images without one have no column).
+    caption_of: list[int] | None = None
 
 
 def parse_ids(raw: str) -> list[int]:
@@ -161,7 +163,8 @@ class VisualsController(ApiController):
                         "characters): the matrix is then images x texts",
             max_length=SIMILARITY_MAX_TEXTS * (SIMILARITY_MAX_TEXT_CHARS + 4) + 2)] = None,
         captions: Annotated[bool, Parameter(
-            description="images x the first caption of each image (instead of texts)")] = False,
+            description="images x the first caption of each image that has one (instead of texts); "
+                        "caption_of names the image of each column")] = False,
     ) -> SimilarityMatrix:
         chosen = parse_ids(ids)
         if texts is not None and captions:
@@ -171,7 +174,7 @@ class VisualsController(ApiController):
         if found.texts is None:
             return SimilarityMatrix(ids=found.ids, model=found.model, matrix=found.matrix)
         return SimilarityMatrix(ids=found.ids, model=found.model, matrix=found.matrix, kind="texts",
-                                texts=found.texts)
+                                texts=found.texts, caption_of=found.caption_of)
 
 
 # --- HTML ------------------------------------------------------------------------------

@@ -89,6 +89,7 @@ class Similarity:
     model: str
     matrix: list[list[float]]  # cosine similarity, rounded to 6 decimals
     texts: list[str] | None = None  # the columns of an images x texts matrix; None: images x images
+    caption_of: list[int] | None = None  # with captions: the image whose first caption each column is
 
 
 @dataclasses.dataclass
@@ -350,26 +351,29 @@ def _stored_vectors(conn: Any, model: Any, ids: list[int]) -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-def _first_captions(conn: Any, ids: list[int]) -> list[str]:
-    texts, without = [], []
+def _first_captions(conn: Any, ids: list[int]) -> tuple[list[str], list[int]]:
+    """The first caption of each image that has one, and those images' ids (an image without a
+    caption is a row with no column of its own); InvalidInput when none has a caption."""
+    texts, owners = [], []
     for i in ids:
         found = db_images.captions(conn, i)
         if found:
             texts.append(found[0].text[:SIMILARITY_MAX_TEXT_CHARS])
-        else:
-            without.append(i)
-    if without:
-        raise InvalidInput(f"captions: image {', '.join(map(str, without))} has no caption; give texts instead")
-    return texts
+            owners.append(i)
+    if not texts and len(ids) == 1:
+        raise InvalidInput(f"captions: image {ids[0]} has no caption; give texts instead")
+    if not texts:
+        raise InvalidInput(f"captions: none of the images {', '.join(map(str, ids))} has a caption; give texts instead")
+    return texts, owners
 
 
 def similarity(service: Service, ids: list[int], texts: list[str] | None = None, *,
                captions: bool = False) -> Similarity:
     """Cosine similarity of each pair of the images (1 to SIMILARITY_MAX_IDS, distinct), by the active model.
 
-    With ``texts`` (or ``captions``: the first caption of each image), the images x texts matrix
-    instead: rows the images, columns the texts, each text encoded once by the active model's
-    text tower (through the service's cache). NotFound names ids that are no image; NotReady
+    With ``texts`` (or ``captions``: the first caption of each image that has one), the images x
+    texts matrix instead: rows the images, columns the texts, each text encoded once by the active
+    model's text tower (through the service's cache). NotFound names ids that are no image; NotReady
     those whose vector is not made yet.
     """
     if not 1 <= len(ids) <= SIMILARITY_MAX_IDS or len(set(ids)) != len(ids):
@@ -380,21 +384,25 @@ def similarity(service: Service, ids: list[int], texts: list[str] | None = None,
         texts = check_texts(texts)
     cross = captions or texts is not None
 
-    def read(conn: Any) -> tuple[Any, np.ndarray, list[str] | None, dict[str, np.ndarray]]:
+    def read(conn: Any) -> tuple[Any, np.ndarray, list[str] | None, list[int] | None, dict[str, np.ndarray]]:
         if cross:
             model, encoder = service._current(conn)
         else:
             with conn.transaction():
                 model = require_active_model(conn)
+        owners = None
         with conn.transaction():
             vectors = _stored_vectors(conn, model, ids)
-            columns = _first_captions(conn, ids) if captions else texts
+            if captions:
+                columns, owners = _first_captions(conn, ids)
+            else:
+                columns = texts
         if not cross:
-            return model, vectors, None, {}
+            return model, vectors, None, None, {}
         unique = list(dict.fromkeys(columns))  # a caption shared by two images is encoded once
-        return model, vectors, columns, {t: service.text_vector(conn, model, encoder, t) for t in unique}
+        return model, vectors, columns, owners, {t: service.text_vector(conn, model, encoder, t) for t in unique}
 
-    model, vectors, texts, encoded = service.read(read)
+    model, vectors, texts, owners, encoded = service.read(read)
     if not cross:
         matrix = np.clip(np.round(vectors @ vectors.T, 6), -1.0, 1.0)
         return Similarity(ids=ids, model=model.name, matrix=matrix.tolist())
@@ -402,4 +410,4 @@ def similarity(service: Service, ids: list[int], texts: list[str] | None = None,
     columns = np.stack([encoded[t] for t in texts]).astype(np.float64)
     columns /= np.linalg.norm(columns, axis=1, keepdims=True)
     matrix = np.clip(np.round(vectors @ columns.T, 6), -1.0, 1.0)
-    return Similarity(ids=ids, model=model.name, matrix=matrix.tolist(), texts=texts)
+    return Similarity(ids=ids, model=model.name, matrix=matrix.tolist(), texts=texts, caption_of=owners)

@@ -42,25 +42,30 @@ function thumb(id) {
 /** Images × texts: thumbnails down the rows, the texts over the columns, the value in each cell. */
 function renderTexts() {
   const { ids, matrix, model, texts } = data;
+  const owners = data.caption_of; // with captions: the image of each column (an image without a caption has none)
+  const label = (j) => (owners ? `#${owners[j]}: ${texts[j]}` : texts[j]);
   const values = matrix.flat();
   const lo = Math.min(...values), hi = Math.max(...values);
   const scale = (v) => (hi > lo ? (v - lo) / (hi - lo) : 1);
   const grid = el("div", { class: "heat heat-texts", id: "heat", role: "table", "aria-label": "Cosine similarity of each image and text",
     style: `grid-template-columns: 44px repeat(${texts.length}, 64px)` });
   grid.append(el("div", { class: "axis", role: "presentation" }));
-  for (const t of texts) grid.append(el("div", { class: "axis text-axis", role: "columnheader", title: t, text: t }));
+  texts.forEach((t, j) => grid.append(el("div", { class: "axis text-axis", role: "columnheader", title: label(j), text: label(j) })));
   ids.forEach((id, i) => {
     grid.append(thumb(id));
     texts.forEach((t, j) => {
       const v = matrix[i][j];
       grid.append(el("div", { class: "cell", role: "cell", style: `background:${colour(scale(v))};color:${scale(v) > 0.5 ? "#000" : "#fff"}`,
-        title: `#${id} × “${t}”: ${v.toFixed(3)}`, text: v.toFixed(2), dataset: { value: v.toFixed(4) } }));
+        title: `#${id} × “${label(j)}”: ${v.toFixed(3)}`, text: v.toFixed(2), dataset: { value: v.toFixed(4) } }));
     });
   });
   root.replaceChildren(
     el("div", { class: "legend" },
       el("span", { text: lo.toFixed(3) }), el("span", { class: "ramp", style: `background:${rampCss()}` }), el("span", { text: hi.toFixed(3) }),
-      el("span", { text: `cosine similarity of image and text · ${ids.length} images × ${texts.length} texts · model ${model}` })),
+      el("span", { text: `cosine similarity of image and text · ${ids.length} images × ${texts.length} ${owners ? "captions" : "texts"} · model ${model}` }),
+      owners && owners.length < ids.length
+        ? el("span", { class: "muted", id: "uncaptioned", text: `no caption: #${ids.filter((id) => !owners.includes(id)).join(", #")} (a row, no column)` })
+        : ""),
     el("div", { class: "panel heat-wrap" }, grid));
 }
 

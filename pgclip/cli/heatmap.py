@@ -5,7 +5,7 @@ by similarity with its value written in it. The matrix is the one ``GET /api/sim
 answers (application/atlas.py); this module only draws it, with matplotlib's Agg backend.
 
 Exit status: 0 written (its path printed); 1 a one-line error (an unknown image, one without
-a vector yet, no caption with --captions, no database); 2 a usage error (bad --ids or --texts).
+a vector yet, none with a caption with --captions, no database); 2 a usage error (bad --ids or --texts).
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ def add_heatmap_parsers(sub: argparse._SubParsersAction) -> None:
         description="Encode each text once with the active model and draw the cosine similarity of each "
                     "image's stored vector to each text: images as thumbnails down the rows, texts along the "
                     "columns, the value in each cell. Give --texts, or --captions to use the first caption "
-                    "of each image (the diagonal is then each image against its own caption).")
+                    "of each image that has one, labelled with its image's id (when all have one, the "
+                    "diagonal is each image against its own caption).")
     hm.add_argument("--ids", required=True, metavar="1,2,3", help="image ids, comma-separated (1 to 25)")
     texts = hm.add_mutually_exclusive_group(required=True)
     texts.add_argument("--texts", nargs="+", metavar="TEXT", help="the texts (1 to 25, each at most 500 characters)")
-    texts.add_argument("--captions", action="store_true", help="use the first caption of each image as the texts")
+    texts.add_argument("--captions", action="store_true", help="use the first caption of each image (that has one) as the texts")
     hm.add_argument("-o", "--output", type=Path, default=Path("heatmap.png"), help="the PNG to write "
                                                                                    "(default heatmap.png)")
     hm.set_defaults(handler=cmd_heatmap)
@@ -129,7 +130,8 @@ def cmd_heatmap(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         service.close()
     assert found.texts is not None
-    png = draw(found.matrix, found.texts, thumbnails, found.ids,
+    labels = found.texts if found.caption_of is None else [f"#{i}: {t}" for i, t in zip(found.caption_of, found.texts)]
+    png = draw(found.matrix, labels, thumbnails, found.ids,
                f"Cosine similarity between images and texts ({found.model})")
     try:
         args.output.write_bytes(png)

@@ -95,9 +95,17 @@ def test_compare_with_captions_opens_the_images_x_captions_heat_map_of_the_selec
     chosen = [int(i) for i in query_of(page.url)["ids"][0].split(",")]
     assert sorted(chosen) == sorted([served.ids["summer2019.jpg"], served.ids["summer2023.jpg"]])
     expect(page.locator("#heat .cell")).to_have_count(4)  # 2 images x their 2 first captions
-    expect(page.locator("#heat .text-axis")).to_have_text(["a picnic in the park", "a picnic by the lake"]
-                                                          if chosen[0] == served.ids["summer2019.jpg"]
-                                                          else ["a picnic by the lake", "a picnic in the park"])
+    captions = {served.ids["summer2019.jpg"]: "a picnic in the park", served.ids["summer2023.jpg"]: "a picnic by the lake"}
+    expect(page.locator("#heat .text-axis")).to_have_text([f"#{i}: {captions[i]}" for i in chosen])
+    console.assert_clean()
+
+
+def test_compare_with_captions_of_a_selection_with_an_uncaptioned_image_draws_it_as_a_row(page, served, console):
+    captioned, bare = served.ids["img0002.jpg"], served.ids["img0005.jpg"]  # img0005: no caption
+    page.goto(f"/similarity?ids={bare},{captioned}&captions=true")  # what the map's button opens
+    expect(page.locator("#heat .cell")).to_have_count(2)
+    expect(page.locator("#heat .text-axis")).to_have_text([f"#{captioned}: a bowl of soup"])
+    expect(page.locator("#uncaptioned")).to_have_text(f"no caption: #{bare} (a row, no column)")
     console.assert_clean()
 
 

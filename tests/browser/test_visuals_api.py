@@ -306,6 +306,7 @@ def test_captions_true_uses_each_images_first_caption(served):
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["texts"] == ["a brown dog on a sofa", "a dog running on the beach", "a red bicycle against a wall"]
+    assert body["caption_of"] == chosen
     expected = _stored_unit_vectors(served.env["PGCLIP_DATABASE_URL"], chosen) @ _text_unit_vectors(body["texts"]).T
     assert np.allclose(np.array(body["matrix"]), expected, atol=1e-4)
 
@@ -322,16 +323,27 @@ def test_captions_true_uses_each_images_first_caption(served):
         ({"texts": json.dumps([f"t{i}" for i in range(26)])}, "give 1 to 25 texts"),
         ({"texts": '["a\\u0000"]'}, "NUL"),
         ({"texts": '["a"]', "captions": "true"}, "not both"),
-        ({"captions": "true", "ids": "img0005.jpg"}, "has no caption"),
+        ({"captions": "true", "ids": "img0005.jpg"}, "image {} has no caption"),
+        ({"captions": "true", "ids": "img0005.jpg,img0006.jpg"}, "none of the images {} has a caption"),
     ],
 )
 def test_bad_images_x_texts_requests_are_400_naming_the_problem(served, params, fragment):
-    ids = served.ids["img0000.jpg"]
-    if params.get("ids") == "img0005.jpg":
-        ids = served.ids["img0005.jpg"]  # ingested without a caption
-    response = served.client.get("/api/similarity", params={**params, "ids": str(ids)})
+    ids = str(served.ids["img0000.jpg"])
+    if "ids" in params:  # images ingested without a caption
+        ids = ", ".join(str(served.ids[name]) for name in params["ids"].split(","))
+    response = served.client.get("/api/similarity", params={**params, "ids": ids.replace(" ", "")})
     assert response.status_code == 400, response.text
-    assert fragment in response.json()["detail"]
+    assert fragment.format(ids) in response.json()["detail"]
+
+
+@pytest.mark.slow
+def test_captions_true_with_an_uncaptioned_image_gives_it_a_row_and_no_column(served):
+    captioned, bare = served.ids["img0002.jpg"], served.ids["img0005.jpg"]  # img0005: no caption
+    body = served.client.get("/api/similarity", params={"ids": f"{bare},{captioned}", "captions": "true"}).json()
+    assert body["ids"] == [bare, captioned] and body["texts"] == ["a bowl of soup"], body
+    assert body["caption_of"] == [captioned] and np.array(body["matrix"]).shape == (2, 1)
+    expected = _stored_unit_vectors(served.env["PGCLIP_DATABASE_URL"], [bare, captioned]) @ _text_unit_vectors(body["texts"]).T
+    assert np.allclose(np.array(body["matrix"]), expected, atol=1e-4)
 
 
 @pytest.mark.slow
@@ -376,8 +388,8 @@ def test_the_page_draws_images_x_texts_from_typed_texts_and_from_captions(page, 
                                                         "texts": json.dumps(["a dog", "a bowl of soup"])}).json()
     assert shown == pytest.approx([v for row in api["matrix"] for v in row], abs=1e-4)
     page.get_by_role("button", name="Use their captions").click()
-    expect(page.locator("#heat .text-axis")).to_have_text(
-        ["a brown dog on a sofa", "a dog running on the beach", "a bowl of soup"])
+    expect(page.locator("#heat .text-axis")).to_have_text(  # each caption named by its image
+        [f"#{i}: {t}" for i, t in zip(chosen, ["a brown dog on a sofa", "a dog running on the beach", "a bowl of soup"])])
     expect(page.locator("#heat .cell")).to_have_count(9)
     page.reload()  # the URL keeps the choice
     expect(page.locator("#heat .cell")).to_have_count(9)
