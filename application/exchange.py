@@ -82,6 +82,7 @@ class _Part:
             "sha256": r.sha256, "source_bytes": r.source_bytes, "byte_size": r.byte_size, "width": r.width,
             "height": r.height, "format": r.format, "mime": r.mime, "taken_at": r.taken_at,
             "metadata": json.dumps(r.metadata, ensure_ascii=False), "captions": r.captions,
+            "video": dataclasses.asdict(r.video) if r.video is not None else None, "video_ts": r.video_ts,
         } for r in rows], schema=metadata_schema(pa)))
         if self.thumbnails is not None:
             self.thumbnails.write_table(pa.Table.from_pylist([{

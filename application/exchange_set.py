@@ -6,7 +6,8 @@ A set is a folder::
     pgclip-export.json                  the manifest: model, dimension, rows, files and their sha256
     img_emb/img_emb_<i>.npy             float32 (or float16) rows x dimension, one row per image
     metadata/metadata_<i>.parquet       the same rows in the same order: image_path, caption, and
-                                        pgclip's columns (sha256, sizes, taken_at, metadata, captions)
+                                        pgclip's columns (sha256, sizes, taken_at, metadata, captions,
+                                        and a frame's video and time)
     thumbnails/thumbnails_<i>.parquet   the same rows again: the WebP thumbnails (optional)
 
 Row r of ``img_emb_<i>.npy`` is row r of every ``*_<i>.parquet``: clip-retrieval's own
@@ -65,6 +66,15 @@ def metadata_schema(pa):
         ("taken_at", pa.timestamp("us", tz="UTC")),
         ("metadata", pa.string()),  # a JSON object
         ("captions", pa.list_(pa.string())),  # every caption, oldest first
+        # A frame sampled from a video: the video (its bytes never travel) and the frame's time.
+        # Both null for a picture; a set without these columns (pgclip before 2026-12-07) has none.
+        ("video", pa.struct([
+            ("sha256", pa.string()), ("source", pa.string()), ("source_bytes", pa.binary()),
+            ("byte_size", pa.int64()), ("mime", pa.string()), ("container", pa.string()),
+            ("duration_s", pa.float64()), ("frame_interval_s", pa.float64()),
+            ("width", pa.int32()), ("height", pa.int32()),
+        ])),
+        ("video_ts", pa.float64()),  # seconds from the video's start
     ])
 
 
@@ -228,6 +238,7 @@ def _row(part: Part, n: int, meta: dict[str, Any], thumb: dict[str, Any] | None,
     if thumb is not None and thumb.get("image_id") != meta.get("image_id"):
         raise InvalidInput(f"{part.thumbnails} row {n}: image_id {thumb.get('image_id')} where "
                            f"{part.metadata.name} has {meta.get('image_id')}")
+    video = _video(where, meta.get("video"), meta.get("video_ts"))
     taken_at = meta.get("taken_at")
     if isinstance(taken_at, dt.datetime) and taken_at.tzinfo is None:
         taken_at = taken_at.replace(tzinfo=dt.UTC)  # clip-retrieval style naive times: read as UTC
@@ -238,8 +249,38 @@ def _row(part: Part, n: int, meta: dict[str, Any], thumb: dict[str, Any] | None,
         height=meta["height"], format=meta["format"], mime=meta["mime"], taken_at=taken_at, metadata=metadata,
         captions=list(captions), embedding=vector, thumbnail=thumb.get("thumbnail"),
         thumbnail_mime=thumb.get("thumbnail_mime"), thumbnail_width=thumb.get("thumbnail_width"),
-        thumbnail_height=thumb.get("thumbnail_height"),
+        thumbnail_height=thumb.get("thumbnail_height"), video=video,
+        video_ts=meta.get("video_ts") if video is not None else None,
     )
+
+
+def _finite(value: Any, low: float) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value) and value >= low
+
+
+def _video(where: str, raw: Any, ts: Any) -> db.ExchangeVideo | None:
+    """A frame's video, checked as the database's constraints would; None for a picture."""
+    if raw is None and ts is None:
+        return None
+    if not isinstance(raw, dict) or ts is None:
+        raise InvalidInput(f"{where}: video and video_ts go together (a frame has both, a picture neither)")
+    if not _finite(ts, 0):
+        raise InvalidInput(f"{where}: video_ts {ts!r} is not a time in seconds (a finite number >= 0)")
+    if not (isinstance(raw.get("sha256"), str) and SHA256_HEX.fullmatch(raw["sha256"])):
+        raise InvalidInput(f"{where}: the video's sha256 is not 64 lowercase hex digits")
+    for key, low in (("width", 1), ("height", 1), ("byte_size", 0)):
+        if not isinstance(raw.get(key), int) or raw[key] < low:
+            raise InvalidInput(f"{where}: the video's {key} {raw.get(key)!r} is not a positive integer")
+    if not (_finite(raw.get("frame_interval_s"), 0) and raw["frame_interval_s"] > 0):
+        raise InvalidInput(f"{where}: the video's frame_interval_s {raw.get('frame_interval_s')!r} is not > 0")
+    if raw.get("duration_s") is not None and not _finite(raw["duration_s"], 0):
+        raise InvalidInput(f"{where}: the video's duration_s {raw['duration_s']!r} is not a duration")
+    texts = [raw.get("mime"), raw.get("container")]
+    if not all(isinstance(t, str) and t for t in texts) or not isinstance(raw.get("source"), (str, type(None))):
+        raise InvalidInput(f"{where}: the video's mime or container is missing")
+    if any(isinstance(t, str) and "\x00" in t for t in (*texts, raw.get("source"))):
+        raise InvalidInput(f"{where}: a NUL character in the video's fields (PostgreSQL text cannot hold one)")
+    return db.ExchangeVideo(**{name: raw.get(name) for name in db.VIDEO_FIELDS})
 
 
 def batches(part: Part) -> Iterator[list[db.ExchangeRow]]:

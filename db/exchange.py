@@ -29,6 +29,26 @@ EXCHANGE = load("exchange.sql")
 
 
 @dataclasses.dataclass(frozen=True)
+class ExchangeVideo:
+    """The video an exported frame was sampled from: what its ``videos`` row holds (its bytes
+    never travel, as an image's do not)."""
+
+    sha256: str
+    source: str | None
+    source_bytes: bytes | None
+    byte_size: int
+    mime: str
+    container: str
+    duration_s: float | None
+    frame_interval_s: float
+    width: int
+    height: int
+
+
+VIDEO_FIELDS = tuple(f.name for f in dataclasses.fields(ExchangeVideo))
+
+
+@dataclasses.dataclass(frozen=True)
 class ExchangeRow:
     """One image with one model's vector: a row of an export, or of an import."""
 
@@ -49,6 +69,8 @@ class ExchangeRow:
     thumbnail_mime: str | None = None
     thumbnail_width: int | None = None
     thumbnail_height: int | None = None
+    video: ExchangeVideo | None = None  # a frame's video; None for a picture
+    video_ts: float | None = None  # seconds from the video's start; None for a picture
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,9 +99,11 @@ def _export_row(cursor: psycopg.Cursor) -> Any:
         row = dict(zip(names, values, strict=True))
         row["embedding"] = row["embedding"].to_numpy().astype(np.float32, copy=False)
         row["captions"] = list(row["captions"])
-        for key in ("source_bytes", "thumbnail"):
+        for key in ("source_bytes", "thumbnail", "video_source_bytes"):
             if row[key] is not None:
                 row[key] = bytes(row[key])
+        video = {name: row.pop(f"video_{name}") for name in VIDEO_FIELDS}
+        row["video"] = ExchangeVideo(**video) if video["sha256"] is not None else None
         return ExchangeRow(**row)
 
     return make
@@ -134,6 +158,8 @@ class ImportCounts:
     captions_added: int = 0
     jobs_done: int = 0  # open jobs closed + done jobs recorded
     thumbnails_added: int = 0
+    videos_added: int = 0  # videos (without their bytes) the frames' links needed
+    frames_linked: int = 0  # images that became a frame of their video
 
     def add(self, other: ImportCounts) -> None:
         for field in dataclasses.fields(self):
@@ -172,6 +198,15 @@ def import_rows(conn: psycopg.Connection, model: ModelRow, rows: Sequence[Exchan
 
     counts.captions_added = add_captions(
         conn, [(ids[r.sha256], text) for r in batch for text in r.captions], ts_config=ts_config)
+    frames = [r for r in batch if r.video is not None and r.video_ts is not None]
+    if frames:
+        videos = {r.video.sha256: r.video for r in frames}  # type: ignore[union-attr]
+        columns = {name: [getattr(v, name) for v in videos.values()] for name in VIDEO_FIELDS}
+        counts.videos_added = len(conn.execute(EXCHANGE["import_videos"], columns).fetchall())
+        counts.frames_linked = conn.execute(EXCHANGE["link_frames"], {
+            "image_ids": [ids[r.sha256] for r in frames], "video_sha256": [r.video.sha256 for r in frames],  # type: ignore[union-attr]
+            "video_ts": [r.video_ts for r in frames],
+        }).rowcount
     with_vector = [r[0] for r in conn.execute(EXCHANGE["import_vectors"], {
         "model_id": model.id, "image_ids": [ids[r.sha256] for r in batch],
         "vectors": [np.asarray(r.embedding, dtype=np.float32) for r in batch],

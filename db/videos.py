@@ -136,10 +136,13 @@ def video(conn: psycopg.Connection, video_id: int) -> Video:
 
 
 def stored_size(conn: psycopg.Connection, video_id: int) -> tuple[int, str]:
-    """(length of the stored bytes, MIME type); NotFound if there is no such video."""
+    """(length of the stored bytes, MIME type); NotFound if there is no such video, or it has
+    no bytes (it came from `pgclip import`, where bytes never travel)."""
     row = conn.execute(VIDEOS["stored_size"], {"video_id": video_id}).fetchone()
     if row is None:
         raise NotFound(f"no video with id {video_id}")
+    if row[0] is None:
+        raise NotFound(f"video {video_id} has no stored bytes (it came from `pgclip import`)")
     return row[0], row[1]
 
 

@@ -40,7 +40,8 @@ function frame(d) {
     el("div", { class: "image-layout" },
       d.video
         ? el("div", {}, framePlayer(d, titleOf(d)), el("img", { src: d.original_url, alt: titleOf(d), id: "original", hidden: true }))
-        : el("div", { class: "original" }, el("img", { src: d.original_url, alt: titleOf(d), id: "original" })),
+        : el("div", { class: "original" }, el("img", { src: d.original_url, alt: titleOf(d), id: "original",
+          onerror: (event) => withoutOriginal(event.target, d) })),
       el("div", { class: "panel", id: "details" },
         el("p", { id: "action-status", class: "visually-hidden", role: "status" }),
         el("div", { id: "edit-error" }),
@@ -63,6 +64,15 @@ function frame(d) {
       ),
     ),
   );
+}
+
+/** An image whose bytes are not stored here (it came from `pgclip import`): its thumbnail, and why. */
+export function withoutOriginal(img, d) {
+  if (img.dataset.fallback || !d.thumbnail_url) return;
+  img.dataset.fallback = "thumbnail";
+  img.src = d.thumbnail_url;
+  img.after(el("p", { class: "small muted", id: "no-original",
+    text: "The original is not stored in this database (an image from `pgclip import` comes without its bytes): its thumbnail is shown." }));
 }
 
 function captionList(d) {

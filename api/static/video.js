@@ -54,10 +54,16 @@ export function framePlayer(detail, alt) {
       video.currentTime = v.timestamp;
       video.play().catch(() => {});
     } }));
-  video.addEventListener("error", () => {
-    note.replaceChildren(`This browser cannot play this video (${v.mime}); the frame at ${at} is shown. `,
-      el("a", { href: v.url, id: "video-link", text: `Download ${fileName(v.source)}` }));
-    video.replaceWith(el("img", { src: detail.original_url, alt, style: "max-width:100%;max-height:70vh" }));
+  video.addEventListener("error", async () => {
+    // Not stored here (a frame from `pgclip import` comes without its video's bytes), or not playable.
+    const stored = await fetch(v.url, { headers: { Range: "bytes=0-0" } }).then((r) => r.status !== 404, () => true);
+    note.replaceChildren(...(stored
+      ? [`This browser cannot play this video (${v.mime}); the frame at ${at} is shown. `,
+        el("a", { href: v.url, id: "video-link", text: `Download ${fileName(v.source)}` })]
+      : [`Frame at ${at} of ${fileName(v.source)}, whose bytes are not stored in this database (it came from \`pgclip import\`).`]));
+    const still = el("img", { src: detail.original_url, alt, style: "max-width:100%;max-height:70vh" });
+    still.addEventListener("error", () => { if (detail.thumbnail_url && still.src !== new URL(detail.thumbnail_url, location.href).href) still.src = detail.thumbnail_url; });
+    video.replaceWith(still);
   });
   return el("div", { class: "frame-player", style: "display:flex;flex-direction:column;gap:.4rem;width:100%" },
     el("div", { class: "original" }, video), note);

@@ -25,10 +25,15 @@ SELECT i.id AS image_id, i.sha256, i.source, i.source_bytes, i.byte_size, i.widt
        COALESCE((SELECT array_agg(c.text ORDER BY c.id) FROM pgclip.captions c WHERE c.image_id = i.id),
                 '{}'::text[]) AS captions,
        e.embedding,
-       t.data AS thumbnail, t.mime AS thumbnail_mime, t.width AS thumbnail_width, t.height AS thumbnail_height
+       t.data AS thumbnail, t.mime AS thumbnail_mime, t.width AS thumbnail_width, t.height AS thumbnail_height,
+       i.video_ts, v.sha256 AS video_sha256, v.source AS video_source, v.source_bytes AS video_source_bytes,
+       v.byte_size AS video_byte_size, v.mime AS video_mime, v.container AS video_container,
+       v.duration_s AS video_duration_s, v.frame_interval_s AS video_frame_interval_s,
+       v.width AS video_width, v.height AS video_height
 FROM pgclip.embeddings e
 JOIN pgclip.images i ON i.id = e.image_id
 LEFT JOIN pgclip.thumbnails t ON %(thumbnails)s AND t.image_id = i.id
+LEFT JOIN pgclip.videos v ON v.id = i.video_id
 WHERE e.model_id = %(model_id)s
 ORDER BY e.image_id;
 
@@ -65,6 +70,29 @@ changed AS (
     RETURNING i.id
 )
 SELECT id, sha256 FROM matched;
+
+-- import_videos --
+-- The videos of the imported frames that the database does not have yet (by sha256), with
+-- what describes them but no bytes (video_blobs stays empty for these ids, as image_blobs
+-- does for imported images). Returns the new ones.
+INSERT INTO pgclip.videos (sha256, source, source_bytes, byte_size, mime, container, duration_s,
+                           frame_interval_s, width, height)
+SELECT *
+FROM unnest(%(sha256)s::text[], %(source)s::text[], %(source_bytes)s::bytea[], %(byte_size)s::bigint[],
+            %(mime)s::text[], %(container)s::text[], %(duration_s)s::float8[], %(frame_interval_s)s::float8[],
+            %(width)s::int[], %(height)s::int[])
+ON CONFLICT (sha256) DO NOTHING
+RETURNING id;
+
+-- link_frames --
+-- Each imported frame becomes a frame of its video at its time, unless the image already
+-- belongs to a video (the database keeps what it has, as for every other value).
+UPDATE pgclip.images AS i
+SET video_id = v.id, video_ts = t.video_ts
+FROM unnest(%(image_ids)s::bigint[], %(video_sha256)s::text[], %(video_ts)s::float8[])
+     AS t(image_id, video_sha256, video_ts)
+JOIN pgclip.videos v ON v.sha256 = t.video_sha256
+WHERE i.id = t.image_id AND i.video_id IS NULL;
 
 -- import_vectors --
 -- The model's vectors, as they were exported (no re-embedding). An image that already

@@ -57,9 +57,10 @@ FROM pgclip.videos v
 WHERE v.id = %(video_id)s;
 
 -- stored_size --
--- The length of the stored bytes (what a Range request is checked against) and their type.
+-- The length of the stored bytes (what a Range request is checked against) and their type;
+-- size null for a video without bytes (one that came from `pgclip import`).
 SELECT octet_length(b.data) AS size, v.mime
-FROM pgclip.videos v JOIN pgclip.video_blobs b ON b.video_id = v.id
+FROM pgclip.videos v LEFT JOIN pgclip.video_blobs b ON b.video_id = v.id
 WHERE v.id = %(video_id)s;
 
 -- read_range --

@@ -282,6 +282,97 @@ def test_an_image_the_database_has_gains_only_what_it_lacks(db_url, conn, target
         assert t.execute("SELECT count(*) FROM pgclip.image_blobs").fetchone()[0] == 1  # its bytes untouched
 
 
+def add_video(conn: psycopg.Connection, frames: dict[int, float], *, name: str = "clip.mp4") -> str:
+    """A video with its bytes, and ``frames`` (image id -> seconds) as its frames; its sha256."""
+    sha = hashlib.sha256(name.encode()).hexdigest()
+    video_id = conn.execute(
+        "INSERT INTO pgclip.videos (sha256, source, byte_size, mime, container, duration_s, frame_interval_s,"
+        " width, height) VALUES (%s, %s, 5, 'video/mp4', 'mp4', 12.5, 2.0, 640, 360) RETURNING id", [sha, name],
+    ).fetchone()[0]
+    conn.execute("INSERT INTO pgclip.video_blobs (video_id, data) VALUES (%s, 'bytes')", [video_id])
+    for image_id, ts in frames.items():
+        conn.execute("UPDATE pgclip.images SET video_id = %s, video_ts = %s WHERE id = %s", [video_id, ts, image_id])
+    conn.commit()
+    return sha
+
+
+def frame_links(url: str) -> dict[str, tuple]:
+    """Per image sha256: its video's sha256, the frame's time and the video's fields; pictures left out."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT i.sha256, v.sha256, i.video_ts, v.source, v.byte_size, v.mime, v.container, v.duration_s,"
+            "       v.frame_interval_s, v.width, v.height"
+            " FROM pgclip.images i JOIN pgclip.videos v ON v.id = i.video_id").fetchall()
+    return {r[0]: r[1:] for r in rows}
+
+
+def test_frames_keep_their_video_and_time_through_a_round_trip(db_url, conn, target_url, tmp_path):
+    from pgclip.core.errors import NotFound
+    from pgclip.db import videos as db_videos
+
+    ids = fill(conn, 6, unembedded=0)
+    add_video(conn, {ids[1]: 0.0, ids[2]: 2.0, ids[4]: 4.0})
+    export_parquet(db_url, tmp_path / "set")
+    rows = pq.read_table(tmp_path / "set/metadata/metadata_0.parquet").to_pylist()
+    assert [r["video_ts"] for r in rows] == [None, 0.0, 2.0, None, 4.0, None]
+    assert rows[2]["video"]["container"] == "mp4" and rows[0]["video"] is None
+
+    c = import_parquet(target_url, tmp_path / "set", make_settings(target_url, tmp_path)).counts
+
+    assert (c.videos_added, c.frames_linked) == (1, 3)
+    assert frame_links(target_url) == frame_links(db_url) and len(frame_links(db_url)) == 3
+    with connect(target_url, role="test") as t:  # the video came without its bytes, and says so
+        (video_id,) = t.execute("SELECT id FROM pgclip.videos").fetchone()
+        assert db_videos.video(t, video_id).frames == 3
+        with pytest.raises(NotFound, match=f"video {video_id} has no stored bytes"):
+            db_videos.stored_size(t, video_id)
+    again = import_parquet(target_url, tmp_path / "set", make_settings(target_url, tmp_path)).counts
+    assert (again.videos_added, again.frames_linked) == (0, 0)
+
+
+def test_frames_join_a_video_the_database_has_and_an_image_keeps_its_own_video(db_url, conn, target_url, tmp_path):
+    ids = fill(conn, 3, unembedded=0)
+    sha = add_video(conn, {ids[0]: 0.0, ids[1]: 2.0, ids[2]: 4.0})
+    export_parquet(db_url, tmp_path / "set")
+    with psycopg.connect(db_url) as src:
+        shas = [src.execute("SELECT sha256 FROM pgclip.images WHERE id = %s", [i]).fetchone()[0] for i in ids]
+    with connect(target_url, role="test") as t:
+        # The same video, with its bytes, and image 0 as a plain picture; image 2 a frame of another video.
+        for n in (0, 2):
+            t.execute("INSERT INTO pgclip.images (sha256, source, byte_size, width, height, format, mime)"
+                      " VALUES (%s, %s, 1, 9, 9, 'JPEG', 'image/jpeg')", [shas[n], f"mine{n}.jpg"])
+        t.commit()
+        same = add_video(t, {}, name="clip.mp4")
+        other = add_video(t, {}, name="other.mp4")
+        t.execute("UPDATE pgclip.images SET video_id = (SELECT id FROM pgclip.videos WHERE sha256 = %s),"
+                  " video_ts = 9 WHERE sha256 = %s", [other, shas[2]])
+        t.commit()
+    assert same == sha
+
+    c = import_parquet(target_url, tmp_path / "set", make_settings(target_url, tmp_path)).counts
+
+    assert (c.videos_added, c.frames_linked) == (0, 2)
+    links = frame_links(target_url)
+    assert (links[shas[0]][:2], links[shas[1]][:2], links[shas[2]][:2]) == ((sha, 0.0), (sha, 2.0), (other, 9.0))
+    with psycopg.connect(target_url) as t:
+        assert t.execute("SELECT count(*) FROM pgclip.video_blobs").fetchone()[0] == 2  # its bytes untouched
+
+
+def test_a_set_without_video_columns_imports_its_frames_as_pictures(db_url, conn, target_url, tmp_path):
+    """A set written before frames kept their video (or by another tool) has no video columns."""
+    ids = fill(conn, 3, unembedded=0)
+    add_video(conn, {ids[1]: 2.0})
+    folder = tmp_path / "set"
+    export_parquet(db_url, folder)
+    path = folder / "metadata/metadata_0.parquet"
+    pq.write_table(pq.read_table(path).drop_columns(["video", "video_ts"]), path)
+    rewrite_manifest(folder, lambda d: None)
+
+    c = import_parquet(target_url, folder, make_settings(target_url, tmp_path)).counts
+
+    assert (c.images_added, c.videos_added, c.frames_linked) == (3, 0, 0) and frame_links(target_url) == {}
+
+
 # --- refusals: one line, nothing written --------------------------------------------------
 
 
@@ -387,6 +478,33 @@ def test_a_bad_row_in_a_later_part_rolls_the_whole_import_back(db_url, conn, tar
         import_parquet(target_url, folder, make_settings(target_url, tmp_path))
 
     assert counts(target_url) == before
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda r: r.update(video=None), "video and video_ts go together"),
+    (lambda r: r.update(video_ts=-1.0), "video_ts -1.0 is not a time"),
+    (lambda r: r["video"].update(sha256="x"), "the video's sha256 is not 64 lowercase hex digits"),
+    (lambda r: r["video"].update(frame_interval_s=0.0), "the video's frame_interval_s 0.0 is not > 0"),
+    (lambda r: r["video"].update(width=0), "the video's width 0 is not a positive integer"),
+    (lambda r: r["video"].update(container=None), "the video's mime or container is missing"),
+])
+def test_a_bad_frame_row_is_refused_naming_it_and_nothing_is_written(db_url, conn, target_url, tmp_path, edit, message):
+    ids = fill(conn, 2, unembedded=0)
+    add_video(conn, {ids[0]: 1.0, ids[1]: 3.0})
+    folder = tmp_path / "set"
+    export_parquet(db_url, folder)
+    path = folder / "metadata/metadata_0.parquet"
+    table = pq.read_table(path)
+    rows = table.to_pylist()
+    edit(rows[1])
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path)
+    rewrite_manifest(folder, lambda d: None)
+    before = counts(target_url)
+
+    with pytest.raises(InvalidInput, match=re.escape(f"metadata_0.parquet row 1: {message}")):
+        import_parquet(target_url, folder, make_settings(target_url, tmp_path))
+
+    assert counts(target_url) == before and frame_links(target_url) == {}
 
 
 def test_a_new_model_s_failed_import_leaves_no_model_behind(db_url, conn, target_url, tmp_path):
