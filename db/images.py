@@ -239,9 +239,11 @@ def sources(conn: psycopg.Connection, image_ids: Sequence[int]) -> dict[int, str
     return dict(conn.execute(IMAGES["sources"], {"image_ids": list(image_ids)}).fetchall())
 
 
-def unprobed(conn: psycopg.Connection, image_ids: Sequence[int]) -> set[int]:
-    """The ids among ``image_ids`` of images added with SQL and not yet decoded (no width)."""
-    return {r[0] for r in conn.execute(IMAGES["unprobed"], {"image_ids": list(image_ids)})}
+def decode_state(conn: psycopg.Connection, image_ids: Sequence[int]) -> tuple[set[int], set[int]]:
+    """The ids among ``image_ids`` of images added with SQL and not yet decoded (no width),
+    and those of images that have their thumbnail."""
+    rows = conn.execute(IMAGES["decode_state"], {"image_ids": list(image_ids)}).fetchall()
+    return {i for i, unprobed, _ in rows if unprobed}, {i for i, _, thumbnailed in rows if thumbnailed}
 
 
 def blobs(conn: psycopg.Connection, image_ids: Sequence[int]) -> dict[int, bytes]:

@@ -29,6 +29,7 @@ completion was lost with a connection are given back.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue as threadqueue
 import sys
@@ -261,9 +262,9 @@ class Worker:
                     self._wake.clear()
                     continue
                 with self.metrics.stage("fetch"):
-                    blobs, bare, unprobed = db.run(lambda c: _stored_bytes(c, [j.image_id for j in live]))
+                    stored = db.run(lambda c: _stored_bytes(c, [j.image_id for j in live]))
                 with self.metrics.stage("decode"):
-                    batch = self._decode(live, blobs, bare, unprobed)
+                    batch = self._decode(live, stored)
                 self._beat()
                 while not self.stopping.is_set():
                     try:
@@ -293,24 +294,23 @@ class Worker:
         if strays:
             log.info("gave back %d jobs whose claim or completion was lost with the connection", len(strays))
 
-    def _decode(
-        self, jobs: list[queue.ClaimedJob], blobs: dict[int, bytes], bare: set[int], unprobed: set[int]
-    ) -> Decoded:
+    def _decode(self, jobs: list[queue.ClaimedJob], stored: _Stored) -> Decoded:
         """Decode, thumbnail and prepare each job's image; ``unprobed`` images (added with SQL)
-        are probed first, so that their rows get the size, format and EXIF facts ingest reads."""
+        are probed first, so that their rows get the size, format and EXIF facts ingest reads.
+        An image that has its thumbnail already (a re-embed for another model) gets no new one."""
         batch = Decoded(jobs, {}, {}, {}, {})
         for job in jobs:
-            data = blobs.get(job.image_id)
-            if data is None and job.image_id in bare:
+            data = stored.blobs.get(job.image_id)
+            if data is None and job.image_id in stored.bare:
                 batch.rejected[job.id] = NO_BYTES
                 continue
             if data is None:
                 continue  # image deleted since the claim: its job is gone too, nothing to write
             try:
-                if job.image_id in unprobed:
+                if job.image_id in stored.unprobed:
                     batch.probed[job.id] = new_image(data, probe(data), source=None, metadata={})
                 image = decode(data)
-                thumb = make_thumbnail(image, THUMBNAIL_SIDE)
+                thumb = None if job.image_id in stored.thumbnailed else make_thumbnail(image, THUMBNAIL_SIDE)
                 batch.inputs[job.id] = self.encoder.prepare(image)
             except ImageRejected as exc:
                 batch.rejected[job.id] = str(exc)
@@ -340,8 +340,11 @@ class Worker:
         results = []
         for job_id, vector in vectors.items():
             thumb = batch.thumbs[job_id]
-            results.append(queue.Finished(job_id, vector, thumb.data, thumb.width, thumb.height,
-                                          batch.probed.get(job_id)))
+            if thumb is None:  # the image has its thumbnail
+                results.append(queue.Finished(job_id, vector, probed=batch.probed.get(job_id)))
+            else:
+                results.append(queue.Finished(job_id, vector, thumb.data, thumb.width, thumb.height,
+                                              batch.probed.get(job_id)))
 
         def write(conn: psycopg.Connection) -> tuple[set[int], set[int], dict[int, str]]:
             # One transaction: the batch's outcome is written whole or not at all.
@@ -395,11 +398,19 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".strip().rstrip(":")[:500]
 
 
-def _stored_bytes(conn: psycopg.Connection, image_ids: list[int]) -> tuple[dict[int, bytes], set[int], set[int]]:
-    """The images' bytes by id, the ids of images that exist without bytes (an image
-    deleted since the claim is in neither), and those of images added with SQL that no
-    decoder has read yet."""
+@dataclasses.dataclass(frozen=True)
+class _Stored:
+    """What the database holds of a claimed batch's images."""
+
+    blobs: dict[int, bytes]  # their bytes by id
+    bare: set[int]  # images that exist without bytes (one deleted since the claim is in neither)
+    unprobed: set[int]  # images added with SQL that no decoder has read yet
+    thumbnailed: set[int]  # images that have their thumbnail (made when another model embedded them)
+
+
+def _stored_bytes(conn: psycopg.Connection, image_ids: list[int]) -> _Stored:
     blobs = db_images.blobs(conn, image_ids)
     missing = [i for i in image_ids if i not in blobs]
     bare = db_images.known_ids(conn, missing) if missing else set()
-    return blobs, bare, db_images.unprobed(conn, list(blobs))
+    unprobed, thumbnailed = db_images.decode_state(conn, list(blobs))
+    return _Stored(blobs, bare, unprobed, thumbnailed)

@@ -33,7 +33,7 @@ class Decoded:
 
     jobs: list[queue.ClaimedJob]
     inputs: dict[int, Any]  # job id -> the encoder's prepared input
-    thumbs: dict[int, Thumbnail]
+    thumbs: dict[int, Thumbnail | None]  # None: the image has its thumbnail already
     rejected: dict[int, str]  # job id -> permanent failure reason
     errors: dict[int, str]  # job id -> transient failure while preparing (retried later)
     # job id -> what decoding told of an image added with SQL, for its row (queue.Finished.probed)

@@ -115,7 +115,11 @@ SELECT id, source FROM pgclip.images WHERE id = ANY(%(image_ids)s::bigint[]);
 -- The bytes a worker decodes, fetched after its claim has committed (no row locks held).
 SELECT image_id, data FROM pgclip.image_blobs WHERE image_id = ANY(%(image_ids)s::bigint[]);
 
--- unprobed --
--- Images added with SQL whose size and format no decoder has read yet: the worker that
--- embeds one fills its row in (queue.sql, complete).
-SELECT id FROM pgclip.images WHERE id = ANY(%(image_ids)s::bigint[]) AND width IS NULL;
+-- decode_state --
+-- Per image a worker is about to decode: added with SQL and not yet read by a decoder (its
+-- size and format are null; the worker that embeds it fills its row in, queue.sql complete),
+-- and whether it has its thumbnail (a re-embed for another model makes none again).
+SELECT i.id, i.width IS NULL AS unprobed,
+       EXISTS (SELECT 1 FROM pgclip.thumbnails t WHERE t.image_id = i.id) AS thumbnailed
+FROM pgclip.images i
+WHERE i.id = ANY(%(image_ids)s::bigint[]);

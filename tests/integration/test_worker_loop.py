@@ -221,3 +221,38 @@ def test_lost_notifications_are_covered_by_polling(conn, db_url, encoder, tmp_pa
         worker.stop()
         thread.join(timeout=10)
     assert not thread.is_alive()
+
+
+def test_a_re_embed_keeps_the_thumbnails_and_makes_only_missing_ones(conn, db_url, encoder, tmp_path, monkeypatch):
+    """A second model's worker decodes each image for its vector but leaves a thumbnail that is
+    there alone (made by the first model's worker): no WebP encode, no rewritten row."""
+    import pgclip.workers.loop as loop
+    from pgclip.db.models import ensure_model
+
+    for n in range(3):
+        (tmp_path / f"p{n}.jpg").write_bytes(jpeg_bytes(n, (120, 90)))
+    first = active_model(conn)
+    conn.commit()
+    ingest(conn, [tmp_path], model_id=first.id)
+    run_worker(db_url, first, encoder)
+    ids = [r[0] for r in conn.execute("SELECT id FROM pgclip.images ORDER BY id")]
+    conn.execute("DELETE FROM pgclip.thumbnails WHERE image_id = %s", [ids[0]])  # say, imported --no-thumbnails
+    kept = dict(conn.execute("SELECT image_id, xmin::text FROM pgclip.thumbnails").fetchall())
+    second = ensure_model(conn, "test-tiny", "random-second", first.dimension)
+    queue.enqueue(conn, ids, second.id)
+    conn.commit()
+    made, real = [], loop.make_thumbnail
+
+    def counting(image, side):
+        made.append(image.size)
+        return real(image, side)
+
+    monkeypatch.setattr(loop, "make_thumbnail", counting)
+
+    worker = run_worker(db_url, second, encoder)
+
+    assert (worker.stats.done, worker.stats.failed) == (3, 0)
+    assert conn.execute("SELECT count(*) FROM pgclip.embeddings WHERE model_id = %s", [second.id]).fetchone()[0] == 3
+    assert made == [(120, 90)]  # the missing one only
+    after = dict(conn.execute("SELECT image_id, xmin::text FROM pgclip.thumbnails").fetchall())
+    assert set(after) == set(ids) and {i: after[i] for i in kept} == kept  # the others not rewritten
