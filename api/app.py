@@ -6,9 +6,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from litestar import Litestar
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.datastructures import ResponseHeader
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
+from litestar.params import Parameter
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from pgclip import __version__
 from pgclip.api.errors import HANDLERS
@@ -28,6 +30,19 @@ from pgclip.db.replicas import parse_lsn, start_route
 LSN_HEADER = b"x-pgclip-lsn"
 MIN_LSN_HEADER = b"x-pgclip-min-lsn"
 SERVED_BY_HEADER = b"x-pgclip-served-by"
+# The three in the OpenAPI schema (route_reads below sets and reads them, outside the router).
+READ_YOUR_WRITES_HEADERS = [
+    ResponseHeader(name="X-Pgclip-Served-By", documentation_only=True,
+                   description="On an answer that read the database: who answered, `primary` or `replica-N` "
+                               "(N: its place in PGCLIP_READ_DATABASE_URLS)."),
+    ResponseHeader(name="X-Pgclip-Lsn", documentation_only=True,
+                   description="On an answer to a write: the primary's WAL position after its commit. Send it "
+                               "back as X-Pgclip-Min-Lsn to read your own write from a replica."),
+]
+MIN_LSN_PARAMETER = {"x_pgclip_min_lsn": Parameter(
+    str, header="X-Pgclip-Min-Lsn", required=False,
+    description="An X-Pgclip-Lsn answer of an earlier write: the read is answered by a replica that has "
+                "replayed that far (waiting up to 0.5 s), else by the primary. Anything else is a 400.")}
 
 
 def create_app(settings: Settings | None = None, *, service: Service | None = None) -> Litestar:
@@ -70,6 +85,8 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
         exception_handlers=HANDLERS,
         lifespan=[lifespan],
         request_max_body_size=upload_limit,
+        response_headers=READ_YOUR_WRITES_HEADERS,
+        parameters=MIN_LSN_PARAMETER,
         openapi_config=OpenAPIConfig(
             title="pgclip", version=__version__, path="/schema",
             description="Semantic image search inside PostgreSQL: CLIP vectors, caption full-text, filters.",

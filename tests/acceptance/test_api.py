@@ -218,6 +218,11 @@ def test_health_readiness_and_schema(served):
     schema = client.get("/schema/openapi.json").json()
     assert {"/api/search", "/api/search/image", "/api/images/{image_id}", "/api/images/{image_id}/similar",
             "/api/images", "/api/status"} <= set(schema["paths"])
+    # Read-your-writes (README "Read replicas") is in the schema too: the token a write answers
+    # with, the header a read sends it back in, and who answered.
+    search = schema["paths"]["/api/search"]["post"]
+    assert {"X-Pgclip-Served-By", "X-Pgclip-Lsn"} <= set(search["responses"]["200"]["headers"])
+    assert any(p["name"] == "X-Pgclip-Min-Lsn" and p["in"] == "header" for p in search["parameters"])
 
 
 def test_near_duplicates_find_a_resized_copy(served, tmp_path):
