@@ -9,7 +9,7 @@ from litestar import Litestar
 from litestar.datastructures import ResponseHeader
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.params import Parameter
+from litestar.params import HeaderParameter
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from pgclip import __version__
@@ -39,8 +39,8 @@ READ_YOUR_WRITES_HEADERS = [
                    description="On an answer to a write: the primary's WAL position after its commit. Send it "
                                "back as X-Pgclip-Min-Lsn to read your own write from a replica."),
 ]
-MIN_LSN_PARAMETER = {"x_pgclip_min_lsn": Parameter(
-    str, header="X-Pgclip-Min-Lsn", required=False,
+MIN_LSN_PARAMETER = {"x_pgclip_min_lsn": HeaderParameter(
+    name="X-Pgclip-Min-Lsn", annotation=str, required=False,
     description="An X-Pgclip-Lsn answer of an earlier write: the read is answered by a replica that has "
                 "replayed that far (waiting up to 0.5 s), else by the primary. Anything else is a 400.")}
 
