@@ -171,9 +171,20 @@ class SyncReport:
 
 
 def plan(conn: psycopg.Connection, root: Path) -> Plan:
-    """Scan ``root`` and compare it with its rows; reads (hashes) only new and changed files."""
+    """Scan ``root`` and compare it with its rows; reads (hashes) only new and changed files.
+
+    Only a file missing from a folder that was listed is gone: the rows under a folder that
+    could not be listed (permissions, a drive gone mid-scan) stay as they are, and a root that
+    is no longer a folder (renamed, unmounted) is an InvalidInput, with nothing changed."""
     result = Plan(root)
-    found, _, problems = discover([root])
+    unlisted: list[Path] = []
+    try:
+        sync_root(root)  # still a folder (a --watch outlives it)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{exc}: nothing removed") from None
+    found, _, problems = discover([root], unlisted=unlisted)
+    if root in unlisted or not os.path.isdir(root):
+        raise InvalidInput(f"cannot list the folder {readable_name(root)} (gone, or not readable): nothing removed")
     result.unreadable.extend(problems)
     seen: dict[bytes, Seen] = {}
     for path in found:
@@ -196,7 +207,8 @@ def plan(conn: psycopg.Connection, root: Path) -> Plan:
             result.still_rejected += 1
         else:
             result.unchanged += 1
-    gone = [row for key, row in rows.items() if key not in seen]
+    unknown = tuple(name_bytes(folder).rstrip(b"/") + b"/" for folder in unlisted)
+    gone = [row for key, row in rows.items() if key not in seen and not key.startswith(unknown)]
 
     with ThreadPoolExecutor(HASH_THREADS) as pool:
         digests = list(pool.map(_sha256, [file.path for _, file in to_hash]))

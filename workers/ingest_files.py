@@ -86,9 +86,10 @@ def _escape(char: str) -> str:
 
 
 def discover(
-    paths: Iterable[Path], *, as_files: bool = False
+    paths: Iterable[Path], *, as_files: bool = False, unlisted: list[Path] | None = None
 ) -> tuple[list[Path], int, list[tuple[str, str]]]:
     """Image and video files under ``paths`` (recursive, sorted), the count of other files, and (name, reason) problems.
+    ``unlisted`` gets each folder that could not be listed (what it holds is unknown, not gone).
 
     Image and video files are told by their extension and must be regular files (a FIFO
     called ``x.jpg`` would block a reader forever). Folders and files starting
@@ -106,7 +107,7 @@ def discover(
         except ValueError:  # a NUL in a name from a manifest
             is_folder = False
         if is_folder:
-            skipped += _walk(root, found, problems)
+            skipped += _walk(root, found, problems, unlisted)
         elif not _lexists(root):
             problems.append((readable_name(root), "no such file or directory"))
         elif root.suffix.lower() not in MEDIA_SUFFIXES:
@@ -116,7 +117,7 @@ def discover(
     return found, skipped, problems
 
 
-def _walk(top: Path, found: list[Path], problems: list[tuple[str, str]]) -> int:
+def _walk(top: Path, found: list[Path], problems: list[tuple[str, str]], unlisted: list[Path] | None = None) -> int:
     """Add the image and video files under ``top`` (depth first, sorted); returns how many others it holds."""
     skipped = 0
     stack = [top]  # not recursion: a tree thousands of folders deep must not reach Python's recursion limit
@@ -127,6 +128,8 @@ def _walk(top: Path, found: list[Path], problems: list[tuple[str, str]]) -> int:
                 entries = sorted((e for e in listing if not e.name.startswith(".")), key=lambda e: e.name)
         except OSError as exc:
             problems.append((readable_name(folder), f"cannot list folder: {os_reason(exc)}"))
+            if unlisted is not None:
+                unlisted.append(folder)
             continue
         subfolders = []
         for entry in entries:

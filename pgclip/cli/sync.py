@@ -61,6 +61,12 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
             pass
         _out(f"stopped watching {one_line(folder.folder)}")
         return 0
+    except InvalidInput as exc:  # the folder went away (renamed, unmounted) after the sync began
+        print(f"pgclip: error: {one_line(str(exc))}", file=sys.stderr)
+        if args.watch:
+            print(f"pgclip: stopped watching {one_line(args.folder)}; `pgclip sync` it again once it is back",
+                  file=sys.stderr)
+        return 1
     except Exception as exc:
         return database_lost(exc)
 

@@ -108,3 +108,28 @@ def test_watch_syncs_each_change_until_ctrl_c(db_url, tmp_path, poll):
     assert lines[0].startswith(f"synced {photos}: 1 added")
     assert any("1 added" in line for line in lines[1:]) and any("1 removed" in line for line in lines[1:])
     assert lines[-1] == f"stopped watching {photos}"
+
+
+def test_watch_stops_with_one_line_and_removes_nothing_when_its_folder_goes(db_url, tmp_path):
+    """The folder renamed (or its drive unplugged) under `sync --watch`: before, the next scan
+    found no file and removed every image; now the watcher says so and stops, exit status 1."""
+    env = env_for(db_url, tmp_path)
+    photos = tmp_path / "photos"
+    write_jpegs(photos, 3)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PGCLIP_")}
+    watcher = subprocess.Popen([sys.executable, "-m", "pgclip.cli", "sync", str(photos), "--watch", "--poll"],
+                               env={**base, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: len(file_rows(db_url)) == 3, 120, 0.2, "the first sync", [watcher])
+        photos.rename(tmp_path / "renamed")
+        out, err = watcher.communicate(timeout=60)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.communicate()
+    assert watcher.returncode == 1, (out, err)
+    assert "Traceback" not in err
+    assert f"pgclip: error: no such folder: {photos}: nothing removed" in err, err
+    assert len(file_rows(db_url)) == 3
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT count(*) FROM pgclip.images").fetchone()[0] == 3

@@ -303,6 +303,37 @@ def test_a_folder_that_is_not_there_is_refused_before_anything_is_written(tmp_pa
         sync_root(tmp_path / "file.jpg")
 
 
+def test_a_synced_folder_that_is_gone_is_refused_and_nothing_is_removed(db_url, photos, tmp_path):
+    """Renamed or unmounted after the sync began (a --watch outlives its folder): not 5 deletions."""
+    root = sync_root(photos)
+    run_sync(db_url, photos)
+    photos.rename(tmp_path / "moved")
+    with connect(db_url, role="test", autocommit=True) as conn:
+        with pytest.raises(InvalidInput, match=f"no such folder: {photos}: nothing removed"):
+            sync(conn, root, model_id=active_model(conn).id)
+    assert (count(db_url, "files"), count(db_url, "images")) == (5, 5)
+
+
+def test_a_subfolder_that_cannot_be_listed_keeps_its_rows(db_url, photos, monkeypatch):
+    """Permissions changed, or a drive gone mid-scan: what it holds is unknown, not deleted."""
+    import pgclip.workers.ingest_files as ingest_files
+
+    run_sync(db_url, photos)
+    real = os.scandir
+
+    def scandir(path):
+        if Path(path) == photos / "2024":
+            raise PermissionError(13, "Permission denied")
+        return real(path)
+
+    monkeypatch.setattr(ingest_files.os, "scandir", scandir)
+    (photos / "img0000.jpg").unlink()
+    report = run_sync(db_url, photos)
+    assert report.removed == [str(photos / "img0000.jpg")]  # a file gone from a listed folder still goes
+    assert report.rejected == [(str(photos / "2024"), "cannot list folder: permission denied")]
+    assert count(db_url, "files") == 4 and image_of(db_url, photos / "2024" / "img0010.jpg") is not None
+
+
 def test_a_symlinked_name_of_the_folder_syncs_the_same_rows(db_url, photos, tmp_path):
     link = tmp_path / "link"
     link.symlink_to(photos)
