@@ -21,6 +21,7 @@ from pgclip.db.queries import load
 TEXT = load("text_vectors.sql")
 NOTIFY_CHANNEL = "pgclip_text"  # payload: the model id (pgclip.ask_workers sends it)
 CACHE_ROWS = 10_000  # texts kept per model: ~2 kB each at 512 dimensions, 20 MB
+CACHE_MAX_CHARS = 1000  # the longest text the cache holds (its CHECK); a longer one is encoded every time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,10 +38,15 @@ def cached(conn: psycopg.Connection, model_id: int, text: str) -> np.ndarray | N
 
 def store(conn: psycopg.Connection, model_id: int, vectors: Mapping[str, np.ndarray], *,
           keep: int = CACHE_ROWS) -> None:
-    """Cache texts' vectors, then evict the model's least recently used texts over ``keep``."""
+    """Cache texts' vectors, then evict the model's least recently used texts over ``keep``.
+    Texts over ``CACHE_MAX_CHARS`` (a long caption for `pgclip eval`, a pasted paragraph) are
+    left out: CLIP reads 77 tokens of them anyway, and they are rarely asked twice."""
+    rows = [{"model_id": model_id, "text": text, "embedding": vector}
+            for text, vector in vectors.items() if len(text) <= CACHE_MAX_CHARS]
+    if not rows:
+        return
     with conn.cursor() as cur:
-        cur.executemany(TEXT["store"], [{"model_id": model_id, "text": text, "embedding": vector}
-                                        for text, vector in vectors.items()])
+        cur.executemany(TEXT["store"], rows)
     conn.execute(TEXT["evict"], {"model_id": model_id, "keep": keep})
 
 

@@ -75,6 +75,9 @@ def test_cli_search_finds_demo_captions_and_filters(demo_env):
     assert_one_line_error(run("search", "dog", "--filter", "colour=red", env=env), "unknown filter")
     assert_one_line_error(run("search", "dog", "--filter", "min_width=wide", env=env), "min_width")
     assert_one_line_error(run("search", "dog + ./missing.jpg", env=env), "cannot read image")
+    # A text longer than the query-text cache holds (1000 characters) is searched, just not cached.
+    long = json.loads(run("search", "a cup " * 200, "-k", "2", "--json", env=env, check=True).stdout)
+    assert len(long["results"]) == 2
 
 
 def test_the_serving_demo_answers_text_searches_in_sql_and_embeds_images_added_with_sql(demo_env, tmp_path):

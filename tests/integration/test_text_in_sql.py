@@ -80,6 +80,16 @@ def test_a_cached_text_needs_no_worker(db_url, conn):
         assert np.array_equal(as_array(got), stored)
 
 
+def test_a_text_longer_than_the_cache_holds_is_left_out_of_it(conn):
+    model = active_model(conn)
+    vector = np.eye(model.dimension, dtype=np.float32)[4]
+    long = "x" * (text_vectors.CACHE_MAX_CHARS + 1)
+    text_vectors.store(conn, model.id, {long: vector, "short": vector})  # no CHECK violation: the long one skipped
+    conn.commit()
+    assert text_vectors.cached(conn, model.id, "short") is not None
+    assert text_vectors.cached(conn, model.id, long) is None
+
+
 @pytest.mark.parametrize("isolation", ["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"])
 def test_the_answer_arrives_whatever_the_callers_isolation(worker, db_url, isolation):
     """A REPEATABLE READ snapshot never shows the worker's answer: the function reads it through dblink."""
