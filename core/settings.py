@@ -160,6 +160,8 @@ class Settings:
         for name in ("torch_threads", "model_threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{self._env(name)} must be 0 or more, got {getattr(self, name)}")
+        if not 1 <= self.port <= 65535:
+            raise ConfigError(f"PGCLIP_PORT must be a port number (1 to 65535), got {self.port}")
         if not 0 <= self.worker_metrics_port <= 65535:
             raise ConfigError(f"PGCLIP_WORKER_METRICS_PORT must be a port number (0 for none), got {self.worker_metrics_port}")
         if self.log_format not in LOG_FORMATS:

@@ -53,6 +53,14 @@ def at_least(minimum: int, wanted: str) -> Callable[[str], int]:
 
 
 positive = at_least(1, "a positive integer")
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 1 to 65535 (the OS would take 70000 as 70000 - 65536)."""
+    value = positive(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1 to 65535)")
+    return value
 nonnegative = at_least(0, "an integer of 0 or more")
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -161,6 +162,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `pgclip status | head -1`: the reader left. Nothing to say; Python's own flush at exit
+        # would fail again on the closed pipe, so stdout goes to /dev/null first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a command that a closed pipe stopped
     except Exception as exc:
         # A lost database connection that no command caught: one line, not a traceback.
         from pgclip.db.engine import translate_driver_error

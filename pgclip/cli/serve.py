@@ -6,7 +6,7 @@ import argparse
 import threading
 
 from pgclip.cli.common import out as _out
-from pgclip.cli.common import positive
+from pgclip.cli.common import port_number
 from pgclip.core.errors import InvalidInput
 from pgclip.core.settings import Settings
 
@@ -119,7 +119,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 def add_serve_parsers(sub: argparse._SubParsersAction) -> None:
     srv = sub.add_parser("serve", help="serve the HTTP API and web page")
     srv.add_argument("--host", help="address to listen on (default PGCLIP_HOST, 127.0.0.1)")
-    srv.add_argument("--port", type=positive, help="port (default PGCLIP_PORT, 8000)")
+    srv.add_argument("--port", type=port_number, help="port (default PGCLIP_PORT, 8000)")
     srv.set_defaults(handler=cmd_serve)
 
     demo = sub.add_parser("demo", help="database + demo collection + embeddings, then serve the page")

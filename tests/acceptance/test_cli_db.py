@@ -105,6 +105,17 @@ def test_config_masks_the_password(tmp_path):
     assert "PGCLIP_MODEL" in result.stdout and "ViT-B-32" in result.stdout
 
 
+def test_output_into_a_pipe_its_reader_closed_ends_quietly(tmp_path):
+    """`pgclip config -v | head -1`: the reader leaves before pgclip has written; no traceback,
+    the exit status a shell gives a command stopped by SIGPIPE."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PGCLIP_")}
+    proc = subprocess.Popen([*PGCLIP, "config", "-v"], env={**base, "PGCLIP_DATA_DIR": str(tmp_path)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the interpreter has even started
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and err == "", err
+
+
 def test_a_wrong_password_is_one_line(pg_server, databases):
     admin_url, server = pg_server
     if server is None:

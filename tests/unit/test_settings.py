@@ -26,3 +26,21 @@ def test_the_hnsw_graph_is_by_size_unless_a_variable_fixes_it():
 def test_a_bad_graph_setting_is_one_clear_error(value, message):
     with pytest.raises(ConfigError, match=message):
         Settings.from_env({"PGCLIP_HNSW_M": value})
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("70000", "PGCLIP_PORT must be a port number \\(1 to 65535\\), got 70000"),
+    ("0", "PGCLIP_PORT must be at least 1, got 0"),
+])
+def test_a_port_out_of_range_is_refused_not_wrapped_around(value, message):
+    """The OS would listen on 70000 - 65536 = 4464 while `pgclip serve` printed 70000."""
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env({"PGCLIP_PORT": value})
+
+
+def test_serve_port_must_be_a_port_number(capsys):
+    from pgclip.cli.main import build_parser
+
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["serve", "--port", "99999"])
+    assert exit_.value.code == 2 and "'99999' is not a port number (1 to 65535)" in capsys.readouterr().err
