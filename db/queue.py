@@ -65,8 +65,13 @@ def enqueue(conn: psycopg.Connection, image_ids: Sequence[int], model_id: int, *
     return len(added)
 
 
+def failed_images(conn: psycopg.Connection, model_id: int) -> int:
+    """How many images have a failed job for the model and no vector for it."""
+    return conn.execute(QUEUE["failed_images"], {"model_id": model_id}).fetchone()[0]
+
+
 def enqueue_model(conn: psycopg.Connection, model_id: int) -> int:
-    """Queue every image without a vector or an open job for the model (a re-embed); notifies."""
+    """Queue every image without a vector, an open job or a failed job for the model (a re-embed); notifies."""
     added = conn.execute(QUEUE["enqueue_model"], {"model_id": model_id}).fetchall()
     if added:
         conn.execute(QUEUE["notify"], {"model_id": model_id})

@@ -180,11 +180,20 @@ def _probe_hub(url: str) -> None:
             raise
 
 
-def _ensure_cached(model_name: str, tag: str) -> None:
-    """Check the tag and put its weights in the local cache, or raise ModelLoadError fast."""
-    # A plain open_clip download without network retries for about a minute per file;
-    # here the cache is asked first, then one short HEAD decides whether to download.
-    import huggingface_hub
+def check_weights(model_name: str, pretrained: str) -> None:
+    """Raise ModelLoadError unless a worker could run these weights: a tag open_clip knows for
+    the model (getting its file is the worker's business: it may run on another machine), or
+    a checkpoint file that loads into the model (`pgclip reembed` checks before it queues)."""
+    if is_test_model(model_name):
+        return
+    path = checkpoint_file(pretrained)
+    if path is None:
+        _check_tag(model_name, pretrained)
+    else:
+        build_torch_model(model_name, str(path), device="cpu", precision="fp32")
+
+
+def _check_tag(model_name: str, tag: str) -> None:
     import open_clip
 
     if not open_clip.is_pretrained_cfg(model_name, tag):
@@ -193,6 +202,16 @@ def _ensure_cached(model_name: str, tag: str) -> None:
             f"unknown pretrained tag {tag!r} for model {model_name!r} (known tags: {tags}); "
             "or set PGCLIP_PRETRAINED to a local checkpoint file"
         )
+
+
+def _ensure_cached(model_name: str, tag: str) -> None:
+    """Check the tag and put its weights in the local cache, or raise ModelLoadError fast."""
+    # A plain open_clip download without network retries for about a minute per file;
+    # here the cache is asked first, then one short HEAD decides whether to download.
+    import huggingface_hub
+    import open_clip
+
+    _check_tag(model_name, tag)
     cfg = open_clip.get_pretrained_cfg(model_name, tag)
     if not cfg.get("hf_hub"):
         return  # URL-only tags (none in open_clip 3.x) are left to open_clip's own download

@@ -23,13 +23,23 @@ ON CONFLICT (image_id, model_id) WHERE state IN ('pending', 'leased') DO NOTHING
 RETURNING id;
 
 -- enqueue_model --
--- A re-embed: queue every image that has no vector and no open job for the model.
+-- A re-embed: queue every image that has no vector, no open job and no failed job for the
+-- model (a failure is retried by `pgclip retry-failed`, not queued again beside it).
 INSERT INTO pgclip.embedding_jobs (image_id, model_id)
 SELECT i.id, %(model_id)s FROM pgclip.images i
 WHERE NOT EXISTS (
     SELECT 1 FROM pgclip.embeddings e WHERE e.image_id = i.id AND e.model_id = %(model_id)s)
+  AND NOT EXISTS (
+    SELECT 1 FROM pgclip.embedding_jobs j
+    WHERE j.image_id = i.id AND j.model_id = %(model_id)s AND j.state = 'failed')
 ON CONFLICT (image_id, model_id) WHERE state IN ('pending', 'leased') DO NOTHING
 RETURNING id;
+
+-- failed_images --
+-- Images whose job for the model failed (and have no vector for it).
+SELECT count(DISTINCT j.image_id) FROM pgclip.embedding_jobs j
+WHERE j.model_id = %(model_id)s AND j.state = 'failed'
+  AND NOT EXISTS (SELECT 1 FROM pgclip.embeddings e WHERE e.image_id = j.image_id AND e.model_id = j.model_id);
 
 -- notify --
 -- Wake idle workers. Sent once per enqueueing transaction and delivered at

@@ -52,21 +52,31 @@ def cmd_reembed(args: argparse.Namespace, settings: Settings) -> int:
     from pgclip.application.bootstrap import ready_url, register_configured_model
     from pgclip.db.engine import connection
     from pgclip.db.indexes import defer_index
-    from pgclip.db.queue import enqueue_model
+    from pgclip.db.models import vector_count
+    from pgclip.db.queue import enqueue_model, failed_images
+    from pgclip.workers.weights import check_weights, model_dimension
 
     pretrained = args.checkpoint or args.pretrained or settings.pretrained
     target = dataclasses.replace(settings, model=args.name, pretrained=pretrained)
     url = ready_url(settings)
+    model_dimension(args.name)  # an unknown model name: one line, nothing registered
+    check_weights(args.name, pretrained)  # weights no worker could load would leave jobs nobody takes
     model = register_configured_model(url, target)
     # Its vectors go in by plain inserts; the index is built once, when its queue has drained.
     defer_index(url, model, only_empty=True)
     with connection(url) as conn, conn.transaction():
         queued = enqueue_model(conn, model.id)
-    out(f"{model.label} registered ({model.state}); {queued} images queued for it; its vector index is built "
-        "once they are embedded")
-    encoder = f"PGCLIP_ENCODER={settings.encoder} " if settings.encoder == "onnx-int8" else ""
-    out(f"run workers for it: {encoder}PGCLIP_PRETRAINED={pretrained} pgclip worker --model {args.name}; "
-        f"then `pgclip models activate {args.name} --pretrained {model.pretrained}`")
+        failed = failed_images(conn, model.id)
+        counts = vector_count(conn, model)
+    index = "its vector index is built once they are embedded" if model.index_kind != "none" and not counts else ""
+    out(f"{model.label} ({model.state}): {queued} images queued for it" + (f"; {index}" if index else ""))
+    if failed:
+        out(f"{failed} images failed for it before and are not queued again: `pgclip retry-failed` retries them")
+    if queued:
+        encoder = f"PGCLIP_ENCODER={settings.encoder} " if settings.encoder == "onnx-int8" else ""
+        then = "" if model.state == "active" else \
+            f"; then `pgclip models activate {args.name} --pretrained {model.pretrained}`"
+        out(f"run workers for it: {encoder}PGCLIP_PRETRAINED={pretrained} pgclip worker --model {args.name}{then}")
     return 0
 
 

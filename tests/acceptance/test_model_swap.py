@@ -79,3 +79,40 @@ def test_reembed_and_activate_while_searches_run_over_http(db_url, tmp_path):
         assert conn.execute("SELECT count(*) FROM pgclip.embeddings").fetchone()[0] == 24
         assert conn.execute("SELECT name FROM pgclip.models").fetchall() == [("test-tiny-alt",)]
     assert_one_line_error(run("models", "drop", "test-tiny-alt", env=env), "active model")
+
+
+def _models(db_url: str) -> list[tuple[str, str]]:
+    with psycopg.connect(db_url) as conn:
+        return conn.execute("SELECT name, pretrained FROM pgclip.models ORDER BY id").fetchall()
+
+
+def test_reembed_refuses_weights_no_worker_could_load_and_registers_nothing(db_url, tmp_path):
+    env = {"PGCLIP_DATABASE_URL": db_url, "PGCLIP_DATA_DIR": str(tmp_path / "data")}
+    before = _models(db_url)
+    assert_one_line_error(run("reembed", "ViT-B-32", "--pretrained", "bogus-tag", env=env),
+                          "unknown pretrained tag 'bogus-tag' for model 'ViT-B-32'", "laion2b_s34b_b79k")
+    text = tmp_path / "weights.pt"
+    text.write_text("not a checkpoint\n")
+    assert_one_line_error(run("reembed", "ViT-B-32", "--checkpoint", str(text), env=env, timeout=300),
+                          "cannot load model 'ViT-B-32' with weights")
+    assert_one_line_error(run("reembed", "ViT-Q-99", env=env), "unknown model 'ViT-Q-99'")
+    assert _models(db_url) == before  # no model left "building" with jobs no worker takes
+
+
+def test_reembed_does_not_queue_a_failed_image_again_and_says_how_to_retry(db_url, tmp_path):
+    env = {"PGCLIP_DATABASE_URL": db_url, "PGCLIP_DATA_DIR": str(tmp_path / "data"), "PGCLIP_MODEL": "test-tiny"}
+    with psycopg.connect(db_url) as conn:  # an image whose job failed (its bytes are no image)
+        image_id = conn.execute(
+            "INSERT INTO pgclip.images (sha256, source, byte_size, width, height, format, mime)"
+            " VALUES (repeat('c', 64), 'broken.jpg', 3, 1, 1, 'JPEG', 'image/jpeg') RETURNING id").fetchone()[0]
+        conn.execute("INSERT INTO pgclip.embedding_jobs (image_id, model_id, state, attempts, last_error)"
+                     " SELECT %s, id, 'failed', 1, 'corrupt image' FROM pgclip.models WHERE state = 'active'",
+                     [image_id])
+    for _ in range(2):
+        done = run("reembed", "test-tiny", env=env, check=True).stdout
+        assert "test-tiny (random-seed-0) (active): 0 images queued for it" in done, done
+        assert "1 images failed for it before and are not queued again: `pgclip retry-failed` retries them" in done
+        assert "models activate" not in done  # it is the active model
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT state, count(*) FROM pgclip.embedding_jobs WHERE image_id = %s GROUP BY 1",
+                            [image_id]).fetchall() == [("failed", 1)]
