@@ -42,13 +42,15 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         url = ready_url(settings)
         model = register_configured_model(url, settings, quick=True)
         with _progress(None, "file", "ingest") as bar, connection(url, role="ingest") as conn:
-            _bulk_mode(conn, url, model, args.bulk)
+            plan = _bulk_mode(conn, url, model, args.bulk)
             report = ingest(
                 conn, paths, model_id=model.id, manifest=manifest, ts_config=settings.text_search_config,
                 progress=bar.update, on_total=lambda n: setattr(bar, "total", n),
                 batch_files=args.batch_files or BATCH_FILES,
                 video=VideoOptions.from_settings(settings, args.frame_interval),
             )
+        if plan.dropped and plan.vectors and not report.enqueued:
+            _rebuild_now(url, model)  # after the ingest's connection (and its lock) is gone
     except Exception as exc:  # IngestInterrupted (lost mid-run) is a DatabaseUnavailable
         return database_lost(exc)
     status = 1 if report.rejected else 0
@@ -56,7 +58,19 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     return status
 
 
-def _bulk_mode(conn, url: str, model, bulk: bool) -> None:
+def _rebuild_now(url: str, model) -> None:
+    """``--bulk`` dropped the index, and the ingest queued nothing (every file was stored
+    already): no worker will get to build it, so it is built here, now."""
+    from pgclip.db.indexes import build_deferred
+
+    print(f"pgclip: bulk mode: nothing new to embed; building the index of {model.label} again now",
+          file=sys.stderr)
+    if build_deferred(url, model) is None:  # other jobs are open: the worker that drains them builds it
+        print("pgclip: bulk mode: other images are queued for it; the worker that embeds them builds the index",
+              file=sys.stderr)
+
+
+def _bulk_mode(conn, url: str, model, bulk: bool):
     """Hold the ingest's place against the model's deferred index (it is built after the ingest's
     last image), and with ``--bulk`` drop a built index first; say what happened, on stderr."""
     from pgclip.db.indexes import prepare_ingest
@@ -72,6 +86,7 @@ def _bulk_mode(conn, url: str, model, bulk: bool) -> None:
     elif bulk:
         print(f"pgclip: bulk mode: {model.label} has no vector index (kind none): nothing to defer",
               file=sys.stderr)
+    return plan
 
 
 def _print_ingest_report(report, as_json: bool, verbose: bool) -> None:

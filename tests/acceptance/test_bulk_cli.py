@@ -47,6 +47,11 @@ def test_bulk_ingest_reembed_and_activation_from_the_cli(db_url, tmp_path):
     run("worker", "--until-empty", env=env, check=True, timeout=300)
     assert "30/30 (100%)" in line_of(run("models", env=env, check=True).stdout, "test-tiny")
 
+    # --bulk with nothing new: the index it dropped is built again at once (no worker would).
+    again = run("ingest", "--bulk", str(tmp_path / "second"), env=env, check=True)
+    assert "nothing new to embed; building the index of test-tiny (random-seed-0) again now" in again.stderr
+    assert "built in" in line_of(run("index", env=env, check=True).stdout, "test-tiny")
+
     # A re-embed: the new model has no index until its queue drains; activation refuses before that.
     queued = run("reembed", "test-tiny-alt", env=env, check=True)
     assert "30 images queued" in queued.stdout and "index is built once they are embedded" in queued.stdout
