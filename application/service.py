@@ -54,13 +54,23 @@ def _with_videos(conn: psycopg.Connection, page: db_search.Page) -> FoundPage:
     return FoundPage(page.hits, page.next_cursor, page.model, frames)
 
 
-def _read_file(path: str) -> bytes:
+def read_query_image(path: str) -> bytes:
+    """A query image's bytes; InvalidInput for anything but a readable regular file (a FIFO
+    named x.jpg is refused, not waited on for ever)."""
+    import os
     from pathlib import Path
 
+    from pgclip.workers.ingest_files import Unreadable, read_file
+
+    file = Path(path).expanduser()
     try:
-        return Path(path).expanduser().read_bytes()
-    except OSError as exc:
-        raise InvalidInput(f"cannot read image {path}: {exc.strerror or exc}") from None
+        if not os.path.lexists(file):
+            raise InvalidInput(f"cannot read image {path}: no such file")
+        return read_file(file)
+    except Unreadable as exc:
+        raise InvalidInput(f"cannot read image {path}: {exc}") from None
+    except ValueError:  # a NUL in the name
+        raise InvalidInput(f"cannot read image {path!r}: not a file name") from None
 
 
 class VectorCache:
@@ -235,7 +245,7 @@ class Service:
                     elif term.kind == "id":
                         vectors.append(db_search.stored_vector(conn, model, int(term.value)))
                     elif local_files:
-                        vectors.append(self.image_vector(encoder, _read_file(str(term.value))))
+                        vectors.append(self.image_vector(encoder, read_query_image(str(term.value))))
                     else:
                         raise InvalidInput(
                             f"image paths ({term.value}) work in the CLI only; upload the image to /api/search/image"

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pgclip.core.errors import InvalidInput
+from pgclip.workers.ingest_files import Unreadable, read_file
 
 MAX_CAPTION_CHARS = 10_000  # a caption, not a document; keeps to_tsvector far below its 1 MB limit
 MAX_PROBLEMS_KEPT = 50  # per manifest; the count of the rest is still reported
@@ -84,9 +85,9 @@ def load_manifest(path: Path) -> Manifest:
     """Parse either format (JSON Lines when the first non-blank character is ``{``)."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise InvalidInput(f"cannot read captions file {path}: {exc.strerror or exc}") from exc
+        raw = read_file(path)  # a regular file only: a FIFO is refused, not waited on for ever
+    except Unreadable as exc:
+        raise InvalidInput(f"cannot read captions file {path}: {exc}") from None
     # Bytes that are not UTF-8 (a latin-1 results.csv from an old archive) stay as Python keeps
     # file names (lone surrogates), so such a name finds the file of the same bytes.
     text = raw.decode("utf-8-sig", errors="surrogateescape")

@@ -104,7 +104,6 @@ def parse_filters(items: list[str]) -> dict:
 
 def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     import json
-    from pathlib import Path
 
     from pgclip.application.bootstrap import open_service
     from pgclip.db.replicas import start_route
@@ -112,10 +111,9 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
 
     image = None
     if args.image:
-        try:
-            image = Path(args.image).expanduser().read_bytes()
-        except OSError as exc:
-            raise InvalidInput(f"cannot read image {args.image}: {exc.strerror or exc}") from None
+        from pgclip.application.service import read_query_image
+
+        image = read_query_image(args.image)
     options = {p.name: getattr(args, p.name) for p in _OPTIONS}
     options["filters"] = parse_filters(args.filter)
     encoder = None

@@ -75,3 +75,12 @@ def test_search_in_refuses_a_folder_that_is_not_there_in_one_line(db_url, tmp_pa
     result = run("search", "a cat", "--in", str(tmp_path / "nope"), env=env)
     assert result.returncode == 1 and result.stderr == f"pgclip: error: no such folder: {tmp_path / 'nope'}\n"
     assert not os.path.exists(tmp_path / "nope")
+
+
+def test_a_query_image_that_is_a_fifo_is_one_line_not_a_hang(db_url, tmp_path: Path):
+    env = {"PGCLIP_DATABASE_URL": db_url, "PGCLIP_DATA_DIR": str(tmp_path / "data"), "PGCLIP_MODEL": "test-tiny"}
+    os.mkfifo(tmp_path / "q.jpg")
+    for args in (["--image", str(tmp_path / "q.jpg")], [f"a cat + {tmp_path / 'q.jpg'}"]):
+        result = run("search", *args, env=env, timeout=120)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.startswith(f"pgclip: error: cannot read image {tmp_path / 'q.jpg'}: not a regular file")

@@ -58,3 +58,11 @@ def test_a_file_that_is_no_manifest_is_one_clear_error(tmp_path, content):
 def test_a_missing_manifest_is_one_clear_error(tmp_path):
     with pytest.raises(InvalidInput, match="cannot read captions file"):
         load_manifest(tmp_path / "nope.jsonl")
+
+
+def test_a_fifo_as_manifest_is_refused_not_waited_on(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "captions.jsonl")  # nobody writes into it: a plain open would block for ever
+    with pytest.raises(InvalidInput, match="cannot read captions file .*not a regular file"):
+        load_manifest(tmp_path / "captions.jsonl")
