@@ -111,7 +111,9 @@ def export_parquet(
 ) -> ExportReport:
     """Write one model's vectors (the active model's unless named) with their images'
     fields, captions and metadata into ``directory`` (new or empty), from one snapshot."""
-    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+    if directory.exists() and not directory.is_dir():
+        raise InvalidInput(f"{directory} is a file, not a folder: export into a new or empty folder")
+    if directory.exists() and any(directory.iterdir()):
         raise InvalidInput(f"{directory} is not an empty folder: export into a new or empty one")
     created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)

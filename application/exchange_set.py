@@ -40,6 +40,8 @@ ROWS_PER_FILE = 100_000  # rows per part: 100k x 512 float32 is a 200 MB .npy, a
 BATCH_ROWS = 2_000  # rows per cursor fetch, per parquet row group and per import statement
 DTYPES = {"float32": np.float32, "float16": np.float16}
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+# A vector further than this from unit length is scaled to it on import (float16 sets stay well inside).
+UNIT_TOLERANCE = 1e-2
 
 
 
@@ -235,6 +237,9 @@ def _row(part: Part, n: int, meta: dict[str, Any], thumb: dict[str, Any] | None,
     vector = np.asarray(vector, dtype=np.float32)
     if not np.all(np.isfinite(vector)) or not np.any(vector):
         raise InvalidInput(f"{part.img_emb} row {n}: the vector is zero or not finite")
+    norm = float(np.linalg.norm(vector.astype(np.float64)))
+    if abs(norm - 1.0) > UNIT_TOLERANCE:  # an export's vectors are unit length; another tool's may not be
+        vector = (vector.astype(np.float64) / norm).astype(np.float32)
     if thumb is not None and thumb.get("image_id") != meta.get("image_id"):
         raise InvalidInput(f"{part.thumbnails} row {n}: image_id {thumb.get('image_id')} where "
                            f"{part.metadata.name} has {meta.get('image_id')}")

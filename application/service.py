@@ -256,12 +256,15 @@ class Service:
         if image is not None:
             parts.append(self.image_vector(encoder, image))
         if raw is not None:
-            v = np.asarray(raw, dtype=np.float32)
-            if v.ndim != 1 or not np.all(np.isfinite(v)) or float(np.linalg.norm(v)) == 0.0:
-                raise InvalidInput("vector must be a non-zero list of finite numbers")
+            # float64: the norm of float32 values near their limit (1e38) would overflow to inf.
+            v = np.asarray(raw, dtype=np.float64)
+            fits = v.ndim == 1 and bool(np.all(np.abs(v) <= np.finfo(np.float32).max))  # NaN fails too
+            norm = float(np.linalg.norm(v)) if fits else 0.0
+            if norm == 0.0:
+                raise InvalidInput("vector must be a non-zero list of finite numbers (within float32's range)")
             if len(v) != model.dimension:
                 raise InvalidInput(f"vector has {len(v)} dimensions, the model {model.name} has {model.dimension}")
-            parts.append(v / np.linalg.norm(v))
+            parts.append((v / norm).astype(np.float32))
         if not parts:
             return None
         total = np.sum(parts, axis=0)

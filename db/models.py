@@ -239,6 +239,12 @@ class Coverage:
     def fraction(self) -> float:
         return 1.0 if self.images == 0 else self.vectors / self.images
 
+    @property
+    def percent(self) -> str:
+        """The fraction as people read it, rounded down: 8414 of 8420 is 99.9 %, never 100 %."""
+        tenths = self.vectors * 1000 // self.images if self.images else 1000
+        return f"{tenths // 10}%" if tenths % 10 == 0 else f"{tenths / 10:.1f}%"
+
 
 def coverage(conn: psycopg.Connection) -> list[Coverage]:
     """Every model with how many of the collection's images have its vector."""
@@ -268,8 +274,13 @@ def check_activation(conn: psycopg.Connection, model: ModelRow, *, force: bool =
         return  # nothing to switch
     cov = next(c for c in coverage(conn) if c.model.id == model.id)
     if cov.fraction < 1.0 and not force:
+        from pgclip.db.queue import failed_images
+
+        failed = failed_images(conn, model.id)
+        why = (f"; {failed} of the others failed and will not get one (`pgclip status` says why; "
+               "`pgclip retry-failed` tries them again)") if failed else ""
         raise ConfigError(
-            f"{model.label} has vectors for {cov.vectors} of {cov.images} images ({cov.fraction:.0%}): "
+            f"{model.label} has vectors for {cov.vectors} of {cov.images} images ({cov.percent}){why}: "
             "let its workers finish (`pgclip status`), or activate anyway with --force"
         )
 

@@ -55,6 +55,15 @@ def at_least(minimum: int, wanted: str) -> Callable[[str], int]:
 positive = at_least(1, "a positive integer")
 
 
+def memory_size(text: str) -> str:
+    """argparse type: a PostgreSQL memory size such as 512MB or 2GB (checked before any work)."""
+    import re
+
+    if not re.fullmatch(r"[1-9][0-9]*(kB|MB|GB|TB)", text.strip()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a memory size such as 512MB or 2GB")
+    return text.strip()
+
+
 def port_number(text: str) -> int:
     """argparse type: a TCP port, 1 to 65535 (the OS would take 70000 as 70000 - 65536)."""
     value = positive(text)

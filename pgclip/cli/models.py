@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from pgclip.cli.common import out, positive
+from pgclip.cli.common import memory_size, out, positive
 from pgclip.core.settings import Settings
 
 
@@ -38,7 +38,7 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
         c = info.coverage
         mark = "  <- answers searches" if c.model.state == "active" else ""
         out(f"{c.model.name:<20} {c.model.pretrained[:28]:<28} {c.model.dimension:>5}  {c.model.state:<9} "
-            f"{f'{c.vectors}/{c.images} ({c.fraction:.0%})':<20} {_short_state(info)}{mark}")
+            f"{f'{c.vectors}/{c.images} ({c.percent})':<20} {_short_state(info)}{mark}")
     return 0
 
 
@@ -164,7 +164,8 @@ def add_model_parsers(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--ef-search", type=positive, help="HNSW: query candidate list (default: the search's window)")
     i.add_argument("--lists", type=positive, help="IVFFlat: number of lists (default vectors / 1000)")
     i.add_argument("--probes", type=positive, help="IVFFlat: lists probed per query (default sqrt(lists))")
-    i.add_argument("--memory", help="maintenance_work_mem for the build (default: the server's, at least 1GB)")
+    i.add_argument("--memory", type=memory_size,
+                   help="maintenance_work_mem for the build, such as 4GB (default: the server's, at least 1GB)")
     i.set_defaults(handler=_checked_index)
 
 

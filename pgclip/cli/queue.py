@@ -312,11 +312,12 @@ def cmd_rm(args: argparse.Namespace, settings: Settings) -> int:
     from pgclip.db.engine import connection
     from pgclip.db.images import delete_images
 
+    ids = list(dict.fromkeys(args.ids))  # `rm 31 31` deletes (and says) 31 once
     with connection(ready_url(settings)) as conn, conn.transaction():
-        deleted = delete_images(conn, args.ids)
-    for image_id in args.ids:
+        deleted = delete_images(conn, ids)
+    for image_id in ids:
         _out(f"deleted {image_id}" if image_id in deleted else f"no image with id {image_id}")
-    return 0 if len(deleted) == len(set(args.ids)) else 1
+    return 0 if len(deleted) == len(ids) else 1
 
 
 def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:

@@ -183,6 +183,7 @@ def test_upload_queues_a_new_image_and_recognises_a_known_one(served):
         ("post", "/api/search", {"json": {}}, 400, "give a text"),
         ("post", "/api/search", {"json": {"vector": [0.0] * 64}}, 400, "vector"),
         ("post", "/api/search", {"json": {"vector": [1.0] * 3}}, 400, "dimensions"),
+        ("post", "/api/search", {"json": {"vector": [1e39] * 64}}, 400, "within float32's range"),
         ("post", "/api/search", {"json": {"text": "dog", "cursor": "garbage!"}}, 400, "cursor"),
         ("post", "/api/search", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, ""),
         ("get", "/api/images/999999", {}, 404, "no image"),
@@ -209,6 +210,14 @@ def test_an_upload_over_the_size_limit_is_refused(served):
     client = served[0]
     big = io.BytesIO(b"\xff" * 2_500_000)
     assert_error(client.post("/api/images", files={"file": ("big.jpg", big, "image/jpeg")}), 413, "")
+
+
+def test_a_vector_near_float32s_limit_searches_as_its_direction(served):
+    """Only its direction counts: [1e38] * 64 is [1.0] * 64 (its norm overflowed float32 before)."""
+    client = served[0]
+    answers = [client.post("/api/search", json={"vector": [scale] * 64, "k": 5}) for scale in (1.0, 1e38)]
+    assert [a.status_code for a in answers] == [200, 200], answers[1].text
+    assert [r["id"] for r in answers[0].json()["results"]] == [r["id"] for r in answers[1].json()["results"]]
 
 
 def test_health_readiness_and_schema(served):

@@ -285,3 +285,22 @@ def test_files_the_user_may_not_read_are_rejected_and_the_rest_stored(db_url, tm
         f"  rejected {root}/photos/private: cannot list folder: permission denied",
         f"  rejected {root}/photos/img0001.jpg: permission denied",
     ]
+
+
+def test_edit_and_rm_from_the_cli(db_url, tmp_path):
+    """`pgclip edit ID ...` and `pgclip rm ID...` as the README gives them; an id given twice is
+    deleted and reported once, an unknown one is named and makes the exit status 1."""
+    env = env_for(db_url, tmp_path)
+    write_jpegs(tmp_path / "photos", 2)
+    run("ingest", str(tmp_path / "photos"), env=env, check=True)
+    with psycopg.connect(db_url) as conn:
+        first, second = [r[0] for r in conn.execute("SELECT id FROM pgclip.images ORDER BY id")]
+    run("edit", str(first), "--set", "tag=cat", "--caption-add", "a cat", env=env, check=True)
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT metadata->>'tag' FROM pgclip.images WHERE id = %s", [first]).fetchone()[0] == "cat"
+        assert conn.execute("SELECT text FROM pgclip.captions WHERE image_id = %s", [first]).fetchall() == [("a cat",)]
+    removed = run("rm", str(first), str(first), "999999", env=env)
+    assert removed.returncode == 1 and "Traceback" not in removed.stderr
+    assert removed.stdout.splitlines() == [f"deleted {first}", "no image with id 999999"]
+    with psycopg.connect(db_url) as conn:
+        assert [r[0] for r in conn.execute("SELECT id FROM pgclip.images")] == [second]

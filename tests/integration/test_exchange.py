@@ -162,6 +162,33 @@ def test_export_refuses_a_folder_that_is_not_empty_and_writes_nothing_there(db_u
     with pytest.raises(InvalidInput, match="not an empty folder"):
         export_parquet(db_url, tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+    with pytest.raises(InvalidInput, match="notes.txt is a file, not a folder"):
+        export_parquet(db_url, tmp_path / "notes.txt")
+
+
+def test_a_vector_far_from_unit_length_is_imported_as_its_direction(db_url, conn, target_url, tmp_path):
+    """Another tool's set (or an edited one) may hold unnormalised vectors; one scaled by 1e30
+    made NaN distances and an image no search could find."""
+    fill(conn, 3, unembedded=0)
+    folder = tmp_path / "set"
+    export_parquet(db_url, folder)
+    path = folder / "img_emb/img_emb_0.npy"
+    vectors = np.load(path)
+    scaled = vectors.copy()
+    scaled[1] *= 1e30
+    np.save(path, scaled)
+    rewrite_manifest(folder, lambda d: None)
+
+    import_parquet(target_url, folder, make_settings(target_url, tmp_path))
+
+    with psycopg.connect(target_url) as t:
+        stored = [np.array(json.loads(r[0]), dtype=np.float32) for r in
+                  t.execute("SELECT embedding::text FROM pgclip.embeddings e JOIN pgclip.images i ON i.id = e.image_id"
+                            " ORDER BY i.id")]
+    assert np.allclose(stored[1], vectors[1], atol=1e-6)
+    assert [s.tolist() for s in (stored[0], stored[2])] == [vectors[0].tolist(), vectors[2].tolist()]  # untouched
+    hits = results(target_url, SearchParams(vector=vectors[1], k=1))
+    assert hits[0][2] == pytest.approx(1.0, abs=1e-5)  # found, at similarity 1
 
 
 # --- the round trip ---------------------------------------------------------------------

@@ -191,3 +191,23 @@ def test_claim_uses_its_index(conn, model):
     ).fetchone()[0]
     conn.rollback()
     assert "embedding_jobs_claim_idx" in str(plan)
+
+
+def test_an_activation_refused_for_images_that_failed_says_so_and_never_rounds_to_100(conn, model):
+    from pgclip.core.errors import ConfigError
+    from pgclip.db.models import Coverage, activate, ensure_model
+
+    assert [Coverage(model, v, n).percent for v, n in ((8414, 8420), (1, 3), (3, 3), (0, 0))] == \
+        ["99.9%", "33.3%", "100%", "100%"]
+    other = ensure_model(conn, "test-tiny", "random-other", model.dimension)
+    ids = enqueue_images(conn, other, 3)
+    vector = np.eye(model.dimension, dtype=np.float32)[0]
+    for image_id in ids[:2]:
+        conn.execute("INSERT INTO pgclip.embeddings (image_id, model_id, embedding) VALUES (%s, %s, %s)",
+                     [image_id, other.id, vector])
+    conn.execute("UPDATE pgclip.embedding_jobs SET state = 'failed', last_error = 'corrupt image'"
+                 " WHERE image_id = %s AND model_id = %s", [ids[2], other.id])
+    conn.commit()
+    with pytest.raises(ConfigError, match=r"vectors for 2 of 3 images \(66\.6%\); 1 of the others failed and will "
+                                          r"not get one .*`pgclip retry-failed`"):
+        activate(conn, other)

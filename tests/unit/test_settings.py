@@ -44,3 +44,12 @@ def test_serve_port_must_be_a_port_number(capsys):
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args(["serve", "--port", "99999"])
     assert exit_.value.code == 2 and "'99999' is not a port number (1 to 65535)" in capsys.readouterr().err
+
+
+def test_index_rebuild_memory_is_checked_when_parsed_even_with_nothing_to_rebuild(capsys):
+    from pgclip.cli.main import build_parser
+
+    assert build_parser().parse_args(["index", "rebuild", "m", "--memory", "4GB"]).memory == "4GB"
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["index", "rebuild", "m", "--memory", "bogus"])
+    assert exit_.value.code == 2 and "'bogus' is not a memory size such as 512MB or 2GB" in capsys.readouterr().err
