@@ -255,7 +255,11 @@ def coverage(conn: psycopg.Connection) -> list[Coverage]:
 
 def find_model(conn: psycopg.Connection, name: str, pretrained: str | None = None) -> ModelRow:
     """The model called ``name`` (and ``pretrained``, needed only when several share the name)."""
-    rows = [m for m in list_models(conn) if m.name == name and (pretrained is None or m.pretrained == pretrained)]
+    named = [m for m in list_models(conn) if m.name == name]
+    rows = [m for m in named if pretrained is None or m.pretrained == pretrained]
+    if not rows and named:
+        tags = ", ".join(m.pretrained for m in named)
+        raise NotFound(f"no model {name!r} with weights {pretrained!r} is registered (its weights here: {tags})")
     if not rows:
         raise NotFound(f"no model {name!r} is registered: `pgclip models` lists them")
     if len(rows) > 1:

@@ -69,8 +69,14 @@ def _parser(p: Param):
 
 def parse_filters(items: list[str]) -> dict:
     """``key=value`` pairs into a filters object, each value read as its filter's kind says;
-    ``metadata.KEY=VALUE`` for metadata containment."""
+    ``metadata.KEY=VALUE`` for metadata containment. A list filter takes ``a,b`` or a JSON list,
+    and repeated it adds to its list; another filter given twice is refused. A ``folder`` that
+    exists here is named as sync stores it (symlinks resolved), as ``--in`` names it."""
     import json
+    import os
+    from pathlib import Path
+
+    from pgclip.application.sync import folder_filter
 
     filters: dict = {}
     for item in items:
@@ -86,18 +92,25 @@ def parse_filters(items: list[str]) -> dict:
             filters.setdefault("metadata", {})[key.removeprefix("metadata.")] = parsed
             continue
         kind = PARAMS[key].kind if key in FILTER_KEYS else "text"  # an unknown key is refused by the search
+        if key in filters and kind not in ("ids", "texts"):
+            raise InvalidInput(f"--filter {key} is given twice ({filters[key]} and {value}): give it once")
         try:
             if kind == "int":
                 filters[key] = int(value)
             elif kind == "bool":
                 filters[key] = {"true": True, "false": False, "yes": True, "no": False}[value.lower()]
-            elif kind == "ids":
-                filters[key] = [int(v) for v in value.split(",") if v.strip()]
-            elif kind == "texts":
-                filters[key] = [v.strip() for v in value.split(",") if v.strip()]
+            elif kind in ("ids", "texts"):
+                listed = json.loads(value) if value.lstrip().startswith("[") else value.split(",")
+                if not isinstance(listed, list) or any(isinstance(v, bool) or not isinstance(v, (int, str))
+                                                       for v in listed):
+                    raise ValueError
+                texts = [str(v).strip() for v in listed if str(v).strip()]
+                filters[key] = [*filters.get(key, []), *(map(int, texts) if kind == "ids" else texts)]
+            elif key == "folder" and os.path.isdir(value):
+                filters[key] = folder_filter(Path(os.path.realpath(value)))
             else:
                 filters[key] = value
-        except (ValueError, KeyError):
+        except (ValueError, KeyError, TypeError):
             raise InvalidInput(f"--filter {key}: cannot read {value!r}") from None
     return filters
 

@@ -211,3 +211,14 @@ def test_an_activation_refused_for_images_that_failed_says_so_and_never_rounds_t
     with pytest.raises(ConfigError, match=r"vectors for 2 of 3 images \(66\.6%\); 1 of the others failed and will "
                                           r"not get one .*`pgclip retry-failed`"):
         activate(conn, other)
+
+
+def test_a_model_named_with_weights_it_does_not_have_is_told_apart_from_an_unknown_name(conn, model):
+    from pgclip.core.errors import NotFound
+    from pgclip.db.models import find_model
+
+    with pytest.raises(NotFound, match=r"no model 'test-tiny' with weights 'nope' is registered "
+                                       r"\(its weights here: random-seed-0\)"):
+        find_model(conn, "test-tiny", "nope")
+    with pytest.raises(NotFound, match=r"no model 'ViT-Q' is registered: `pgclip models` lists them"):
+        find_model(conn, "ViT-Q")
