@@ -224,7 +224,7 @@ class Service:
         image = decode(data)  # raises ImageRejected (a 400) for anything that is not a usable image
         return encoder.encode_images([image])[0]
 
-    def query_vector(self, conn: psycopg.Connection, model: ModelRow, encoder: ClipEncoder, text: str | None,
+    def query_vector(self, conn: psycopg.Connection, model: ModelRow, encoder: ClipEncoder | None, text: str | None,
                      raw: list[float] | None, image: bytes | None = None, *,
                      local_files: bool = False) -> np.ndarray | None:
         """The query's vector from text (plain or composed), an uploaded image and/or a raw vector.
@@ -278,7 +278,11 @@ class Service:
     def search(self, *, text: str | None, raw: list[float] | None, image: bytes | None,
                options: dict[str, Any], local_files: bool = False) -> db_search.Page:
         def run(conn: psycopg.Connection) -> db_search.Page:
-            model, encoder = self._current(conn)
+            if (text and text.strip()) or image is not None:
+                model, encoder = self._current(conn)
+            else:  # a caption query or a raw vector: no model to load (nor to fail to load)
+                with conn.transaction():
+                    model, encoder = require_active_model(conn), None
             vector = self.query_vector(conn, model, encoder, text, raw, image, local_files=local_files)
             params = db_search.SearchParams(vector=vector, ts_config=self.settings.text_search_config, **options)
             return _with_videos(conn, db_search.search(conn, params, model=model))

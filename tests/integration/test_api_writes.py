@@ -157,3 +157,22 @@ def test_activating_a_model_without_vectors_is_refused_unless_forced(keyed_clien
     assert forced.status_code == 200, forced.text
     assert forced.json()["previous"].startswith("test-tiny ")
     assert [m["state"] for m in keyed_client.get("/api/models").json()] == ["retired", "active"]
+
+
+def test_a_caption_or_vector_search_answers_while_the_active_models_weights_cannot_load(keyed_client, conn, image):
+    """The active model's checkpoint is not on this API's machine: a text search cannot be
+    encoded (409, saying what to set), but a caption query or a raw vector needs no model at all."""
+    from pgclip.db.models import ensure_model
+
+    elsewhere = ensure_model(conn, "ViT-B-32", "sha256:" + "ab" * 32, 512)
+    conn.execute("UPDATE pgclip.models SET state = CASE WHEN id = %s THEN 'active' ELSE 'retired' END", [elsewhere.id])
+    v = np.ones(512, dtype=np.float32) / np.sqrt(512)
+    conn.execute("INSERT INTO pgclip.embeddings (image_id, model_id, embedding) VALUES (%s, %s, %s)",
+                 [image, elsewhere.id, v])
+    conn.commit()
+    text = keyed_client.post("/api/search", json={"text": "a cat"})
+    assert text.status_code == 409 and "set PGCLIP_PRETRAINED to that file" in text.json()["detail"], text.text
+    caption = keyed_client.post("/api/search", json={"caption_query": "sleepy"})
+    assert caption.status_code == 200 and [r["id"] for r in caption.json()["results"]] == [image], caption.text
+    vector = keyed_client.post("/api/search", json={"vector": [1.0] * 512})
+    assert vector.status_code == 200 and [r["id"] for r in vector.json()["results"]] == [image], vector.text
