@@ -292,7 +292,9 @@ def _store(
     except psycopg.Error as exc:
         raise _interrupted(conn, exc, report) from exc
     report.added += len(stored.added)
-    report.present += len(stored.existing)
+    # Already present: stored before, or by another file of this batch with the same bytes (the
+    # two maps are by sha256), so that added + present + skipped + rejected counts every file.
+    report.present += len(good) - len(stored.added)
     report.captions_added += stored.captions_added
     report.enqueued += stored.enqueued
     report.image_ids.extend(sorted({**stored.existing, **stored.added}.values()))

@@ -82,6 +82,17 @@ def test_a_second_run_finds_odd_names_again(conn, model_id, tmp_path):
     assert {jobs for _, jobs in rows(conn).values()} == {1}
 
 
+def test_copies_of_one_file_are_counted_as_present_so_every_file_is_counted(conn, model_id, tmp_path):
+    """Three copies in one batch read "added 1, already present 0" before: the copies vanished."""
+    for n in range(3):
+        (tmp_path / f"copy{n}.jpg").write_bytes(jpeg_bytes(7))
+    (tmp_path / "other.jpg").write_bytes(jpeg_bytes(8))
+    first = ingest(conn, [tmp_path], model_id=model_id)
+    assert (first.added, first.present, first.enqueued) == (2, 2, 2)
+    again = ingest(conn, [tmp_path], model_id=model_id, batch_files=2)  # copies across batches too
+    assert (again.added, again.present) == (0, 4)
+
+
 def test_a_manifest_naming_things_that_are_not_files_reports_each(conn, model_id, tmp_path):
     good = make_corpus(tmp_path / "corpus")
     manifest = tmp_path / "captions.jsonl"
