@@ -278,7 +278,10 @@ def eval_captions(
         raise NotFound(
             f"set {name} is empty: none of the {len(with_captions)} captioned images in {manifest.path} has a "
             f"vector for the active model {model.label} ({counts['missing']} not in the database, "
-            f"{counts['not_embedded']} not embedded{f', {filtered_out} filtered out' if filtered_out else ''})"
+            f"{counts['not_embedded']} not embedded"
+            + (f", {counts['ambiguous']} ambiguous: several stored images have the file's name, none its path"
+               if counts["ambiguous"] else "")
+            + f"{f', {filtered_out} filtered out' if filtered_out else ''})"
             + (f": run `pgclip ingest DIR --captions {manifest.path}` and `pgclip worker --until-empty`, or give "
                "--images DIR" if counts["missing"] or counts["not_embedded"] else "")
         )

@@ -361,6 +361,18 @@ def test_user_mistakes_are_one_line_errors(tmp_path, settings):
     with pytest.raises(InvalidInput, match="set name must be 1 to 200 printable characters"):
         args = cli(["eval", "captions", str(manifest), "--set", " "])
         args.handler(args, settings)
+    # Two stored images of that file name, neither at the manifest's path: which one is meant is
+    # not known, and the message says so (it read "0 not in the database, 0 not embedded").
+    from pgclip.db.engine import connect
+    from tests.integration.test_schema import add_image
+
+    with connect(settings.database_url, role="test") as conn:
+        for folder in ("a", "b"):
+            add_image(conn, f"/{folder}/nowhere.jpg")
+        conn.commit()
+    with pytest.raises(NotFound, match="1 ambiguous: several stored images have the file's name, none its path"):
+        args = cli(["eval", "captions", str(manifest)])
+        args.handler(args, settings)
     with pytest.raises(NotFound, match="no images folder at"):
         args = cli(["eval", "captions", str(manifest), "--images", str(tmp_path / "nowhere")])
         args.handler(args, settings)
