@@ -263,7 +263,7 @@ def _finite(value: Any, low: float) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value) and value >= low
 
 
-def _video(where: str, raw: Any, ts: Any) -> db.ExchangeVideo | None:
+def _video(where: str, raw: Any, ts: Any) -> db.NewVideo | None:
     """A frame's video, checked as the database's constraints would; None for a picture."""
     if raw is None and ts is None:
         return None
@@ -285,7 +285,7 @@ def _video(where: str, raw: Any, ts: Any) -> db.ExchangeVideo | None:
         raise InvalidInput(f"{where}: the video's mime or container is missing")
     if any(isinstance(t, str) and "\x00" in t for t in (*texts, raw.get("source"))):
         raise InvalidInput(f"{where}: a NUL character in the video's fields (PostgreSQL text cannot hold one)")
-    return db.ExchangeVideo(**{name: raw.get(name) for name in db.VIDEO_FIELDS})
+    return db.NewVideo(**{name: raw.get(name) for name in db.VIDEO_FIELDS})
 
 
 def batches(part: Part) -> Iterator[list[db.ExchangeRow]]:

@@ -24,28 +24,11 @@ from pgclip.db.engine import connect
 from pgclip.db.images import add_captions
 from pgclip.db.models import MODELS, ModelRow, get_model, index_ddl, vector_count
 from pgclip.db.queries import load
+from pgclip.db.videos import NewVideo
 
 EXCHANGE = load("exchange.sql")
-
-
-@dataclasses.dataclass(frozen=True)
-class ExchangeVideo:
-    """The video an exported frame was sampled from: what its ``videos`` row holds (its bytes
-    never travel, as an image's do not)."""
-
-    sha256: str
-    source: str | None
-    source_bytes: bytes | None
-    byte_size: int
-    mime: str
-    container: str
-    duration_s: float | None
-    frame_interval_s: float
-    width: int
-    height: int
-
-
-VIDEO_FIELDS = tuple(f.name for f in dataclasses.fields(ExchangeVideo))
+# A frame's video travels as what ingest knows of a video before storing it (its bytes never do).
+VIDEO_FIELDS = tuple(f.name for f in dataclasses.fields(NewVideo))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +52,7 @@ class ExchangeRow:
     thumbnail_mime: str | None = None
     thumbnail_width: int | None = None
     thumbnail_height: int | None = None
-    video: ExchangeVideo | None = None  # a frame's video; None for a picture
+    video: NewVideo | None = None  # a frame's video; None for a picture
     video_ts: float | None = None  # seconds from the video's start; None for a picture
 
 
@@ -103,7 +86,7 @@ def _export_row(cursor: psycopg.Cursor) -> Any:
             if row[key] is not None:
                 row[key] = bytes(row[key])
         video = {name: row.pop(f"video_{name}") for name in VIDEO_FIELDS}
-        row["video"] = ExchangeVideo(**video) if video["sha256"] is not None else None
+        row["video"] = NewVideo(**video) if video["sha256"] is not None else None
         return ExchangeRow(**row)
 
     return make
