@@ -69,6 +69,13 @@ def _litestar_detail(request: Request, exc: HTTPException) -> str:
     (so that the detail alone names the problem) and the path without the query string (which
     it would echo back whole, however long)."""
     extra = getattr(exc, "extra", None)
+    if exc.status_code == 413 and exc.detail == "Request Entity Too Large":  # Litestar's, on any route
+        try:
+            limit = request.route_handler.resolve_request_max_body_size()
+        except Exception:  # no route resolved: say what is known
+            limit = None
+        return ("the request is too large" + (f": at most {limit:,} bytes on this route (PGCLIP_UPLOAD_MAX_BYTES, "
+                                               "PGCLIP_VIDEO_UPLOAD_MAX_BYTES)" if limit else ""))
     if not exc.detail.startswith("Validation failed for ") or not isinstance(extra, list):
         return exc.detail
     problems = [f"{e.get('key')}: {e.get('message')}" for e in extra if isinstance(e, dict) and e.get("message")]

@@ -80,19 +80,31 @@ function toParams(query) {
 
 function fromParams(p) {
   const pick = (name, allowed, fallback) => (allowed.includes(p.get(name)) ? p.get(name) : fallback);
+  const dropped = []; // name=value pairs of the URL that no field can show (a hand-edited link)
+  const checked = (name, valid) => {
+    const value = (p.get(name) || "").trim();
+    if (value && !valid(value)) {
+      dropped.push(`${name}=${value.slice(0, 40)}`);
+      return "";
+    }
+    return value;
+  };
+  const isDate = (v) => /^\d{4}-\d{2}-\d{2}$/.test(v) && !Number.isNaN(Date.parse(`${v}T00:00:00Z`));
+  const isNumber = (v) => v !== "" && Number.isFinite(Number(v));
   return {
     q: p.get("q") || "",
     mode: pick("mode", ["vector", "text", "hybrid"], "hybrid"),
     order: pick("order", ["relevance", "newest", "oldest"], "relevance"),
-    after: p.get("after") || "",
-    before: p.get("before") || "",
+    after: checked("after", isDate),
+    before: checked("before", isDate),
     orientation: pick("orientation", ["landscape", "portrait", "square"], ""),
     formats: (p.get("format") || "").split(",").filter(Boolean),
     meta: p.get("meta") || "",
     words: p.get("words") || "",
-    minSimilarity: (p.get("min_similarity") || "").trim(),
-    maxDrop: (p.get("max_drop") || "").trim(),
+    minSimilarity: checked("min_similarity", isNumber),
+    maxDrop: checked("max_drop", isNumber),
     image: p.get("image") || "",
+    dropped,
   };
 }
 
@@ -208,7 +220,7 @@ function renderStrip(query) {
     el("span", { class: "end", text: lo.toFixed(3) }),
     axis,
     el("span", { class: "end", text: hi.toFixed(3) }),
-    cuts.length ? el("span", { class: "label", text: cuts.map((c) => `cut at ${c.at.toFixed(3)} (${c.id === "cut-min" ? "minimum" : "drop"})`).join(", ") }) : null,
+    ...(cuts.length ? [el("span", { class: "label", text: cuts.map((c) => `cut at ${c.at.toFixed(3)} (${c.id === "cut-min" ? "minimum" : "drop"})`).join(", ") })] : []),
   );
   strip.setAttribute("aria-label", `Similarities from ${lo.toFixed(3)} to ${hi.toFixed(3)}`);
 }
@@ -224,7 +236,9 @@ async function run(query, { append = false } = {}) {
   }
   if (!hasQuery(query)) {
     results.replaceChildren(emptyBox("Find pictures by what they show", "Type a description or drop a picture to search."));
+    results.setAttribute("aria-busy", "false");
     more.classList.add("hidden");
+    loading = false; // an answer still in flight is stale now (its generation has passed)
     return;
   }
   loading = true;
@@ -304,6 +318,7 @@ function dataUrlToBlob(dataUrl) {
 function setImage(file) {
   if (!file) return;
   if (file.type && !file.type.startsWith("image/")) {
+    stopPaging(); // the results it replaces must not page on under the error
     results.replaceChildren(errorBox(new Error(`${file.name} is not an image`), "Cannot search by this file"));
     return;
   }
@@ -323,6 +338,15 @@ function setImage(file) {
   submit();
 }
 
+/** Forget the search on screen: its answers in flight are stale, and "More" has nothing to continue. */
+function stopPaging() {
+  ++generation;
+  current = null;
+  cursor = null;
+  loading = false;
+  more.classList.add("hidden");
+}
+
 function clearImage() {
   queryImage = null;
   $("#file").value = "";
@@ -332,31 +356,33 @@ function clearImage() {
   submit();
 }
 
-/** An image named in the URL comes back from this tab's sessionStorage, if it is there. */
+/** An image named in the URL comes back from this tab's sessionStorage, if it is there; else
+ * the notice that says why the search runs without it (null when there is nothing to say). */
 function restoreImage(name) {
   queryImage = null;
-  if (!name) return;
+  if (!name) return null;
   try {
     const kept = JSON.parse(sessionStorage.getItem(IMAGE_KEY) || "null");
     if (kept && kept.name === name) {
       queryImage = { name, blob: dataUrlToBlob(kept.data) };
       $("#drop-preview").src = kept.data;
-      return;
+      return null;
     }
   } catch {
     /* fall through to the notice */
   }
-  notice.replaceChildren(el("div", { class: "notice", role: "status" },
-    `This link searched by a picture (${name}) that links cannot carry: drop it again to repeat that search.`));
+  return `This link searched by a picture (${name}) that links cannot carry: drop it again to repeat that search.`;
 }
 
 function loadFromUrl() {
   const query = fromParams(new URLSearchParams(location.search));
-  restoreImage(query.image);
+  const said = [restoreImage(query.image), query.dropped.length
+    ? `This link had values the page cannot read, left out: ${query.dropped.join(", ")}.` : null].filter(Boolean);
   writeForm(query);
   if (activeFilters(query)) $("#filters").open = true;
   setTitle(titleFor(query));
-  if (hasQuery(query)) run(query);
+  run(query); // without a query: the empty page, and any answer still in flight is stale
+  if (said.length) notice.replaceChildren(...said.map((text) => el("div", { class: "notice", role: "status", text })));
 }
 
 // --- wiring -------------------------------------------------------------------------------

@@ -210,6 +210,10 @@ def test_an_upload_over_the_size_limit_is_refused(served):
     client = served[0]
     big = io.BytesIO(b"\xff" * 2_500_000)
     assert_error(client.post("/api/images", files={"file": ("big.jpg", big, "image/jpeg")}), 413, "")
+    # A search by a picture that large: the limit named (it said only "Request Entity Too Large").
+    big.seek(0)
+    assert_error(client.post("/api/search/image", files={"file": ("big.jpg", big, "image/jpeg")}), 413,
+                 "the request is too large: at most 2,000,000 bytes on this route")
 
 
 def test_a_vector_near_float32s_limit_searches_as_its_direction(served):

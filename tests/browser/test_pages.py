@@ -133,6 +133,39 @@ def test_searching_by_a_chosen_or_dropped_image_finds_that_image_first(page, ser
     console.assert_clean()
 
 
+def test_the_search_page_keeps_its_state_straight(page, served, tmp_path, console):
+    """What a new-user pass found: a stray page 2 under an error, old results after Back to an
+    empty search, a literal "null" in the similarity strip, raw JavaScript errors for hand-edited
+    links, and a picture link that turned into a text search without a word."""
+    page.goto("/?q=a+photo&mode=vector")
+    expect(page.locator("#grid .card")).to_have_count(24)
+    expect(page.locator("#sim-strip")).not_to_contain_text("null")
+    (tmp_path / "notes.txt").write_text("not a picture")
+    page.locator("#file").set_input_files(str(tmp_path / "notes.txt"))
+    expect(page.locator("#results .error")).to_contain_text("notes.txt is not an image")
+    page.mouse.wheel(0, 5000)  # where infinite scroll would fetch page 2
+    page.wait_for_timeout(1500)
+    expect(page.locator("#grid")).to_have_count(0)
+    expect(page.locator("#more")).to_be_hidden()
+
+    page.goto("/")
+    page.goto("/?q=a+dog&mode=vector")
+    expect(page.locator("#grid .card").first).to_be_visible()
+    page.go_back()
+    expect(page.locator("#results .empty")).to_contain_text("Find pictures by what they show")
+    expect(page.locator("#grid")).to_have_count(0)
+
+    page.goto("/?q=a+dog&mode=vector&before=garbage&min_similarity=zz")
+    expect(page.locator("#notice")).to_contain_text("left out: before=garbage, min_similarity=zz")
+    expect(page.locator("#grid .card").first).to_be_visible()  # searched without them
+    expect(page.locator("#results .error")).to_have_count(0)
+
+    page.goto("/?q=a+dog&mode=vector&image=elsewhere.jpg")  # a picture this tab does not keep
+    expect(page.locator("#grid .card").first).to_be_visible()
+    expect(page.locator("#notice")).to_contain_text("searched by a picture (elsewhere.jpg) that links cannot carry")
+    console.assert_clean()
+
+
 def test_no_results_and_api_errors_are_shown_as_such(page, console):
     page.goto("/?q=zebra&mode=text")
     expect(page.locator("#results .empty")).to_contain_text("No results")

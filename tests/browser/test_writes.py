@@ -262,3 +262,26 @@ def test_the_duplicates_page_groups_a_resized_copy(page, served, mine, console):
     page.keyboard.press("Enter")
     expect(page).to_have_url(re.compile(rf"/images/{mine['original']}$"))
     console.assert_clean()
+
+
+def _page_width(page) -> int:
+    return page.evaluate("document.documentElement.scrollWidth")
+
+
+def test_no_page_grows_wider_than_the_window(page, served, console):
+    """Sideways scrolling found by a new-user pass: the header on a phone, a 10,000-character
+    caption on the image page, a large duplicates group."""
+    image_id = _upload(served.client, "wide.jpg", jpeg_bytes(6104, (160, 120)), ["x" * 10_000])
+    try:
+        for width in (1280, 375):
+            page.set_viewport_size({"width": width, "height": 800})
+            for path in ("/", f"/images/{image_id}", "/duplicates?threshold=0.5", "/status"):
+                page.goto(path)
+                page.wait_for_load_state("networkidle")
+                assert _page_width(page) <= width, (path, width, _page_width(page))
+        page.set_viewport_size({"width": 1280, "height": 800})
+        page.goto(f"/images/{image_id}")
+        expect(page.locator(".remove-caption")).to_be_in_viewport()  # the long caption's Remove button
+    finally:
+        assert served.client.delete(f"/api/images/{image_id}").status_code == 204
+    console.assert_clean()
