@@ -201,9 +201,9 @@ class PageController(Controller):
     def search(self) -> Response[str]:
         return _html("search", "/")
 
-    @get("/images/{image_id:int}", sync_to_thread=False)
-    def image(self, image_id: FromPath[int]) -> Response[str]:
-        return _html("image", None)
+    @get("/images/{image_id:str}", sync_to_thread=False)
+    def image(self, image_id: FromPath[str]) -> Response[str]:
+        return _html("image", None)  # the page says when the id is no image (/images/abc too)
 
     @get("/status", sync_to_thread=False)
     def status(self) -> Response[str]:

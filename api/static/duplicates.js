@@ -114,7 +114,7 @@ async function load(threshold) {
   if (!groups.length) {
     summary.textContent = `No groups ${at}.`;
     root.replaceChildren(emptyBox("No near-duplicates at this threshold",
-      threshold > 0.8 ? "Lower the threshold to find looser copies." : "Every image is distinct enough at this setting."));
+      threshold > 0.5 ? "Lower the threshold to find looser copies." : "Every image is distinct enough at this setting."));
     return;
   }
   summary.textContent = `${groups.length} group${groups.length === 1 ? "" : "s"} of ${images} images ${at}, largest first.`;
@@ -139,7 +139,7 @@ form.addEventListener("submit", (event) => {
   const t = Number(number.value);
   if (number.value.trim() === "" || !Number.isFinite(t)) {
     summary.textContent = "";
-    root.replaceChildren(errorBox(new Error("type a similarity between 0.80 and 1.00"), "No threshold"));
+    root.replaceChildren(errorBox(new Error("type a similarity between 0.50 and 1.00"), "No threshold"));
     return;
   }
   apply(t);

@@ -7,7 +7,8 @@ import { clock, framePlayer, markFrame } from "/static/video.js";
 
 const SIMILAR_K = 12;
 const POLL_MS = 2000; // while the image waits in the queue
-const imageId = Number(location.pathname.split("/").filter(Boolean).pop());
+const rawId = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop() || "");
+const imageId = /^\d{1,18}$/.test(rawId) ? Number(rawId) : null; // null: /images/abc, /images/1.5
 const root = $("#image-root");
 
 let shown = null; // the detail on screen
@@ -188,12 +189,16 @@ function editorText(value) {
   return parseValue(value) === value ? value : JSON.stringify(value);
 }
 
-/** What a value field means: JSON when it reads as JSON (2020, true, "quoted", [1, 2]), else the text. */
+/** What a value field means: JSON when it reads as JSON (2020, true, "quoted", [1, 2]), else the
+ * text. A number JSON cannot hold (1e999 is Infinity, which it would store as null) keeps the text. */
 function parseValue(raw) {
   const text = raw.trim();
   if (text === "") return "";
   try {
-    return JSON.parse(text);
+    return JSON.parse(text, (_, v) => {
+      if (typeof v === "number" && !Number.isFinite(v)) throw new RangeError("not a finite number");
+      return v;
+    });
   } catch {
     return text;
   }
@@ -372,6 +377,12 @@ async function loadSimilar() {
 }
 
 async function load() {
+  if (imageId === null) {
+    setTitle("Image not found");
+    root.replaceChildren(el("h1", { text: "Image" }),
+      errorBox(new Error(`“${rawId.slice(0, 60)}” is not an image id (a whole number, as in /images/12)`), "No such image"));
+    return;
+  }
   let detail;
   try {
     detail = await api(`/api/images/${imageId}`);

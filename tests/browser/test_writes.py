@@ -82,12 +82,17 @@ def test_metadata_captions_and_date_are_edited_on_the_image_page(page, served, m
     page.keyboard.type("colour")
     page.keyboard.press("Tab")
     page.keyboard.type("red")
+    page.get_by_role("button", name="Add a key").click()
+    page.keyboard.type("huge")
+    page.keyboard.press("Tab")
+    page.keyboard.type("1e999")  # Infinity to JSON.parse, which JSON would store as null: kept as text
     page.keyboard.press("Enter")  # submits the editor
     expect(page.locator("#metadata")).to_contain_text("canoe")
     expect(page.locator("#metadata")).to_contain_text("colour")
     expect(page.locator("#metadata")).not_to_contain_text("2019")
     expect(page.get_by_role("button", name="Edit metadata")).to_be_focused()
-    assert served.client.get(f"/api/images/{image_id}").json()["metadata"] == {"tag": "canoe", "colour": "red"}
+    assert served.client.get(f"/api/images/{image_id}").json()["metadata"] == \
+        {"tag": "canoe", "colour": "red", "huge": "1e999"}
 
     # Captions: add one by keyboard, remove the old one with its own button.
     page.get_by_label("New caption").fill("a teal submarine periscope")
@@ -261,6 +266,24 @@ def test_the_duplicates_page_groups_a_resized_copy(page, served, mine, console):
     link.focus()
     page.keyboard.press("Enter")
     expect(page).to_have_url(re.compile(rf"/images/{mine['original']}$"))
+    console.assert_clean()
+
+
+def test_an_image_link_that_is_no_id_is_the_image_page_saying_so(page, console):
+    console.allow("status of 404")
+    for path in ("/images/abc", "/images/1.5"):
+        page.goto(path)  # was Litestar's raw JSON 404
+        expect(page.locator("#main .error")).to_contain_text("is not an image id")
+        expect(page).to_have_title("Image not found · pgclip")
+    page.goto("/images/999999")
+    expect(page.locator("#main .error")).to_contain_text("no image with id 999999")
+    console.assert_clean()
+
+
+def test_the_duplicates_threshold_reaches_down_to_what_the_api_takes(page, console):
+    page.goto("/duplicates?threshold=0.5")
+    expect(page.locator("#threshold")).to_have_value("0.50")
+    expect(page.locator("#threshold-range")).to_have_value("0.5")  # it stopped at 0.8
     console.assert_clean()
 
 
