@@ -120,12 +120,18 @@ class FolderSync:
                         lease_seconds=s.lease_seconds, max_attempts=s.max_attempts,
                         model_threads=self.encoder.model_threads)
         failure: list[BaseException] = []
+        # An Event, not Thread.join: a join(timeout) that Ctrl-C interrupts marks a running thread
+        # stopped on Python 3.11 (bpo-45274's fix), so the next join returned at once and the
+        # process left before the worker gave its batch back (16 jobs left leased).
+        ended = threading.Event()
 
         def run() -> None:
             try:
                 worker.run()
             except BaseException as exc:  # reported by the waiting thread
                 failure.append(exc)
+            finally:
+                ended.set()
 
         thread = threading.Thread(target=run, name="sync-worker", daemon=True)
         thread.start()
@@ -136,14 +142,14 @@ class FolderSync:
                     on_progress(max(0, total - now.open), total)
                 if now.open == 0:
                     return now
-                if not thread.is_alive():
+                if ended.is_set():
                     if failure and isinstance(failure[0], PgclipError):
                         raise failure[0]
                     raise RuntimeError("the sync's worker stopped") from (failure[0] if failure else None)
-                thread.join(EMBED_POLL_SECONDS)
+                ended.wait(EMBED_POLL_SECONDS)
         finally:
             worker.stop()  # finishes the batch in hand, gives back the rest
-            thread.join()
+            ended.wait()
 
 
 def watch(root: Path, on_changes: Callable[[], None], *, poll: bool = False,

@@ -84,3 +84,37 @@ def test_a_query_image_that_is_a_fifo_is_one_line_not_a_hang(db_url, tmp_path: P
         result = run("search", *args, env=env, timeout=120)
         assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
         assert result.stderr.startswith(f"pgclip: error: cannot read image {tmp_path / 'q.jpg'}: not a regular file")
+
+
+def test_ctrl_c_while_search_in_embeds_gives_every_claimed_job_back(db_url, tmp_path: Path):
+    """Ctrl-C during the folder's embedding: the batch in hand is finished, the rest released,
+    none left leased to a process that is gone (16 were: Thread.join after an interrupted join)."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.waiting import wait_for
+
+    env = {"PGCLIP_DATABASE_URL": db_url, "PGCLIP_DATA_DIR": str(tmp_path / "data"), "PGCLIP_MODEL": "test-tiny",
+           "PGCLIP_MODEL_THREADS": "1", "PGCLIP_TORCH_THREADS": "1"}  # one thread: seconds of embedding to stop
+    write_jpegs(tmp_path / "album", 600, size=(640, 480))
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PGCLIP_")}
+    search = subprocess.Popen([sys.executable, "-m", "pgclip.cli", "search", "a cat", "--in", str(tmp_path / "album")],
+                              env={**base, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+    def states() -> dict[str, int]:
+        with psycopg.connect(db_url) as conn:
+            return dict(conn.execute("SELECT state, count(*) FROM pgclip.embedding_jobs GROUP BY 1").fetchall())
+
+    try:
+        wait_for(lambda: states().get("done", 0) > 0, 180, 0.05, "the folder's embedding under way", [search])
+        search.send_signal(signal.SIGINT)
+        out, err = search.communicate(timeout=120)
+    finally:
+        if search.poll() is None:
+            search.kill()
+            search.communicate()
+    assert search.returncode == 130 and "Traceback" not in err, err
+    left = states()
+    assert left.get("leased", 0) == 0 and left.get("pending", 0) > 0, left
