@@ -3,14 +3,20 @@ import { $, api, ApiError, el, errorBox, parseMetadata, write } from "/static/co
 
 const POLL_MS = 2000; // while any upload still waits for a worker
 let files = [];
-const watching = new Map(); // image id -> its <li>
+const watching = new Map(); // image id -> its rows (the same file twice in one batch: two rows, one image)
 let timer = null;
 
 function setFiles(list) {
-  files = [...list].filter((f) => !f.type || f.type.startsWith("image/") || f.type.startsWith("video/"));
+  const media = (f) => !f.type || f.type.startsWith("image/") || f.type.startsWith("video/");
+  files = [...list].filter(media);
+  const left = [...list].filter((f) => !media(f)).map((f) => f.name);
   $("#drop-text").textContent = files.length
     ? `${files.length} file${files.length === 1 ? "" : "s"} chosen: ${files.map((f) => f.name).join(", ")}`
     : "Drop pictures or videos here, or";
+  $("#upload-error").replaceChildren(...(left.length
+    ? [el("p", { class: "notice", id: "files-left-out", role: "status",
+      text: `Left out, not pictures or videos: ${left.join(", ")}` })]
+    : []));
   $("#choose-files").textContent = files.length ? "Choose other files…" : "Choose files…";
   $("#upload-button").disabled = files.length === 0;
 }
@@ -60,7 +66,10 @@ async function upload(event) {
       const answer = await write("/api/images", { method: "POST", body });
       const li = row(file, answer);
       $("#uploads").prepend(li);
-      if (li.dataset.id) watching.set(Number(li.dataset.id), li);
+      if (li.dataset.id) {
+        const id = Number(li.dataset.id);
+        watching.set(id, [...(watching.get(id) || []), li]);
+      }
     } catch (err) {
       if (err instanceof ApiError && err.status === 401) {
         // No (valid) key: every other file would be refused too. Keep them chosen for another try.
@@ -78,15 +87,17 @@ async function upload(event) {
 
 async function poll() {
   clearTimeout(timer);
-  for (const [id, li] of watching) {
+  for (const [id, rows] of watching) {
     try {
       const d = await api(`/api/images/${id}`);
-      li.querySelector(".state").replaceChildren(badge(d.queue_state, d.embedded));
-      if (d.embedded || d.queue_state === "failed") {
-        if (d.thumbnail_url) li.querySelector(".thumb").replaceWith(el("img", { class: "thumb", src: d.thumbnail_url, alt: "" }));
-        if (d.last_error) li.querySelector(".what").append(el("pre", { class: "last-error", text: d.last_error }));
-        watching.delete(id);
+      for (const li of rows) {
+        li.querySelector(".state").replaceChildren(badge(d.queue_state, d.embedded));
+        if (d.embedded || d.queue_state === "failed") {
+          if (d.thumbnail_url) li.querySelector(".thumb").replaceWith(el("img", { class: "thumb", src: d.thumbnail_url, alt: "" }));
+          if (d.last_error) li.querySelector(".what").append(el("pre", { class: "last-error", text: d.last_error }));
+        }
       }
+      if (d.embedded || d.queue_state === "failed") watching.delete(id);
     } catch {
       watching.delete(id);
     }

@@ -334,17 +334,23 @@ def test_an_upload_is_queued_embedded_by_the_worker_and_then_found(page, served,
     page.goto("/upload")
     expect(page).to_have_title("Add images · pgclip")
     expect(page.locator("#queue-line")).to_contain_text(f"{before} done")
-    page.locator("#files").set_input_files(str(picture))
+    (tmp_path / "giraffe again.jpg").write_bytes(picture.read_bytes())  # the same picture twice in one batch
+    (tmp_path / "notes.txt").write_text("not a picture")
+    page.locator("#files").set_input_files([str(picture), str(tmp_path / "giraffe again.jpg"), str(tmp_path / "notes.txt")])
+    expect(page.locator("#files-left-out")).to_have_text("Left out, not pictures or videos: notes.txt")
     page.locator("#captions").fill("a purple giraffe statue")
     page.locator("#metadata").fill("tag = upload, year = 2024")
     page.get_by_role("button", name="Upload").click()
-    item = page.locator("#uploads li").first
+    expect(page.locator("#uploads li")).to_have_count(2)
+    item = page.locator("#uploads li").last
     expect(item).to_contain_text("giraffe.jpg")
     expect(item).to_contain_text("added")
+    expect(page.locator("#uploads li").first).to_contain_text("already in the collection")
     new_id = int(item.get_attribute("data-id"))
-    # The running worker embeds it; the page follows it until then.
-    expect(item.locator(".badge")).to_have_text("embedded", timeout=30_000)
-    expect(item.locator("img.thumb")).to_be_visible()
+    # The running worker embeds it; the page follows it until then, on both rows.
+    for row in (item, page.locator("#uploads li").first):
+        expect(row.locator(".badge")).to_have_text("embedded", timeout=30_000)
+        expect(row.locator("img.thumb")).to_be_visible()
     expect(page.locator("#queue-line")).to_contain_text(f"{before + 1} done")
     screenshot(page, "upload")
     for _ in range(10):  # each step is more than the idle refresh interval
