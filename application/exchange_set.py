@@ -237,9 +237,10 @@ def _row(part: Part, n: int, meta: dict[str, Any], thumb: dict[str, Any] | None,
     vector = np.asarray(vector, dtype=np.float32)
     if not np.all(np.isfinite(vector)) or not np.any(vector):
         raise InvalidInput(f"{part.img_emb} row {n}: the vector is zero or not finite")
-    norm = float(np.linalg.norm(vector.astype(np.float64)))
+    wide = vector.astype(np.float64)  # float32 squares overflow for vectors near its limit
+    norm = float(np.linalg.norm(wide))
     if abs(norm - 1.0) > UNIT_TOLERANCE:  # an export's vectors are unit length; another tool's may not be
-        vector = (vector.astype(np.float64) / norm).astype(np.float32)
+        vector = (wide / norm).astype(np.float32)
     if thumb is not None and thumb.get("image_id") != meta.get("image_id"):
         raise InvalidInput(f"{part.thumbnails} row {n}: image_id {thumb.get('image_id')} where "
                            f"{part.metadata.name} has {meta.get('image_id')}")

@@ -21,6 +21,7 @@ DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 ENCODERS = ("auto", "torch", "onnx", "onnx-int8")  # PGCLIP_ENCODER (workers/encoder.py)
 LOG_FORMATS = ("text", "json")  # PGCLIP_LOG_FORMAT (core/logs.py)
+MEMORY_SIZE = r"[1-9][0-9]*(kB|MB|GB|TB)"  # a PostgreSQL memory setting as pgclip takes it: 512MB, 2GB
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,7 +149,7 @@ class Settings:
 
     def _validate(self) -> None:
         for name in ("pg_shared_buffers", "pg_maintenance_work_mem"):
-            if not re.fullmatch(r"auto|[1-9][0-9]*(kB|MB|GB|TB)", getattr(self, name)):
+            if not re.fullmatch(f"auto|{MEMORY_SIZE}", getattr(self, name)):
                 raise ConfigError(f"{self._env(name)} must be auto or a size such as 512MB or 2GB, "
                                   f"got {getattr(self, name)!r}")
         for name in ("batch_size", "lease_seconds", "max_attempts", "hnsw_m", "hnsw_ef_construction", "port",

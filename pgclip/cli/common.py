@@ -53,13 +53,16 @@ def at_least(minimum: int, wanted: str) -> Callable[[str], int]:
 
 
 positive = at_least(1, "a positive integer")
+nonnegative = at_least(0, "an integer of 0 or more")
 
 
 def memory_size(text: str) -> str:
     """argparse type: a PostgreSQL memory size such as 512MB or 2GB (checked before any work)."""
     import re
 
-    if not re.fullmatch(r"[1-9][0-9]*(kB|MB|GB|TB)", text.strip()):
+    from pgclip.core.settings import MEMORY_SIZE
+
+    if not re.fullmatch(MEMORY_SIZE, text.strip()):
         raise argparse.ArgumentTypeError(f"{text!r} is not a memory size such as 512MB or 2GB")
     return text.strip()
 
@@ -70,7 +73,6 @@ def port_number(text: str) -> int:
     if value > 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1 to 65535)")
     return value
-nonnegative = at_least(0, "an integer of 0 or more")
 
 
 def progress(total: int | None, unit: str, desc: str):
