@@ -24,7 +24,7 @@ import psycopg
 from litestar import Request, Response, get
 from litestar.handlers import HTTPRouteHandler
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import Counter, Histogram
 from prometheus_client.exposition import choose_encoder
 
 from pgclip.application.service import Service, VectorCache

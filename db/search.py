@@ -22,8 +22,7 @@ from psycopg.types.json import Jsonb
 
 from pgclip.core.errors import InvalidInput, NotFound, NotReady, PgclipError
 
-# MAX_K is read from here by pgclip.evaluate as well.
-from pgclip.core.search_request import FILTER_KEYS, MAX_K, MAX_WINDOW, OPTIONS, PARAMS, RRF_K, default_window
+from pgclip.core.search_request import FILTER_KEYS, MAX_WINDOW, OPTIONS, PARAMS, RRF_K, default_window
 from pgclip.db.models import ModelRow, require_active_model
 
 # The options of an API or CLI caller with bounds or choices: checked here, before any SQL.

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pgclip.core.errors import InvalidInput, NotFound
 from pgclip.evaluate.common import (
     CAPTION_TOP,
+    MAX_K,
     MAX_SET_NAME,
     PAPER_CAPTIONS,
     RANK_CELLS,
@@ -316,12 +317,10 @@ def eval_captions(
 
 
 def _check_options(*, n: int, k: int, caption: str, filters: dict[str, Any]) -> None:
-    from pgclip.db import search as db_search
-
     if n < 1:
         raise InvalidInput(f"n must be at least 1, got {n}")
-    if not 1 <= k <= db_search.MAX_K:
-        raise InvalidInput(f"k must be between 1 and {db_search.MAX_K}, got {k}")
+    if not 1 <= k <= MAX_K:
+        raise InvalidInput(f"k must be between 1 and {MAX_K}, got {k}")
     if caption not in ("first", "random"):
         raise InvalidInput(f"caption must be first or random, got {caption!r}")
     if "exclude_ids" in filters:

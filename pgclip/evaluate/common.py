@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pgclip.core.errors import InvalidInput
+from pgclip.core.search_request import MAX_K  # noqa: F401 - the most results one search returns, re-exported
 
 if TYPE_CHECKING:  # the db modules load when a command runs, not with the CLI
     from pgclip.db.models import ModelRow
@@ -28,7 +29,6 @@ SET_KEY = "eval_set"  # metadata key: the evaluation set an image belongs to (`e
 MAX_SET_NAME = 200  # characters
 RANK_CELLS = 8_000_000  # image x caption scores per block of the image -> caption ranking (64 MB of float64)
 CLASS_K = 5  # top-1 and top-5: five neighbours per query
-MAX_K = 100  # pgclip.db.search.MAX_K: the most results one search returns
 TEXT_BATCH = 64  # captions per encode_texts call
 DIGITS = "digits"
 MNIST = "mnist"  # IDX files in a folder the user gives (--data)
