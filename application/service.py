@@ -354,8 +354,10 @@ class Service:
                 model = require_active_model(conn)
                 stored = store_video(conn, data, source=filename, model_id=model.id,
                                      options=VideoOptions.from_settings(self.settings))
-                db_images.merge_metadata(conn, {i: metadata for i in stored.frame_ids})
-                db_images.add_captions(conn, [(i, t) for i in stored.frame_ids for t in texts],
+                # Not the images it shares with another video or a picture: theirs stay as they were.
+                described = stored.own
+                db_images.merge_metadata(conn, {i: metadata for i in described})
+                db_images.add_captions(conn, [(i, t) for i in described for t in texts],
                                        ts_config=self.settings.text_search_config)
         except VideoRejected as exc:
             raise InvalidInput(f"the upload is not a usable video: {exc}") from exc

@@ -159,6 +159,24 @@ class VideoBlob(Base):
     data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
 
 
+class SharedFrame(Base):
+    """A video's frame whose bytes are an image stored already (another video's frame, or a
+    picture), migration 0015: the video lists it among its frames, and when the video that owns
+    the image is deleted, the image becomes this video's frame (a trigger on ``videos``)."""
+
+    __tablename__ = "shared_frames"
+
+    video_id: Mapped[int] = mapped_column(ForeignKey("videos.id", ondelete="CASCADE"), primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    video_ts: Mapped[float] = mapped_column(Double, nullable=False, comment="seconds from the start of this video")
+
+    __table_args__ = (
+        CheckConstraint("video_ts >= 0", name="video_ts"),
+        Index("shared_frames_image_id_idx", "image_id"),
+        {"comment": "a frame of a video whose bytes are an image stored already (another video's frame, or a picture)"},
+    )
+
+
 class ImageInbox(Base):
     """Where SQL alone adds images (INSERT or COPY): a statement-level trigger takes each
     statement's rows into ``images``, ``image_blobs``, ``captions`` and the queue, and

@@ -57,15 +57,18 @@ def insert_video(conn: psycopg.Connection, video: NewVideo, data: bytes) -> tupl
     return row[0], True
 
 
-def insert_frames(conn: psycopg.Connection, video_id: int, video: NewVideo, frames: Sequence[NewFrame]) -> list[int]:
-    """Store frames of a stored video, with their bytes; returns the new image ids.
+def insert_frames(conn: psycopg.Connection, video_id: int, video: NewVideo,
+                  frames: Sequence[NewFrame]) -> tuple[list[int], list[int]]:
+    """Store frames of a stored video, with their bytes: (the new image ids, the shared ones).
 
-    A frame whose bytes equal an image already stored (or an earlier frame) is skipped.
+    A frame whose bytes equal an earlier frame of the batch is skipped; one whose bytes equal an
+    image already stored (another video's frame, a picture) is not stored again: the video
+    shares that image (``shared_frames``).
     """
     by_sha = {f.sha256: f for f in reversed(frames)}  # the earliest of identical frames wins
     batch = sorted(by_sha.values(), key=lambda f: f.ts)
     if not batch:
-        return []
+        return [], []
     rows = conn.execute(
         VIDEOS["insert_frames"],
         {
@@ -79,12 +82,18 @@ def insert_frames(conn: psycopg.Connection, video_id: int, video: NewVideo, fram
     if added:
         conn.execute(VIDEOS["insert_frame_blobs"],
                      {"image_ids": list(added.values()), "data": [by_sha[sha].data for sha in added]})
-    return sorted(added.values())
+    skipped = [f for f in batch if f.sha256 not in added]
+    shared = []
+    if skipped:
+        shared = [r[0] for r in conn.execute(VIDEOS["share_frames"], {
+            "video_id": video_id, "sha256": [f.sha256 for f in skipped], "video_ts": [f.ts for f in skipped]})]
+    return sorted(added.values()), sorted(shared)
 
 
-def frame_ids(conn: psycopg.Connection, video_id: int) -> list[int]:
-    """The image ids of a video's stored frames, in time order."""
-    return [r[0] for r in conn.execute(VIDEOS["frame_ids"], {"video_id": video_id})]
+def frame_ids(conn: psycopg.Connection, video_id: int, *, own: bool = False) -> list[int]:
+    """The image ids of a video's frames (its own and those it shares; ``own``: its own only),
+    in time order."""
+    return [r[0] for r in conn.execute(VIDEOS["frame_ids"], {"video_id": video_id, "own": own})]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +132,7 @@ class Video:
     width: int
     height: int
     created_at: dt.datetime
-    frames: int  # of its frames, how many are stored
+    frames: int  # of its frames, how many are stored (its own and those it shares)
 
 
 def video(conn: psycopg.Connection, video_id: int) -> Video:

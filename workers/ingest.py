@@ -343,9 +343,12 @@ def _store_video(
         with conn.transaction():
             stored = store_video(conn, data, source=source, source_bytes=source_bytes, model_id=model_id,
                                  options=options)
+            # A manifest entry describes the frames the video owns, not the images it shares
+            # with another video or a picture (theirs stay as they were).
+            described = stored.own
             if entry and entry.metadata:
-                db_images.merge_metadata(conn, {i: entry.metadata for i in stored.frame_ids})
-            captions = [(i, text) for i in stored.frame_ids for text in (entry.captions if entry else ())]
+                db_images.merge_metadata(conn, {i: entry.metadata for i in described})
+            captions = [(i, text) for i in described for text in (entry.captions if entry else ())]
             report.captions_added += db_images.add_captions(conn, captions, ts_config=ts_config)
     except VideoRejected as exc:
         report.rejected.append((name, str(exc)))
@@ -365,7 +368,7 @@ def _store_video(
         return
     if stored.created:
         report.videos_added += 1
-        report.frames_added += len(stored.frame_ids)
+        report.frames_added += len(stored.own)
     else:
         report.videos_present += 1
     report.enqueued += stored.enqueued

@@ -309,8 +309,9 @@ class StoredVideo:
 
     video_id: int
     created: bool  # False: a video with the same bytes was stored already (nothing added)
-    frame_ids: list[int]  # the images its frames became (on a repeat: its stored frames)
-    frames_sampled: int  # sampled this time; more than frame_ids when some equal stored images
+    frame_ids: list[int]  # the images its frames are, in time order (on a repeat: its stored frames)
+    own: list[int]  # of those, the images the video owns (stored for it; the others it shares)
+    frames_sampled: int  # sampled this time; more than frame_ids when some frames are byte for byte the same
     enqueued: int
 
 
@@ -320,7 +321,8 @@ def store_video(conn: psycopg.Connection, data: bytes, *, source: str | None, mo
 
     Raises :class:`VideoRejected` (before anything is written, or midway: the caller's
     transaction must then roll back so nothing of the video stays). The same bytes again
-    add nothing; their frames are queued for ``model_id`` if they never were.
+    add nothing; their frames are queued for ``model_id`` if they never were. A frame whose bytes
+    are an image stored already (another video's frame, a picture) is shared, not stored again.
     """
     from pgclip.db import queue
     from pgclip.db import videos as db_videos
@@ -334,8 +336,10 @@ def store_video(conn: psycopg.Connection, data: bytes, *, source: str | None, mo
     video_id, created = db_videos.insert_video(conn, video, data)
     if not created:
         known = db_videos.frame_ids(conn, video_id)
-        return StoredVideo(video_id, False, known, 0, queue.enqueue(conn, known, model_id, only_unqueued=True))
-    frame_ids: list[int] = []
+        return StoredVideo(video_id, False, known, db_videos.frame_ids(conn, video_id, own=True), 0,
+                           queue.enqueue(conn, known, model_id, only_unqueued=True))
+    added: list[int] = []
+    shared: list[int] = []
     pending: list[db_videos.NewFrame] = []
     sampled = 0
     for frame in sample_frames(data, info, max_frames=options.max_frames):
@@ -344,7 +348,10 @@ def store_video(conn: psycopg.Connection, data: bytes, *, source: str | None, mo
         pending.append(db_videos.NewFrame(hashlib.sha256(frame.data).hexdigest(), frame.ts, frame.width,
                                           frame.height, taken_at, frame.data))
         if len(pending) >= FRAMES_PER_INSERT:
-            frame_ids += db_videos.insert_frames(conn, video_id, video, pending)
-            pending = []
-    frame_ids += db_videos.insert_frames(conn, video_id, video, pending)
-    return StoredVideo(video_id, True, frame_ids, sampled, queue.enqueue(conn, frame_ids, model_id))
+            new, same = db_videos.insert_frames(conn, video_id, video, pending)
+            added, shared, pending = added + new, shared + same, []
+    new, same = db_videos.insert_frames(conn, video_id, video, pending)
+    added, shared = added + new, shared + same
+    enqueued = queue.enqueue(conn, added, model_id) + queue.enqueue(conn, shared, model_id, only_unqueued=True)
+    frame_ids = db_videos.frame_ids(conn, video_id) if shared else added
+    return StoredVideo(video_id, True, frame_ids, added, sampled, enqueued)

@@ -32,13 +32,30 @@ FROM unnest(%(sha256)s::text[], %(byte_size)s::bigint[], %(width)s::int[], %(hei
 ON CONFLICT (sha256) DO NOTHING
 RETURNING id, sha256;
 
+-- share_frames --
+-- The frames that were skipped as images stored already (by another video, or as pictures):
+-- this video shares them (migration 0015), so it lists them among its frames and inherits
+-- them when their owner is deleted. Frames this video owns already are left out.
+INSERT INTO pgclip.shared_frames (video_id, image_id, video_ts)
+SELECT %(video_id)s, i.id, f.video_ts
+FROM unnest(%(sha256)s::text[], %(video_ts)s::float8[]) AS f(sha256, video_ts)
+JOIN pgclip.images i ON i.sha256 = f.sha256
+WHERE i.video_id IS DISTINCT FROM %(video_id)s
+ON CONFLICT (video_id, image_id) DO NOTHING
+RETURNING image_id;
+
 -- insert_frame_blobs --
 INSERT INTO pgclip.image_blobs (image_id, data)
 SELECT * FROM unnest(%(image_ids)s::bigint[], %(data)s::bytea[]);
 
 -- frame_ids --
--- A video's stored frames, in time order.
-SELECT id FROM pgclip.images WHERE video_id = %(video_id)s ORDER BY video_ts, id;
+-- A video's frames, in time order: the images it owns and, unless only those are asked
+-- for, those it shares with another video or a picture (pgclip.shared_frames).
+SELECT id
+FROM (SELECT id, video_ts FROM pgclip.images WHERE video_id = %(video_id)s
+      UNION ALL
+      SELECT image_id, video_ts FROM pgclip.shared_frames WHERE video_id = %(video_id)s AND NOT %(own)s) AS f
+ORDER BY video_ts, id;
 
 -- frames_of --
 -- The video of each image that is a frame (pictures are left out): what search results,
@@ -52,7 +69,8 @@ WHERE i.id = ANY(%(image_ids)s::bigint[]);
 -- One video as the API describes it, with how many of its frames are stored.
 SELECT v.id, v.sha256, v.source, v.byte_size, v.mime, v.container, v.duration_s, v.frame_interval_s,
        v.width, v.height, v.created_at,
-       (SELECT count(*) FROM pgclip.images i WHERE i.video_id = v.id) AS frames
+       (SELECT count(*) FROM pgclip.images i WHERE i.video_id = v.id)
+       + (SELECT count(*) FROM pgclip.shared_frames s WHERE s.video_id = v.id) AS frames
 FROM pgclip.videos v
 WHERE v.id = %(video_id)s;
 
@@ -72,5 +90,6 @@ WHERE video_id = %(video_id)s;
 
 -- delete_videos --
 -- The frames go with their video (images.video_id ON DELETE CASCADE), and with them their
--- bytes, thumbnails, captions, vectors and queue rows; the bytes of the video too.
+-- bytes, thumbnails, captions, vectors and queue rows; the bytes of the video too. A frame
+-- another video shares is first handed over to it (trigger, migration 0015) and stays.
 DELETE FROM pgclip.videos WHERE id = ANY(%(video_ids)s::bigint[]) RETURNING id;

@@ -133,6 +133,90 @@ def test_a_frame_equal_to_a_stored_image_is_not_stored_twice(conn, model, tmp_pa
                             " LEFT JOIN pgclip.images i ON i.video_id = v.id GROUP BY v.source ORDER BY v.source"
                             ).fetchall()
     assert [(s.rsplit("/", 1)[1], ts) for s, ts in by_video] == [("one.mkv", [0.0, 5.0]), ("two.mkv", [5.0])]
+    # The second video shares the first's opening frame: it lists it, at its own time.
+    one, two = (r[0] for r in conn.execute("SELECT id FROM pgclip.videos ORDER BY source"))
+    opening = db_videos.frame_ids(conn, one)[0]
+    assert db_videos.frame_ids(conn, two)[0] == opening and len(db_videos.frame_ids(conn, two)) == 2
+    assert (db_videos.video(conn, one).frames, db_videos.video(conn, two).frames) == (2, 2)
+
+
+def _remuxed(seed: int) -> tuple[bytes, bytes]:
+    """One film in two containers: different files whose frames decode to the same pictures."""
+    import av
+
+    first = video_bytes(seed, fmt="matroska", seconds=11)
+    out = io.BytesIO()
+    with av.open(io.BytesIO(first)) as src, av.open(out, "w", format="mp4") as dst:
+        stream = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                dst.mux(packet)
+    return first, out.getvalue()
+
+
+def test_a_video_whose_frames_another_video_has_keeps_them_when_that_video_is_deleted(conn, db_url, model, tmp_path):
+    """The same film as .mkv and .mp4: the second shares every frame of the first; deleting the
+    first hands them over (vectors, time, source) instead of leaving the second with nothing."""
+    mkv, mp4 = _remuxed(21)
+    (tmp_path / "a.mkv").write_bytes(mkv)
+    (tmp_path / "b.mp4").write_bytes(mp4)
+    (tmp_path / "still.jpg").write_bytes(jpeg_bytes(3))
+    report = ingest(conn, [tmp_path], model_id=model.id)
+    assert (report.videos_added, report.frames_added) == (2, 3), report.rejected  # frames at 0, 5 and 10 s
+    a, b = (r[0] for r in conn.execute("SELECT id FROM pgclip.videos ORDER BY source"))
+    assert db_videos.frame_ids(conn, b) == db_videos.frame_ids(conn, a) and db_videos.video(conn, b).frames == 3
+    encoder = ClipEncoder("test-tiny", "random")
+    encoder.load()
+    Worker(db_url, encoder=encoder, model=model, batch_size=8, lease_seconds=30, max_attempts=3,
+           model_threads=1).run(until_empty=True)
+    frames_of_a = db_videos.frame_ids(conn, a)
+    with conn.transaction():
+        assert db_videos.delete_videos(conn, [a]) == {a}
+    assert db_videos.frame_ids(conn, b) == frames_of_a
+    owner = conn.execute("SELECT DISTINCT video_id, source FROM pgclip.images WHERE id = ANY(%s)",
+                         [frames_of_a]).fetchall()
+    assert owner == [(b, str(tmp_path / "b.mp4"))]
+    assert conn.execute("SELECT count(*) FROM pgclip.embeddings WHERE image_id = ANY(%s)",
+                        [frames_of_a]).fetchone()[0] == 3  # still searchable: nothing to embed again
+    assert conn.execute("SELECT count(*) FROM pgclip.shared_frames").fetchone()[0] == 0
+    with conn.transaction():
+        assert db_videos.delete_videos(conn, [b]) == {b}
+    assert conn.execute("SELECT count(*), count(*) FILTER (WHERE video_id IS NULL) FROM pgclip.images"
+                        ).fetchone() == (1, 1)  # the still picture alone
+
+
+def test_a_frame_that_is_a_stored_picture_is_listed_and_the_picture_outlives_the_video(conn, model, tmp_path):
+    """A picture ingested first, then a video whose frame has its bytes: the video lists the
+    picture among its frames; deleting the video leaves the picture, and its metadata, alone."""
+    clip = tmp_path / "clip"
+    write_video(clip, "clip.webm", 8, seconds=6)
+    first = ingest(conn, [clip], model_id=model.id)
+    assert first.frames_added == 2
+    video_id = conn.execute("SELECT id FROM pgclip.videos").fetchone()[0]
+    frame_bytes = conn.execute(
+        "SELECT b.data FROM pgclip.images i JOIN pgclip.image_blobs b ON b.image_id = i.id"
+        " WHERE i.video_id = %s ORDER BY i.video_ts LIMIT 1", [video_id]).fetchone()[0]
+    with conn.transaction():
+        assert db_videos.delete_videos(conn, [video_id]) == {video_id}
+    (tmp_path / "pictures").mkdir()
+    (tmp_path / "pictures" / "frame.jpg").write_bytes(bytes(frame_bytes))
+    (tmp_path / "captions.jsonl").write_text(
+        json.dumps({"path": "pictures/frame.jpg", "metadata": {"kind": "picture"}}) + "\n"
+        + json.dumps({"path": "clip/clip.webm", "metadata": {"kind": "video"}}) + "\n")
+    from pgclip.workers.manifest import load_manifest
+
+    report = ingest(conn, [tmp_path / "pictures", clip], model_id=model.id,
+                    manifest=load_manifest(tmp_path / "captions.jsonl"))
+    assert (report.added, report.videos_added, report.frames_added) == (1, 1, 1), report.rejected
+    video_id = conn.execute("SELECT id FROM pgclip.videos").fetchone()[0]
+    picture = conn.execute("SELECT id FROM pgclip.images WHERE video_id IS NULL").fetchone()[0]
+    assert db_videos.frame_ids(conn, video_id)[0] == picture and db_videos.video(conn, video_id).frames == 2
+    assert conn.execute("SELECT metadata->>'kind' FROM pgclip.images WHERE id = %s", [picture]).fetchone()[0] \
+        == "picture"  # the video's manifest entry describes its own frames, not the picture
+    with conn.transaction():
+        db_videos.delete_videos(conn, [video_id])
+    assert conn.execute("SELECT id, video_id FROM pgclip.images").fetchall() == [(picture, None)]
 
 
 def test_frames_are_embedded_by_the_unchanged_workers_and_deleting_the_video_takes_everything(
