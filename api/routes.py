@@ -293,7 +293,8 @@ class SystemController(ApiController):
           summary="Zero-shot tags: each image's nearest label and its score written into its metadata")
     async def tag(self, data: JSONBody[TagRequest], service: ServiceDep) -> TagResponse:
         model, run = await asyncio.to_thread(service.tag, data.labels, prompt=data.prompt, key=data.key,
-                                             min_score=data.min_score, dry_run=data.dry_run)
+                                             min_score=data.min_score, dry_run=data.dry_run,
+                                             overwrite=data.overwrite)
         return TagResponse(model=model.name, key=data.key, counts=[TagCount(c.label, c.images) for c in run.counts],
                            below=run.below, changed=run.changed, dry_run=data.dry_run)
 

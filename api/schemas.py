@@ -316,6 +316,7 @@ class TagRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     min_score: Annotated[float, msgspec.Meta(ge=-1.0, le=1.0, description="cosine similarity a best label "
                                              "must reach; images under it lose the key")] | None = None
     dry_run: bool = False  # count, write nothing
+    overwrite: bool = False  # replace values under key that no tag run wrote (else the run is refused, 400)
 
 
 class TagCount(msgspec.Struct):

@@ -418,7 +418,7 @@ class Service:
         return {"threshold": threshold, "model": model.name, "groups": [dataclasses.asdict(g) for g in groups]}
 
     def tag(self, labels: list[str], *, prompt: str, key: str, min_score: float | None,
-            dry_run: bool) -> tuple[ModelRow, db_tags.TagRun]:
+            dry_run: bool, overwrite: bool = False) -> tuple[ModelRow, db_tags.TagRun]:
         """Zero-shot tags (``pgclip tag``, ``POST /api/tags``): the labels' prompts encoded once by
         the active model's text tower, then every stored vector scored in SQL (db/tags.py)."""
         labels = db_tags.check_labels(labels)
@@ -427,7 +427,8 @@ class Service:
         with self._writing() as conn:
             model, encoder = self._current(conn)
             vectors = encoder.encode_texts(texts)
-            run = db_tags.tag_images(conn, model, labels, vectors, key=key, min_score=min_score, write=not dry_run)
+            run = db_tags.tag_images(conn, model, labels, vectors, key=key, min_score=min_score, write=not dry_run,
+                                     overwrite=overwrite)
         return model, run
 
     # --- models and their indexes ------------------------------------------------

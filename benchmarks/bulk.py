@@ -246,6 +246,9 @@ def main(argv=None) -> int:
     ap.add_argument("--queries", type=int, default=50)
     ap.add_argument("--vectors", choices=["clip-like", "uniform"], default="clip-like",
                     help="what the no-op encoder returns (see above; default clip-like)")
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="jobs a worker claims and writes at once (default: PGCLIP_BATCH_SIZE's default, 32); "
+                         "a GPU host runs larger batches")
     ap.add_argument("--only", default="reembed,ingest,incremental,search")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
@@ -261,7 +264,10 @@ def main(argv=None) -> int:
     for k in [k for k in os.environ if k.startswith("PGCLIP_") and k not in env]:
         del os.environ[k]
     settings = Settings.from_env()
-    results: dict = {"images": args.images, "workers": args.workers, "cpus": os.cpu_count(), "vectors": args.vectors}
+    if args.batch_size:
+        settings = dataclasses.replace(settings, batch_size=args.batch_size)
+    results: dict = {"images": args.images, "workers": args.workers, "cpus": os.cpu_count(), "vectors": args.vectors,
+                     "batch_size": settings.batch_size}
     t_total = time.perf_counter()
     try:
         vectors = make_vectors(args.vectors, tmp, args.images, args.workers, args.queries)
@@ -323,7 +329,8 @@ def main(argv=None) -> int:
 
 def report(r: dict) -> None:
     s = r.get("server", {})
-    print(f"{r['images']} images, {r['vectors']} vectors, {r['workers']} worker processes, {r['cpus']} CPUs; PostgreSQL "
+    print(f"{r['images']} images, {r['vectors']} vectors, {r['workers']} worker processes (batches of "
+          f"{r['batch_size']}), {r['cpus']} CPUs; PostgreSQL "
           f"{s.get('server_version')}, pgvector {s.get('pgvector')}, shared_buffers {s.get('shared_buffers')}, "
           f"maintenance_work_mem {s.get('maintenance_work_mem')}")
     for scenario in ("reembed", "ingest"):

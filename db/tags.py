@@ -10,6 +10,7 @@ it (``pgclip search ... --filter metadata.tag=cat``).
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections.abc import Sequence
 
@@ -86,13 +87,16 @@ def prompts(labels: Sequence[str], template: str, name: str = "--prompt") -> lis
 
 
 def tag_images(conn: psycopg.Connection, model: ModelRow, labels: Sequence[str], vectors: np.ndarray, *,
-               key: str = "tag", min_score: float | None = None, write: bool = True) -> TagRun:
+               key: str = "tag", min_score: float | None = None, write: bool = True,
+               overwrite: bool = False) -> TagRun:
     """Tag every image embedded under ``model`` with its nearest label, in one transaction.
 
     ``vectors`` holds one unit text vector per label (row i for ``labels[i]``). Images whose
     best score is under ``min_score`` (None: no minimum) lose ``key`` and ``key_score``, as do
     images without a vector under ``model``; with ``write=False`` nothing is written and the
-    counts say what a run would do.
+    counts say what a run would do. Values under ``key`` that no run wrote (no ``key_score``
+    beside them: a manifest's, a user's edit) are replaced or removed only with ``overwrite``;
+    otherwise the run is refused (InvalidInput) and nothing is written.
     """
     check_key(key)
     if not labels or len(labels) != len(set(labels)) or len(labels) > MAX_LABELS:
@@ -105,6 +109,8 @@ def tag_images(conn: psycopg.Connection, model: ModelRow, labels: Sequence[str],
     if min_score is not None and not -1.0 <= min_score <= 1.0:
         raise InvalidInput(f"min_score must be between -1 and 1 (cosine similarity), got {min_score}")
     with conn.transaction():
+        if not overwrite:
+            _refuse_foreign_values(conn, key)
         rows = conn.execute(TAGS["tag"], {
             "labels": list(labels), "vectors": list(vectors), "model_id": model.id,
             "key": key, "score_key": f"{key}_score",
@@ -112,3 +118,15 @@ def tag_images(conn: psycopg.Connection, model: ModelRow, labels: Sequence[str],
         }).fetchall()
     return TagRun([TagCount(label, int(n)) for label, n, _, _ in rows],
                   below=int(rows[0][2]) if rows else 0, changed=int(rows[0][3]) if rows else 0)
+
+
+def _refuse_foreign_values(conn: psycopg.Connection, key: str) -> None:
+    count, image_id, value = conn.execute(TAGS["foreign_values"], {"key": key, "score_key": f"{key}_score"}).fetchone()
+    if count:
+        shown = json.dumps(value, ensure_ascii=False)
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        raise InvalidInput(
+            f"{count} image{'s' if count != 1 else ''} hold{'s' if count == 1 else ''} a metadata.{key} value that "
+            f"pgclip tag did not write (image {image_id}: {shown}); a run would replace or remove "
+            f"{'them' if count != 1 else 'it'}: choose another key, or overwrite them (`pgclip tag --overwrite`, "
+            f"\"overwrite\": true over HTTP)")

@@ -57,3 +57,11 @@ SELECT l.label, coalesce(c.tagged, 0) AS tagged,
 FROM label l
 LEFT JOIN counts c ON c.label = l.label
 ORDER BY l.n;
+
+-- foreign_values --
+-- Images whose `key` holds a value `pgclip tag` did not write: a run writes `key` with
+-- `key_score` beside it, so a value without one is the user's (a manifest's, an edit's).
+-- How many, and the first of them (id, value) to name in the refusal.
+SELECT count(*), min(id), (array_agg(metadata -> %(key)s::text ORDER BY id))[1]
+FROM pgclip.images
+WHERE metadata ? %(key)s::text AND NOT metadata ? %(score_key)s::text;

@@ -20,7 +20,8 @@ def add_tag_parsers(sub: argparse._SubParsersAction) -> None:
         description="Score every image of the active model against the labels (the labels' text vectors once, "
                     "then SQL over the stored vectors: no image is re-encoded) and write the best label and its "
                     "score into each image's metadata, as KEY and KEY_score. Images under --min-score lose both "
-                    "keys. Search them with `pgclip search ... --filter metadata.KEY=LABEL`.")
+                    "keys. A KEY that holds values pgclip tag did not write (a manifest's) is refused unless "
+                    "--overwrite. Search them with `pgclip search ... --filter metadata.KEY=LABEL`.")
     tg.add_argument("--labels", required=True, metavar="A,B,C",
                     help="comma-separated labels (at most 1000, each at most 200 characters)")
     tg.add_argument("--prompt", default=DEFAULT_PROMPT,
@@ -30,6 +31,9 @@ def add_tag_parsers(sub: argparse._SubParsersAction) -> None:
                          "every embedded image gets its best label)")
     tg.add_argument("--key", default="tag", help="the metadata key to write (default 'tag'; its score goes "
                                                  "under KEY_score)")
+    tg.add_argument("--overwrite", action="store_true",
+                    help="replace (or, under --min-score, remove) values under KEY that pgclip tag did not write "
+                         "(a manifest's, an edit's); without it such values make the run refuse")
     tg.add_argument("--dry-run", action="store_true", help="print the counts and write nothing")
     tg.set_defaults(handler=cmd_tag)
 
@@ -51,7 +55,8 @@ def cmd_tag(args: argparse.Namespace, settings: Settings) -> int:
 
     service = open_service(settings)
     try:
-        model, run = service.tag(labels, prompt=args.prompt, key=key, min_score=args.min_score, dry_run=args.dry_run)
+        model, run = service.tag(labels, prompt=args.prompt, key=key, min_score=args.min_score, dry_run=args.dry_run,
+                                 overwrite=args.overwrite)
     finally:
         service.close()
     width = max(len(label) for label in labels)

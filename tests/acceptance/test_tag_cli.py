@@ -77,6 +77,15 @@ def test_bad_input_is_one_line_and_writes_nothing(db_url, tmp_path):
         assert len(lines) == 1 and lines[0].startswith("pgclip: error: ") and message in lines[0], result.stderr
         assert result.stdout == ""
     assert set(tags_in_db(db_url).values()) == {"old"}
+    # "old" has no tag_score beside it: a manifest's or the user's value, which a run does not clobber.
+    for extra in ([], ["--min-score", "0.999"], ["--dry-run"]):
+        refused = run("tag", "--labels", "cat,dog", *extra, env=env)
+        assert refused.returncode == 1 and refused.stdout == "", refused
+        assert refused.stderr.strip().count("\n") == 0 and "2 images hold a metadata.tag value that pgclip tag " \
+            "did not write" in refused.stderr and "--overwrite" in refused.stderr, refused.stderr
+    assert set(tags_in_db(db_url).values()) == {"old"}
+    run("tag", "--labels", "cat,dog", "--overwrite", env=env, check=True)
+    assert set(tags_in_db(db_url).values()) <= {"cat", "dog"}
 
 
 def test_tags_over_the_api(served):  # noqa: F811
@@ -105,3 +114,13 @@ def test_tags_over_the_api(served):  # noqa: F811
         refused = client.post("/api/tags", json={**bad, "dry_run": False})
         assert refused.status_code == 400 and field in refused.json()["detail"], refused.text
     assert kinds() == stored
+
+    # A value under the key that no run wrote (an edit) is refused, then replaced on request.
+    first = next(iter(stored))
+    assert client.patch(f"/api/images/{first}", json={"metadata": {"kind": "mine"}, "unset_metadata": ["kind_score"]}).status_code \
+        == 200
+    refused = client.post("/api/tags", json=body)
+    assert refused.status_code == 400 and f'(image {first}: "mine")' in refused.json()["detail"], refused.text
+    assert kinds()[first] == "mine"
+    assert client.post("/api/tags", json={**body, "overwrite": True}).status_code == 200
+    assert kinds()[first] in LABELS

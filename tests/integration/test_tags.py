@@ -132,3 +132,25 @@ def test_bad_labels_keys_and_prompts_are_refused(conn, scene):
     with pytest.raises(InvalidInput, match="min_score"):
         tag_images(conn, model, LABELS, vectors, min_score=1.5)
     assert conn.execute("SELECT id, metadata FROM pgclip.images ORDER BY id").fetchall() == before
+
+
+def test_values_under_the_key_that_no_run_wrote_are_refused_unless_overwritten(conn, scene):
+    """A manifest's `tag` (no `tag_score` beside it) is the user's: a run neither replaces it nor,
+    under the minimum, removes it, and writes nothing at all, until asked to overwrite."""
+    model, vectors, expected, far = scene
+    mine = add_image(conn, "labelled.jpg", metadata={"tag": "person", "source": "scikit-image"})
+    conn.execute("INSERT INTO pgclip.embeddings (image_id, model_id, embedding) VALUES (%s, %s, %s)",
+                 [mine, model.id, unit(vectors[0])])
+    conn.commit()
+    before = conn.execute("SELECT id, metadata FROM pgclip.images ORDER BY id").fetchall()
+    for write in (False, True):
+        for min_score in (None, 0.99):
+            with pytest.raises(InvalidInput, match=rf'1 image holds a metadata.tag value .* \(image {mine}: "person"\)'):
+                tag_images(conn, model, LABELS, vectors, min_score=min_score, write=write)
+    assert conn.execute("SELECT id, metadata FROM pgclip.images ORDER BY id").fetchall() == before
+    tag_images(conn, model, LABELS, vectors, key="kind")  # another key: fine
+    assert metadata(conn, mine)["tag"] == "person" and metadata(conn, mine)["kind"] == "cat"
+    run = tag_images(conn, model, LABELS, vectors, overwrite=True)
+    assert metadata(conn, mine)["tag"] == "cat" and metadata(conn, mine)["source"] == "scikit-image"
+    assert run.changed == len(expected) + 2
+    assert tag_images(conn, model, LABELS, vectors).changed == 0  # now every value is a run's own
