@@ -52,16 +52,19 @@ class Finished:
 
 
 def enqueue(conn: psycopg.Connection, image_ids: Sequence[int], model_id: int, *, only_unqueued: bool = False) -> int:
-    """Queue images for a model and notify workers (delivered at commit). Returns how many were new.
+    """Queue images for a model, and for the active model and every model being built when
+    those are others (an image added while `pgclip reembed` runs, or by a process configured
+    with a retired model, must reach the models searches use); notify their workers (delivered
+    at commit). Returns how many jobs were new.
 
-    ``only_unqueued``: skip images that ever had a job for this model (done or failed too).
+    ``only_unqueued``: skip, per model, images that ever had a job for it (done or failed too).
     """
     if not image_ids:
         return 0
     statement = QUEUE["enqueue_unqueued" if only_unqueued else "enqueue"]
     added = conn.execute(statement, {"image_ids": list(image_ids), "model_id": model_id}).fetchall()
-    if added:
-        conn.execute(QUEUE["notify"], {"model_id": model_id})
+    for woken in sorted({row[0] for row in added}):
+        conn.execute(QUEUE["notify"], {"model_id": woken})
     return len(added)
 
 

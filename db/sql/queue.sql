@@ -3,24 +3,34 @@
 -- States: pending -> leased -> done | failed (| pending again on retry / release).
 
 -- enqueue --
--- Queue (image, model) pairs. The partial unique index keeps one open job per
--- pair, so enqueueing what is already queued or running is a no-op.
+-- Queue images for the caller's model and for every model searches need them in: the
+-- active one and each one being built (`pgclip reembed`), however the images came in and
+-- whatever model the caller was configured with. A model that has an image's vector already
+-- gets no job for it. The partial unique index keeps one open job per pair, so enqueueing
+-- what is already queued or running is a no-op. Returns each new job's model.
 INSERT INTO pgclip.embedding_jobs (image_id, model_id)
-SELECT image_id, %(model_id)s FROM unnest(%(image_ids)s::bigint[]) AS t(image_id)
+SELECT t.image_id, m.id
+FROM unnest(%(image_ids)s::bigint[]) AS t(image_id)
+CROSS JOIN pgclip.models m
+WHERE (m.id = %(model_id)s OR m.state IN ('active', 'building'))
+  AND (m.id = %(model_id)s
+       OR NOT EXISTS (SELECT 1 FROM pgclip.embeddings e WHERE e.image_id = t.image_id AND e.model_id = m.id))
 ON CONFLICT (image_id, model_id) WHERE state IN ('pending', 'leased') DO NOTHING
-RETURNING id;
+RETURNING model_id;
 
 -- enqueue_unqueued --
--- Queue known images that were never queued for this model (ingested while
--- another model was configured); images with any job for it, done or failed,
--- are left alone.
+-- Queue known images that were never queued for these models (ingested while another
+-- model was configured): the caller's, the active one and each one being built. Images
+-- with any job for a model (done or failed too), or its vector, are left alone for it.
 INSERT INTO pgclip.embedding_jobs (image_id, model_id)
-SELECT t.image_id, %(model_id)s
+SELECT t.image_id, m.id
 FROM unnest(%(image_ids)s::bigint[]) AS t(image_id)
-WHERE NOT EXISTS (
-    SELECT 1 FROM pgclip.embedding_jobs j WHERE j.image_id = t.image_id AND j.model_id = %(model_id)s)
+CROSS JOIN pgclip.models m
+WHERE (m.id = %(model_id)s OR m.state IN ('active', 'building'))
+  AND NOT EXISTS (SELECT 1 FROM pgclip.embedding_jobs j WHERE j.image_id = t.image_id AND j.model_id = m.id)
+  AND NOT EXISTS (SELECT 1 FROM pgclip.embeddings e WHERE e.image_id = t.image_id AND e.model_id = m.id)
 ON CONFLICT (image_id, model_id) WHERE state IN ('pending', 'leased') DO NOTHING
-RETURNING id;
+RETURNING model_id;
 
 -- enqueue_model --
 -- A re-embed: queue every image that has no vector, no open job and no failed job for the

@@ -55,6 +55,33 @@ def test_enqueue_is_idempotent_and_notifies_once_per_transaction(conn, model, db
     assert len(jobs(conn)) == 5
 
 
+def test_images_are_queued_for_every_model_searches_need_whatever_model_the_caller_names(conn, model, db_url):
+    """A re-embed in progress (a building model) and a process still configured with a retired
+    model: new images reach the active model and the building one too, each woken once; a model
+    that has an image's vector gets no job for it."""
+    from pgclip.db.models import ensure_model
+
+    building = ensure_model(conn, "test-tiny", "queue-building", model.dimension)
+    retired = ensure_model(conn, "test-tiny", "queue-retired", model.dimension)
+    conn.execute("UPDATE pgclip.models SET state = 'retired' WHERE id = %s", [retired.id])
+    conn.commit()
+    ids = [add_image(conn, f"m{i}.jpg") for i in range(3)]
+    conn.execute("INSERT INTO pgclip.embeddings (image_id, model_id, embedding) VALUES (%s, %s, %s)",
+                 [ids[0], building.id, vec(model)])
+    conn.commit()
+    with connect(db_url, autocommit=True) as listener:
+        listener.execute("LISTEN pgclip_jobs")
+        assert queue.enqueue(conn, ids, retired.id) == 3 + 3 + 2
+        conn.commit()
+        woken = sorted(n.payload for n in listener.notifies(timeout=1.0))
+    assert woken == sorted(str(m.id) for m in (model, building, retired))
+    queued = conn.execute("SELECT model_id, array_agg(image_id ORDER BY image_id) FROM pgclip.embedding_jobs"
+                          " GROUP BY model_id").fetchall()
+    assert dict(queued) == {model.id: ids, building.id: ids[1:], retired.id: ids}
+    # Known images, queued again "only where never queued": nothing new for anyone.
+    assert queue.enqueue(conn, ids, model.id, only_unqueued=True) == 0
+
+
 def test_claims_count_the_attempt_and_never_overlap(conn, model, db_url):
     enqueue_images(conn, model, 30)
     with connect(db_url) as other:
