@@ -269,24 +269,31 @@ def find_model(conn: psycopg.Connection, name: str, pretrained: str | None = Non
 
 
 def check_activation(conn: psycopg.Connection, model: ModelRow, *, force: bool = False) -> None:
-    """Refuse (ConfigError) to activate ``model`` while some images have no vector for it, unless forced.
+    """Refuse (ConfigError) to activate ``model`` while some images have no vector for it, unless
+    forced, or unless each of them is one no model can embed (its job for ``model`` failed and it
+    has no vector under any model: switching loses no search result).
 
     :func:`activate` checks it itself; callers that build the model's deferred index before
     activating check first, so that a refusal builds nothing.
     """
-    if model.state == "active":
-        return  # nothing to switch
-    cov = next(c for c in coverage(conn) if c.model.id == model.id)
-    if cov.fraction < 1.0 and not force:
-        from pgclip.db.queue import failed_images
+    if model.state == "active" or force:
+        return  # nothing to switch, or the caller accepts the gap
+    missing, unembeddable = conn.execute(MODELS["activation_gap"], {"model_id": model.id}).fetchone()
+    if missing == unembeddable:
+        return
+    from pgclip.db.queue import failed_images
 
-        failed = failed_images(conn, model.id)
-        why = (f"; {failed} of the others failed and will not get one (`pgclip status` says why; "
-               "`pgclip retry-failed` tries them again)") if failed else ""
-        raise ConfigError(
-            f"{model.label} has vectors for {cov.vectors} of {cov.images} images ({cov.percent}){why}: "
-            "let its workers finish (`pgclip status`), or activate anyway with --force"
-        )
+    cov = next(c for c in coverage(conn) if c.model.id == model.id)
+    failed = failed_images(conn, model.id)
+    why = (f"; {failed} of the others failed and will not get one (`pgclip status` says why; "
+           "`pgclip retry-failed` tries them again)") if failed else ""
+    pending = missing - failed
+    advice = ("let its workers finish (`pgclip status`)" if pending > 0 else
+              "the failed images have vectors under another model, which searches would lose")
+    raise ConfigError(
+        f"{model.label} has vectors for {cov.vectors} of {cov.images} images ({cov.percent}){why}: "
+        f"{advice}, or activate anyway with --force"
+    )
 
 
 def activate(conn: psycopg.Connection, model: ModelRow, *, force: bool = False) -> ModelRow | None:

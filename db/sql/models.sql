@@ -76,3 +76,16 @@ SELECT model_id, count(*) FROM pgclip.embeddings GROUP BY model_id;
 -- delete --
 -- Its vectors and queue rows go with it (ON DELETE CASCADE); its index is dropped by the caller.
 DELETE FROM pgclip.models WHERE id = %(model_id)s;
+
+-- activation_gap --
+-- The images a model has no vector for: how many, and how many of those no model can embed
+-- (a job for this model failed, and the image has no vector under any model: bytes that
+-- are not an image, say). Activating over the latter loses no search result.
+SELECT count(*) AS missing,
+       count(*) FILTER (
+           WHERE EXISTS (SELECT 1 FROM pgclip.embedding_jobs j
+                         WHERE j.image_id = i.id AND j.model_id = %(model_id)s AND j.state = 'failed')
+             AND NOT EXISTS (SELECT 1 FROM pgclip.embeddings e WHERE e.image_id = i.id)
+       ) AS unembeddable
+FROM pgclip.images i
+WHERE NOT EXISTS (SELECT 1 FROM pgclip.embeddings e WHERE e.image_id = i.id AND e.model_id = %(model_id)s);

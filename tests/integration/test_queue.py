@@ -232,11 +232,44 @@ def test_an_activation_refused_for_images_that_failed_says_so_and_never_rounds_t
     for image_id in ids[:2]:
         conn.execute("INSERT INTO pgclip.embeddings (image_id, model_id, embedding) VALUES (%s, %s, %s)",
                      [image_id, other.id, vector])
-    conn.execute("UPDATE pgclip.embedding_jobs SET state = 'failed', last_error = 'corrupt image'"
+    conn.execute("UPDATE pgclip.embedding_jobs SET state = 'failed', last_error = 'has no stored bytes'"
                  " WHERE image_id = %s AND model_id = %s", [ids[2], other.id])
+    # The active model has that image's vector (an imported image without bytes, say): switching loses it.
+    conn.execute("INSERT INTO pgclip.embeddings (image_id, model_id, embedding) VALUES (%s, %s, %s)",
+                 [ids[2], model.id, vector])
     conn.commit()
     with pytest.raises(ConfigError, match=r"vectors for 2 of 3 images \(66\.6%\); 1 of the others failed and will "
-                                          r"not get one .*`pgclip retry-failed`"):
+                                          r"not get one .*`pgclip retry-failed`.*: the failed images have vectors "
+                                          r"under another model, which searches would lose, or activate anyway"):
+        activate(conn, other)
+
+
+def test_images_no_model_can_embed_do_not_block_an_activation(conn, model):
+    """Bytes that are not an image fail under every model: a model that has every other vector
+    is activated, and the one before it can be activated again (nothing is lost either way)."""
+    from pgclip.core.errors import ConfigError
+    from pgclip.db.models import activate, ensure_model
+
+    other = ensure_model(conn, "test-tiny", "random-other", model.dimension)
+    ids = enqueue_images(conn, other, 4)  # queued for both models
+    vector = np.eye(model.dimension, dtype=np.float32)[0]
+    for image_id in ids[:3]:
+        for m in (model, other):
+            conn.execute("INSERT INTO pgclip.embeddings (image_id, model_id, embedding) VALUES (%s, %s, %s)",
+                         [image_id, m.id, vector])
+    conn.execute("UPDATE pgclip.embedding_jobs SET state = 'failed', last_error = 'not an image'"
+                 " WHERE image_id = %s", [ids[3]])
+    conn.execute("UPDATE pgclip.embedding_jobs SET state = 'done' WHERE state = 'pending'")
+    conn.commit()
+    assert activate(conn, other).id == model.id
+    assert activate(conn, model).id == other.id
+    # A fifth image still waiting for its vector does block it, and says to wait.
+    five = add_image(conn, "q5.jpg")
+    conn.execute("INSERT INTO pgclip.embeddings (image_id, model_id, embedding) VALUES (%s, %s, %s)",
+                 [five, model.id, vector])
+    conn.commit()
+    with pytest.raises(ConfigError, match=r"vectors for 3 of 5 images \(60%\); 1 of the others failed .*: let its "
+                                          r"workers finish"):
         activate(conn, other)
 
 
