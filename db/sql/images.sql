@@ -27,7 +27,8 @@ INSERT INTO pgclip.image_blobs (image_id, data) VALUES (%(image_id)s, %(data)s)
 ON CONFLICT (image_id) DO NOTHING;
 
 -- merge_metadata --
--- Metadata given again for a known image is merged in (new keys win); the
+-- Metadata given again for a known image is merged in (a key given again takes the new
+-- value, keys not given stay); the
 -- vectors are in another table, so this never touches the HNSW index.
 UPDATE pgclip.images AS i
 SET metadata = i.metadata || t.metadata
