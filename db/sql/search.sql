@@ -39,6 +39,21 @@ BEGIN
             RAISE EXCEPTION 'unknown filter "%" (known: %)', key, array_to_string(known, ', ') USING ERRCODE = '22023';
         END IF;
     END LOOP;
+    FOREACH key IN ARRAY ARRAY['taken_after', 'taken_before'] LOOP
+        -- A date and time as ISO 8601 writes it (2024-05-01, 2024-05-01T12:00:00+02:00), as the
+        -- API takes it: not PostgreSQL's words ('yesterday', 'epoch'), which mean another day tomorrow.
+        IF filters ? key THEN
+            BEGIN
+                IF jsonb_typeof(filters->key) <> 'string' OR (filters->>key) !~ '^\d{4}-\d{2}-\d{2}' THEN
+                    RAISE invalid_datetime_format;
+                END IF;
+                PERFORM (filters->>key)::timestamptz;
+            EXCEPTION WHEN invalid_datetime_format OR datetime_field_overflow THEN
+                RAISE EXCEPTION '% must be a date and time (ISO 8601, e.g. 2024-05-01T12:00:00Z), got %',
+                    key, filters->key USING ERRCODE = '22023';
+            END;
+        END IF;
+    END LOOP;
     IF filters ? 'taken_after' THEN
         parts := parts || format('i.taken_at >= %L::timestamptz', filters->>'taken_after');
     END IF;
@@ -68,6 +83,13 @@ BEGIN
         END IF;
     END IF;
     IF filters ? 'format' THEN
+        IF NOT (jsonb_typeof(filters->'format') = 'string'
+                OR (jsonb_typeof(filters->'format') = 'array' AND jsonb_array_length(filters->'format') > 0
+                    AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(filters->'format') f
+                                    WHERE jsonb_typeof(f) <> 'string'))) THEN
+            RAISE EXCEPTION 'format must be a format name or a non-empty list of them, got %', filters->'format'
+                USING ERRCODE = '22023';
+        END IF;
         formats := CASE jsonb_typeof(filters->'format')
             WHEN 'array' THEN ARRAY(SELECT upper(jsonb_array_elements_text(filters->'format')))
             ELSE ARRAY[upper(filters->>'format')] END;
@@ -84,6 +106,12 @@ BEGIN
                                  CASE WHEN (filters->>'has_caption')::boolean THEN '' ELSE 'NOT' END);
     END IF;
     IF filters ? 'exclude_ids' THEN
+        IF jsonb_typeof(filters->'exclude_ids') <> 'array'
+           OR EXISTS (SELECT 1 FROM jsonb_array_elements(filters->'exclude_ids') x
+                      WHERE jsonb_typeof(x) <> 'number' OR x::text !~ '^-?\d+$') THEN
+            RAISE EXCEPTION 'exclude_ids must be a list of image ids, got %', left(filters->>'exclude_ids', 80)
+                USING ERRCODE = '22023';
+        END IF;
         SELECT min(x), max(x) INTO lowest, highest
         FROM unnest(ARRAY(SELECT jsonb_array_elements_text(filters->'exclude_ids'))::bigint[]) x;
         IF lowest < 1 OR highest > 4611686018427387904 THEN  -- ids are 1 .. 2^62
@@ -188,7 +216,7 @@ DECLARE
     max_drop double precision := (options->>'max_drop')::double precision;
     result_order text := coalesce(options->>'order', 'relevance');
     ts_config regconfig := coalesce(options->>'ts_config', 'english')::regconfig;
-    win int := coalesce((options->>'window')::int, greatest(200, 4 * k));
+    win int;
     exact_threshold int := coalesce((options->>'exact_threshold')::int, 10000);
     where_sql text := pgclip.filter_sql(filters);
     tq tsquery;
@@ -216,10 +244,10 @@ BEGIN
             RAISE EXCEPTION 'unknown option "%" (known: %)', key, array_to_string(known, ', ') USING ERRCODE = '22023';
         END IF;
     END LOOP;
-    win := coalesce((options->>'window')::int, greatest(200, 4 * k));
     IF k < 1 OR k > 100 THEN
         RAISE EXCEPTION 'k must be between 1 and 100, got %', k USING ERRCODE = '22023';
     END IF;
+    win := coalesce((options->>'window')::int, greatest(200, 4 * k));
     IF "offset" < 0 THEN
         RAISE EXCEPTION 'offset must be 0 or more, got %', "offset" USING ERRCODE = '22023';
     END IF;
@@ -261,9 +289,21 @@ BEGIN
         RAISE EXCEPTION 'query vector has % dimensions, the active model has %', vector_dims(query_vector), dim
             USING ERRCODE = '22023';
     END IF;
+    IF use_vector THEN
+        -- A direction, as the API takes it: a zero vector has none; a very long or very short one
+        -- is scaled to unit length (its cosine distances would overflow to NaN, or halfvec refuse it).
+        IF vector_norm(query_vector) = 0 THEN
+            RAISE EXCEPTION 'query vector must be a non-zero list of finite numbers' USING ERRCODE = '22023';
+        END IF;
+        IF abs(vector_norm(query_vector) - 1) > 1e-3 THEN
+            query_vector := l2_normalize(query_vector);
+        END IF;
+    END IF;
     IF nullif(trim(caption_query), '') IS NOT NULL THEN
         tq := websearch_to_tsquery(ts_config, caption_query);
         use_text := numnode(tq) > 0;  -- a query of stop words only matches nothing
+    ELSIF NOT use_vector THEN
+        RAISE EXCEPTION 'give a query vector or a caption query' USING ERRCODE = '22023';
     END IF;
     IF NOT use_vector AND NOT use_text THEN
         RETURN;  -- nothing to rank by

@@ -1,6 +1,6 @@
 -- Text queries in SQL: pgclip.embed_text and pgclip.search_text, the source of truth for
 -- the functions analysts call. Migrations apply frozen copies of this file
--- (migrations/versions/0008_text.sql); tests/integration/test_text_in_sql.py fails when
+-- (migrations/versions/0008_text.sql, 0016_text.sql); tests/integration/test_text_in_sql.py fails when
 -- the functions in a migrated database differ from what is written here.
 --
 -- The model lives in the workers, not in PostgreSQL, so a text's vector is asked of
@@ -181,11 +181,14 @@ LANGUAGE plpgsql VOLATILE AS $$
 -- pgclip.search with the vector of a text (pgclip.embed_text): the same arguments after
 -- the first, the same defaults, the same rows. The model is pinned in the options, so
 -- the vector and the search use one model even if the active one changes meanwhile. A
--- NULL or blank text searches captions alone.
+-- NULL or blank text searches captions alone; with no caption query either, it is an error.
 DECLARE
     chosen_id int;
     label text;
 BEGIN
+    IF nullif(btrim(query_text, E' \t\n\r\f'), '') IS NULL AND nullif(trim(caption_query), '') IS NULL THEN
+        RAISE EXCEPTION 'give a query text or a caption query' USING ERRCODE = '22023';
+    END IF;
     options := coalesce(options, '{}');
     IF options ? 'model_id' THEN
         SELECT m.id, format('%s (%s)', m.name, m.pretrained) INTO chosen_id, label

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import psycopg
 import pytest
 
@@ -30,7 +31,7 @@ def assert_migrated_as_written(conn: psycopg.Connection, filename: str, function
 
 
 def test_the_migrated_functions_are_the_ones_in_search_sql(conn):
-    assert_migrated_as_written(conn, "search.sql", FUNCTIONS, "0012_broad_filters.py")
+    assert_migrated_as_written(conn, "search.sql", FUNCTIONS, "0016_sql_arguments.py")
 
 
 @pytest.mark.parametrize("call", [
@@ -60,3 +61,57 @@ def test_no_active_model_is_one_error_from_python_and_from_sql(conn):
         conn.execute("SELECT * FROM pgclip.search(NULL, 'dog')")
     assert isinstance(translate(raised.value), NotReady)
     assert "no active model" in str(translate(raised.value))
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    ("pgclip.search(array_fill(0::real, ARRAY[{dim}])::vector)", "query vector must be a non-zero list"),
+    ("pgclip.search(NULL, NULL)", "give a query vector or a caption query"),
+    ("pgclip.search(NULL, '  ')", "give a query vector or a caption query"),
+    ("pgclip.search_text(NULL, NULL)", "give a query text or a caption query"),
+    ("pgclip.search_text(' ', '')", "give a query text or a caption query"),
+    ("pgclip.search(NULL, 'dog', '{{}}', 2147483647)", "k must be between 1 and 100, got 2147483647"),
+    ("pgclip.search(NULL, 'dog', '{{\"exclude_ids\": 5}}')", "exclude_ids must be a list of image ids, got 5"),
+    ("pgclip.search(NULL, 'dog', '{{\"exclude_ids\": [1, \"a\"]}}')", "exclude_ids must be a list of image ids"),
+    ("pgclip.search(NULL, 'dog', '{{\"exclude_ids\": [1.5]}}')", "exclude_ids must be a list of image ids"),
+    ("pgclip.search(NULL, 'dog', '{{\"taken_after\": \"not a date\"}}')",
+     'taken_after must be a date and time \\(ISO 8601, e.g. 2024-05-01T12:00:00Z\\), got "not a date"'),
+    ("pgclip.search(NULL, 'dog', '{{\"taken_before\": \"yesterday\"}}')", "taken_before must be a date and time"),
+    ("pgclip.search(NULL, 'dog', '{{\"taken_after\": \"2024-13-45\"}}')", "taken_after must be a date and time"),
+    ("pgclip.search(NULL, 'dog', '{{\"format\": []}}')", "format must be a format name or a non-empty list"),
+    ("pgclip.search(NULL, 'dog', '{{\"format\": [1]}}')", "format must be a format name or a non-empty list"),
+])
+def test_sql_arguments_the_api_refuses_are_refused_in_sql_too(conn, call, message):
+    """Each is one clear error (22023, the API's 400), not an empty result, NaN scores or a
+    cast error quoting the generated query."""
+    from pgclip.db.models import active_model
+
+    dim = active_model(conn).dimension
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match=message):
+        conn.execute(f"SELECT * FROM {call.format(dim=dim)}")
+    conn.rollback()
+
+
+def test_a_query_vector_far_from_unit_length_ranks_as_its_direction(conn):
+    from pgclip.db.models import active_model
+
+    model = active_model(conn)
+    rng = np.random.default_rng(5)
+    ids = []
+    for n in range(5):
+        conn.execute("INSERT INTO pgclip.images (sha256, source, width, height, format, mime, byte_size, taken_at) "
+                     "VALUES (%s, %s, 4, 3, 'JPEG', 'image/jpeg', 10, '2024-05-02')", [f"{n:064x}", f"{n}.jpg"])
+        image_id = conn.execute("SELECT max(id) FROM pgclip.images").fetchone()[0]
+        v = rng.normal(size=model.dimension).astype(np.float32)
+        conn.execute("INSERT INTO pgclip.embeddings (image_id, model_id, embedding) VALUES (%s, %s, %s)",
+                     [image_id, model.id, v / np.linalg.norm(v)])
+        ids.append(image_id)
+    query = rng.normal(size=model.dimension).astype(np.float32)
+    query /= np.linalg.norm(query)
+    unit = conn.execute("SELECT image_id, similarity FROM pgclip.search(%s, NULL, '{\"taken_after\": "
+                        "\"2024-05-01\"}', 5)", [query]).fetchall()
+    assert {i for i, _ in unit} == set(ids)
+    for scale in (1e30, 1e-30):
+        scaled = conn.execute("SELECT image_id, similarity FROM pgclip.search(%s, NULL, '{}', 5)",
+                              [(query.astype(np.float64) * scale).astype(np.float32)]).fetchall()
+        assert [i for i, _ in scaled] == [i for i, _ in unit]
+        assert [s for _, s in scaled] == pytest.approx([s for _, s in unit], abs=1e-5)

@@ -55,7 +55,7 @@ def as_array(value) -> np.ndarray:
 
 
 def test_the_migrated_functions_are_the_ones_in_text_sql(conn):
-    assert_migrated_as_written(conn, "text.sql", FUNCTIONS, "0008_text_in_sql.py")
+    assert_migrated_as_written(conn, "text.sql", FUNCTIONS, "0016_sql_arguments.py")
 
 
 @pytest.mark.parametrize("text", ["a cat on a sofa", "it's 100% \"quoted\" $$x$$'); DROP TABLE pgclip.images; --"])
