@@ -211,6 +211,25 @@ def _parquet_rows(path: Path) -> Iterator[dict[str, Any]]:
         raise InvalidInput(f"{path}: unreadable ({first_line(exc)})") from None
 
 
+def _taken_at(where: str, value: Any) -> dt.datetime | None:
+    """A timestamp column as it is; ISO 8601 text (another tool's export) parsed; naive times read
+    as UTC (clip-retrieval's). Anything else is refused: PostgreSQL would read 'yesterday' as a day."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value.strip()) if value[:4].isdigit() else None
+        except ValueError:
+            value = None
+        if value is None:
+            raise InvalidInput(f"{where}: taken_at is not a date and time (ISO 8601, e.g. 2024-05-01T12:00:00Z)")
+    elif isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        value = dt.datetime(value.year, value.month, value.day)
+    if not isinstance(value, dt.datetime):
+        raise InvalidInput(f"{where}: taken_at {value!r} is not a date and time")
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
 def _row(part: Part, n: int, meta: dict[str, Any], thumb: dict[str, Any] | None, vector: np.ndarray) -> db.ExchangeRow:
     """One row of the set, checked: what the database would refuse is refused here, naming the row."""
     where = f"{part.metadata} row {n}"
@@ -245,9 +264,7 @@ def _row(part: Part, n: int, meta: dict[str, Any], thumb: dict[str, Any] | None,
         raise InvalidInput(f"{part.thumbnails} row {n}: image_id {thumb.get('image_id')} where "
                            f"{part.metadata.name} has {meta.get('image_id')}")
     video = _video(where, meta.get("video"), meta.get("video_ts"))
-    taken_at = meta.get("taken_at")
-    if isinstance(taken_at, dt.datetime) and taken_at.tzinfo is None:
-        taken_at = taken_at.replace(tzinfo=dt.UTC)  # clip-retrieval style naive times: read as UTC
+    taken_at = _taken_at(where, meta.get("taken_at"))
     thumb = thumb or {}
     return db.ExchangeRow(
         image_id=meta.get("image_id"), sha256=sha, source=meta.get("image_path"),

@@ -534,6 +534,37 @@ def test_a_bad_frame_row_is_refused_naming_it_and_nothing_is_written(db_url, con
     assert counts(target_url) == before and frame_links(target_url) == {}
 
 
+@pytest.mark.parametrize(("texts", "expected"), [
+    (["2024-05-01T12:30:00+02:00", "2024-05-02", None],
+     [dt.datetime(2024, 5, 1, 10, 30, tzinfo=dt.UTC), dt.datetime(2024, 5, 2, tzinfo=dt.UTC), None]),
+    (["yesterday", "2024-05-02", None], "row 0: taken_at is not a date and time (ISO 8601"),
+    (["2024-05-01", "2024-13-45", None], "row 1: taken_at is not a date and time (ISO 8601"),
+])
+def test_a_taken_at_column_of_text_is_read_as_iso_8601_or_refused(db_url, conn, target_url, tmp_path, texts, expected):
+    """Another tool's set may carry its dates as text: ISO 8601 is read (naive as UTC), anything else
+    is refused, naming the row, never handed to PostgreSQL to read 'yesterday' as a day."""
+    fill(conn, 3, unembedded=0)
+    folder = tmp_path / "set"
+    export_parquet(db_url, folder)
+    path = folder / "metadata/metadata_0.parquet"
+    table = pq.read_table(path)
+    column = table.schema.get_field_index("taken_at")
+    table = table.set_column(column, "taken_at", pa.array(texts, pa.string()))
+    pq.write_table(table, path)
+    rewrite_manifest(folder, lambda d: None)
+    before = counts(target_url)
+    if isinstance(expected, str):
+        with pytest.raises(InvalidInput, match=re.escape(f"metadata_0.parquet {expected}")):
+            import_parquet(target_url, folder, make_settings(target_url, tmp_path))
+        assert counts(target_url) == before
+        return
+    import_parquet(target_url, folder, make_settings(target_url, tmp_path))
+    shas = table.column("sha256").to_pylist()
+    with psycopg.connect(target_url) as target:
+        stored = dict(target.execute("SELECT sha256, taken_at FROM pgclip.images").fetchall())
+    assert [stored[sha] for sha in shas] == expected
+
+
 def test_a_new_model_s_failed_import_leaves_no_model_behind(db_url, conn, target_url, tmp_path):
     alt = ensure_model(conn, "test-tiny-alt", "random-seed-0", 48)
     for v in low_rank_vectors(np.random.default_rng(2), 3, 48)[0]:
