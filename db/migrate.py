@@ -73,8 +73,23 @@ def current_revision(conn: psycopg.Connection) -> str | None:
     return row[0] if row else None
 
 
+def newer_than_code(current: str | None) -> bool:
+    """Whether the database was migrated by a newer pgclip (revisions are numbered 0001, 0002, ...)."""
+    return bool(current and current.isdigit() and int(current) > int(SCHEMA_HEAD))
+
+
+def require_not_newer(conn: psycopg.Connection) -> None:
+    """Raise :class:`SchemaNotReady` when the database is at a revision this code does not have
+    (a newer pgclip migrated it): `pgclip migrate` cannot help, and must not try."""
+    current = current_revision(conn)
+    if newer_than_code(current):
+        raise SchemaNotReady(f"the database schema is at revision {current}, newer than this pgclip's "
+                             f"{SCHEMA_HEAD}: run the pgclip that migrated it (or a newer one)")
+
+
 def require_head(conn: psycopg.Connection) -> None:
     """Raise :class:`SchemaNotReady` (saying how to fix it) unless the schema is at head."""
+    require_not_newer(conn)
     current, head = current_revision(conn), SCHEMA_HEAD
     if current != head:
         state = "not migrated" if current is None else f"at revision {current}, this pgclip expects {head}"

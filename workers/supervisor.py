@@ -111,7 +111,9 @@ def run_children(concurrency: int, child_args: list[str], *, threads_per_child: 
     env = dict(os.environ)
     env.setdefault("PGCLIP_TORCH_THREADS", str(threads_per_child))
     env[PARENT_ENV] = str(os.getpid())
-    command = [sys.executable, "-m", "pgclip.cli", "worker", *child_args]
+    # -P: the current folder is not put first on the children's sys.path, where a folder named
+    # pgclip (a checkout, say ~/pgclip run from ~) would shadow the installed package.
+    command = [sys.executable, "-P", "-m", "pgclip.cli", "worker", *child_args]
     slots = [_Slot(i) for i in range(concurrency)]
     signals: list[int] = []
     wake = threading.Event()

@@ -127,7 +127,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     import logging
     from concurrent.futures import ThreadPoolExecutor
 
-    from pgclip.application.bootstrap import ready_url, register_configured_model
+    from pgclip.application.bootstrap import ready_url, worker_model
     from pgclip.core import logs
     from pgclip.core.errors import InvalidInput
     from pgclip.db.engine import connection, describe_target
@@ -164,7 +164,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     with ThreadPoolExecutor(1) as pool:
         # Weights load (fail fast, before claiming anything) while a checkpoint is hashed to register it.
         loading = pool.submit(encoder.load)
-        model = wait_for_database(target, lambda: register_configured_model(url, settings))
+        model = wait_for_database(target, lambda: worker_model(url, settings))
         loading.result()
 
     def count_open() -> int:

@@ -98,6 +98,36 @@ def test_a_malformed_setting_is_one_line_naming_the_variable():
     assert_one_line_error(run("migrate", env={"PGCLIP_DATABASE_URL": "mysql://x@y/z"}), "PGCLIP_DATABASE_URL")
 
 
+@pytest.mark.parametrize(("env", "fragments"), [
+    ({"PGCLIP_HNSW_M": "1"}, ["PGCLIP_HNSW_M must be between 2 and 100, got 1"]),
+    ({"PGCLIP_HNSW_EF_CONSTRUCTION": "2"}, ["PGCLIP_HNSW_EF_CONSTRUCTION must be between 4 and 1000, got 2"]),
+    ({"PGCLIP_HNSW_M": "16", "PGCLIP_HNSW_EF_CONSTRUCTION": "20"},
+     ["PGCLIP_HNSW_EF_CONSTRUCTION must be at least twice PGCLIP_HNSW_M (32), got 20"]),
+    ({"PGCLIP_DEVICE": "gpu"}, ["PGCLIP_DEVICE must be auto, cpu, cuda, cuda:N or mps, got 'gpu'"]),
+])
+def test_settings_pgvector_or_torch_would_refuse_are_one_line_before_anything_runs(tmp_path, env, fragments):
+    assert_one_line_error(run("config", env={"PGCLIP_DATA_DIR": str(tmp_path), **env}), *fragments)
+
+
+def test_a_data_dir_that_cannot_hold_the_database_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("")
+    assert_one_line_error(run("status", env={"PGCLIP_DATA_DIR": str(tmp_path / "afile")}),
+                          f"PGCLIP_DATA_DIR={tmp_path / 'afile'}: cannot keep the database there "
+                          "(it is a file, not a folder)")
+
+
+def test_a_database_setting_it_lacks_or_a_newer_schema_is_one_line(db_url, tmp_path):
+    env = {"PGCLIP_DATABASE_URL": db_url, "PGCLIP_DATA_DIR": str(tmp_path / "data"), "PGCLIP_MODEL": "test-tiny"}
+    assert_one_line_error(run("search", "circles", env={**env, "PGCLIP_TEXT_SEARCH_CONFIG": "klingon"}),
+                          "PGCLIP_TEXT_SEARCH_CONFIG=klingon: the database has no such text search configuration",
+                          "english")
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("UPDATE pgclip.alembic_version SET version_num = '0099'")
+    for command in (["status"], ["migrate"]):
+        assert_one_line_error(run(*command, env=env), "the database schema is at revision 0099, newer than this "
+                                                      "pgclip's", "run the pgclip that migrated it")
+
+
 def test_config_masks_the_password(tmp_path):
     result = run("config", env={"PGCLIP_DATABASE_URL": "postgresql://me:hunter2@db.example:5432/pgclip"}, check=True)
     assert "hunter2" not in result.stdout

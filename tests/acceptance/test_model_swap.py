@@ -99,6 +99,26 @@ def test_reembed_refuses_weights_no_worker_could_load_and_registers_nothing(db_u
     assert _models(db_url) == before  # no model left "building" with jobs no worker takes
 
 
+def test_a_worker_for_a_model_that_is_not_registered_refuses_instead_of_registering_it(db_url, tmp_path):
+    """Beside an active model, a worker of weights nobody registered (a checkpoint replaced after
+    `pgclip reembed`, int8 before its re-embed, a typo) would register a model no job is ever
+    queued for and idle forever: it says so in one line and registers nothing."""
+    env = {"PGCLIP_DATABASE_URL": db_url, "PGCLIP_DATA_DIR": str(tmp_path / "data"), "PGCLIP_MODEL": "test-tiny"}
+    write_jpegs(tmp_path / "photos", 2)
+    run("ingest", str(tmp_path / "photos"), env=env, check=True)
+    before = _models(db_url)
+    assert_one_line_error(run("worker", "--until-empty", env={**env, "PGCLIP_ENCODER": "onnx-int8"}, timeout=300),
+                          "test-tiny is registered as random-seed-0, not as random-seed-0+onnx-int8: int8 vectors",
+                          "pgclip reembed test-tiny")
+    assert_one_line_error(run("worker", "--until-empty", "--model", "ViT-B-32", "--pretrained", "openai", env=env,
+                              timeout=300),
+                          "ViT-B-32 (openai) is not registered, so nothing is queued for it", "pgclip reembed ViT-B-32")
+    assert _models(db_url) == before
+    run("worker", "--until-empty", env=env, check=True, timeout=300)  # the registered model's worker: as before
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT count(*) FROM pgclip.embeddings").fetchone()[0] == 2
+
+
 def test_reembed_does_not_queue_a_failed_image_again_and_says_how_to_retry(db_url, tmp_path):
     env = {"PGCLIP_DATABASE_URL": db_url, "PGCLIP_DATA_DIR": str(tmp_path / "data"), "PGCLIP_MODEL": "test-tiny"}
     with psycopg.connect(db_url) as conn:  # an image whose job failed (its bytes are no image)

@@ -89,6 +89,21 @@ def test_four_workers_share_200_images_and_embed_each_exactly_once(db_url, tmp_p
     assert sum(1 for d in done_per_worker if d > 0) >= 2  # the work was actually shared
 
 
+def test_worker_processes_start_from_a_folder_that_holds_a_folder_named_pgclip(db_url, tmp_path):
+    """`~/pgclip/.venv/bin/pgclip worker --concurrency 2` run from ~: the checkout folder must not
+    shadow the installed package in the worker processes the command starts."""
+    env = env_for(db_url, tmp_path)
+    write_jpegs(tmp_path / "photos", 6)
+    run("ingest", str(tmp_path / "photos"), env=env, check=True)
+    (tmp_path / "pgclip" / "db").mkdir(parents=True)  # a checkout's layout: no __init__.py at its top
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PGCLIP_")}
+    script = Path(sys.executable).with_name("pgclip")
+    done = subprocess.run([str(script), "worker", "--concurrency", "2", "--until-empty"], env={**base, **env},
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "Error while finding module" not in done.stderr, done.stderr[-3000:]
+    assert job_states(db_url) == {"done": 6}
+
+
 def test_a_worker_killed_mid_batch_loses_nothing(db_url, tmp_path):
     env = env_for(db_url, tmp_path, PGCLIP_BATCH_SIZE="16", PGCLIP_LEASE_SECONDS="3", PGCLIP_MODEL_THREADS="2")
     write_jpegs(tmp_path / "photos", 48, size=(1600, 1200))  # big: decoding a batch takes a while
