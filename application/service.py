@@ -178,9 +178,14 @@ class Service:
         configured = self.encoder
         if configured.model_name == model.name and configured.weights_identity == weights:
             return configured.pretrained
+        if configured.model_name == model.name and configured.weights_identity.startswith("sha256:"):
+            found = f"PGCLIP_PRETRAINED names {configured.pretrained}, whose contents are {configured.weights_identity}"
+        else:
+            found = f"this process runs {configured.model_name} ({configured.pretrained})"
         raise NotReady(
-            f"the active model {model.label} uses a local checkpoint this API process does not have: "
-            "set PGCLIP_PRETRAINED to that file and restart it"
+            f"the active model {model.label} uses a local checkpoint this process does not have ({found}): "
+            f"set PGCLIP_MODEL={model.name} and PGCLIP_PRETRAINED to the checkpoint it was registered with "
+            "(the file whose sha256 it names), then restart it"
         )
 
     def _current(self, conn: psycopg.Connection) -> tuple[ModelRow, ClipEncoder]:
