@@ -81,14 +81,18 @@ def enqueue_model(conn: psycopg.Connection, model_id: int) -> int:
     return len(added)
 
 
+RESTART_GRACE = 10.0  # seconds after a server start before expired leases are claimable (workers renew first)
+
+
 def claim(
-    conn: psycopg.Connection, *, model_id: int, worker: str, limit: int, lease_seconds: float, max_attempts: int
+    conn: psycopg.Connection, *, model_id: int, worker: str, limit: int, lease_seconds: float, max_attempts: int,
+    restart_grace: float = RESTART_GRACE,
 ) -> list[ClaimedJob]:
     with conn.cursor(row_factory=class_row(ClaimedJob)) as cur:
         return cur.execute(
             QUEUE["claim"],
             {"model_id": model_id, "worker": worker, "limit": limit, "lease_seconds": lease_seconds,
-             "max_attempts": max_attempts},
+             "max_attempts": max_attempts, "restart_grace": restart_grace},
         ).fetchall()
 
 

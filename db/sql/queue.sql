@@ -64,13 +64,18 @@ SELECT pg_notify('pgclip_jobs', %(model_id)s::text);
 --   * the attempt is counted here, at claim time, so an image that kills its
 --     worker every time still runs out of attempts ...
 --   * ... and a job whose lease expired with no attempts left ends failed instead
---     of being leased again (RETURNING says which; the worker skips those).
+--     of being leased again (RETURNING says which; the worker skips those);
+--   * in the first restart_grace seconds after the server (re)started, no expired
+--     lease is taken: leases that ran out while it was down belong to workers that
+--     are reconnecting and renew them at once (an outage longer than a lease would
+--     otherwise hand their jobs to another worker and cost each an attempt).
 WITH claimable AS (
     SELECT id
     FROM pgclip.embedding_jobs
     WHERE model_id = %(model_id)s
       AND state IN ('pending', 'leased')
       AND COALESCE(lease_until, run_after) <= now()
+      AND (state = 'pending' OR pg_postmaster_start_time() <= now() - make_interval(secs => %(restart_grace)s))
     ORDER BY COALESCE(lease_until, run_after), id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED

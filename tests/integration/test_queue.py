@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -149,6 +151,25 @@ def test_an_expired_lease_makes_the_job_claimable_again(conn, model):
     assert all(j.attempts == 2 for j in second)
 
 
+def test_leases_that_ran_out_while_the_server_was_down_stay_with_their_workers_at_first(conn, model):
+    """Right after a server (re)start, expired leases are not claimable for a grace period:
+    their workers are reconnecting and renew them (no attempt lost to an outage longer than a
+    lease); pending jobs are claimable at once, and after the grace expired leases are too."""
+    enqueue_images(conn, model, 2)
+    held = claim(conn, model, "reconnecting", limit=1, lease=0.05)
+    uptime = conn.execute("SELECT extract(epoch FROM now() - pg_postmaster_start_time())").fetchone()[0]
+    conn.commit()
+    time.sleep(0.3)  # the lease (0.05 s) runs out
+    just_started = float(uptime) + 3600  # as if the server had started a moment ago
+    with conn.transaction():
+        other = queue.claim(conn, model_id=model.id, worker="other", limit=10, lease_seconds=LEASE, max_attempts=3,
+                            restart_grace=just_started)
+    assert [j.id for j in other] != [j.id for j in held] and len(other) == 1  # only the pending one
+    with conn.transaction():
+        assert queue.renew(conn, [held[0].id], worker="reconnecting", lease_seconds=LEASE) == {held[0].id}
+    assert jobs(conn)[held[0].image_id][:3] == ("leased", 1, "reconnecting")  # kept, first attempt
+
+
 def test_a_job_whose_worker_dies_every_time_ends_failed(conn, model):
     (image,) = enqueue_images(conn, model, 1)
     for _ in range(3):  # max_attempts = 3, each claim's worker "dies" (lease expires)
@@ -214,7 +235,8 @@ def test_claim_uses_its_index(conn, model):
 
     plan = conn.execute(
         "EXPLAIN (FORMAT JSON) " + QUEUE["claim"],
-        {"model_id": model.id, "worker": "w", "limit": 10, "lease_seconds": 60, "max_attempts": 3},
+        {"model_id": model.id, "worker": "w", "limit": 10, "lease_seconds": 60, "max_attempts": 3,
+         "restart_grace": queue.RESTART_GRACE},
     ).fetchone()[0]
     conn.rollback()
     assert "embedding_jobs_claim_idx" in str(plan)
