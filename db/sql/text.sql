@@ -92,8 +92,10 @@ BEGIN
     END IF;
     RAISE EXCEPTION 'no pgclip worker answered within % ms for model %', timeout_ms, model_label
         USING ERRCODE = '55000',
-              HINT = 'start one with `pgclip worker` for that model (it answers text requests), '
-                     'or wait longer: pgclip.embed_text(text, model, timeout_ms) or SET pgclip.text_timeout_ms';
+              HINT = 'start one with `pgclip worker` for that model (it answers text requests'
+                     || CASE WHEN model_label LIKE '%+onnx-int8)' THEN '; int8 vectors: with PGCLIP_ENCODER=onnx-int8'
+                             ELSE '' END
+                     || '), or wait longer: pgclip.embed_text(text, model, timeout_ms) or SET pgclip.text_timeout_ms';
 END
 $$;
 

@@ -11,7 +11,8 @@ through); no query at all is an error, not an empty result; ``k`` past 100 is th
 error, not "integer out of range"; ``taken_after`` / ``taken_before`` must be ISO 8601
 dates (PostgreSQL's 'yesterday' is refused, garbage is a one-line error instead of a cast
 error quoting the generated query); ``format`` must be a name or a non-empty list of them;
-``exclude_ids`` a list of ids. Applies frozen copies of db/sql/search.sql and db/sql/text.sql
+``exclude_ids`` a list of ids. A text request no int8 worker answered hints at PGCLIP_ENCODER=onnx-int8.
+Applies frozen copies of db/sql/search.sql and db/sql/text.sql
 (``0016_search.sql``, ``0016_text.sql``).
 """
 

@@ -29,16 +29,41 @@ def listen_address(args: argparse.Namespace, settings: Settings) -> tuple[str, i
     return host, port
 
 
-def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+def listening_socket(host: str, port: int):  # noqa: ANN201 - a socket.socket
+    """The socket the server will answer on, bound now: a port already taken or an address this
+    machine does not have is one line (ConfigError) before the model loads, not a log line after
+    "serving on" was printed."""
+    import socket
+
+    from pgclip.core.errors import ConfigError
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def run_server(app, sock) -> None:  # noqa: ANN001
     import uvicorn
 
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from pgclip.api.app import create_app
     from pgclip.application.bootstrap import open_service
 
     host, port = listen_address(args, settings)
+    sock = listening_socket(host, port)
     service = open_service(settings)  # fails here, in one line, if the database or model is not usable
     _out(f"pgclip serving on http://{host}:{port}/ (API schema: http://{host}:{port}/schema), model {service.encoder.model_name}")
-    uvicorn.run(create_app(settings, service=service), host=host, port=port, log_level="warning")
+    run_server(create_app(settings, service=service), sock)
     return 0
 
 
@@ -97,8 +122,9 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     _out(f"embedded {stats.done} images ({stats.failed} failed) with {model.label}")
     if args.no_serve:
         return 0
-    service = open_service(settings, encoder)
     host, port = settings.host, settings.port
+    sock = listening_socket(host, port)
+    service = open_service(settings, encoder)
     # A worker goes on beside the page: uploads get embedded, and `pgclip.search_text` in psql
     # gets its text vectors (the demo is the one process holding the model).
     worker = Worker(url, encoder=encoder, model=model, batch_size=settings.batch_size,
@@ -106,10 +132,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     background = threading.Thread(target=worker.run, name="demo-worker", daemon=True)
     background.start()
     _out(f"pgclip demo is running: open http://{host}:{port}/ (Ctrl+C to stop)")
-    import uvicorn
-
     try:
-        uvicorn.run(create_app(settings, service=service), host=host, port=port, log_level="warning")
+        run_server(create_app(settings, service=service), sock)
     finally:
         worker.stop()
         background.join(timeout=settings.lease_seconds)

@@ -128,6 +128,18 @@ def test_a_database_setting_it_lacks_or_a_newer_schema_is_one_line(db_url, tmp_p
                                                       "pgclip's", "run the pgclip that migrated it")
 
 
+def test_serve_on_a_port_already_taken_is_one_line_before_it_says_it_serves(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = run("serve", "--port", str(port), env={"PGCLIP_DATA_DIR": str(tmp_path)})
+    assert_one_line_error(result, f"cannot listen on 127.0.0.1:{port}: Address already in use")
+    assert "serving" not in result.stdout
+
+
 def test_config_masks_the_password(tmp_path):
     result = run("config", env={"PGCLIP_DATABASE_URL": "postgresql://me:hunter2@db.example:5432/pgclip"}, check=True)
     assert "hunter2" not in result.stdout

@@ -113,6 +113,15 @@ def test_no_worker_is_an_error_naming_pgclip_worker_within_the_timeout(db_url):
         assert "pgclip worker" in (raised.value.diag.message_hint or "")
         # Nobody waits for them any more: the requests are withdrawn.
         assert c.execute("SELECT count(*) FROM pgclip.text_requests").fetchone() == (0,)
+        # An int8 model's workers need their encoder set: the hint says so.
+        c.execute("INSERT INTO pgclip.models (name, pretrained, dimension, state) "
+                  "SELECT name, pretrained || '+onnx-int8', dimension, 'building' FROM pgclip.models "
+                  "WHERE state = 'active'")
+        label = c.execute("SELECT format('%s (%s)', name, pretrained) FROM pgclip.models "
+                          "WHERE pretrained LIKE '%+onnx-int8'").fetchone()[0]
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as raised:
+            c.execute("SELECT pgclip.embed_text('an int8 text', %s, 200)", [label])
+        assert "PGCLIP_ENCODER=onnx-int8" in (raised.value.diag.message_hint or "")
 
 
 @pytest.mark.parametrize(("call", "message"), [
