@@ -67,6 +67,14 @@ def sync_root(folder: str | os.PathLike[str]) -> Path:
     return Path(os.path.realpath(path))
 
 
+def sync_root_or_refuse(root: Path) -> None:
+    """InvalidInput ("no such folder: X: nothing removed") unless ``root`` is still a folder."""
+    try:
+        sync_root(root)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{exc}: nothing removed") from None
+
+
 def folder_filter(root: Path) -> str:
     """The search's ``folder`` filter for a sync root (the text form ``pgclip.files.path`` uses)."""
     return stored_name(root)[0]
@@ -178,10 +186,7 @@ def plan(conn: psycopg.Connection, root: Path) -> Plan:
     is no longer a folder (renamed, unmounted) is an InvalidInput, with nothing changed."""
     result = Plan(root)
     unlisted: list[Path] = []
-    try:
-        sync_root(root)  # still a folder (a --watch outlives it)
-    except InvalidInput as exc:
-        raise InvalidInput(f"{exc}: nothing removed") from None
+    sync_root_or_refuse(root)  # still a folder (a --watch outlives it)
     found, _, problems = discover([root], unlisted=unlisted)
     if root in unlisted or not os.path.isdir(root):
         raise InvalidInput(f"cannot list the folder {readable_name(root)} (gone, or not readable): nothing removed")

@@ -161,6 +161,7 @@ def watch(root: Path, on_changes: Callable[[], None], *, poll: bool = False,
 
     force_polling = True if poll else None
     while True:
+        folder_sync.sync_root_or_refuse(root)  # gone since the sync before (inotify would wait on nothing)
         changes = watchfiles.watch(root, debounce=WATCH_DEBOUNCE_MS, step=WATCH_STEP_MS, stop_event=stop,
                                    force_polling=force_polling, raise_interrupt=True, ignore_permission_denied=True)
         while True:
@@ -169,6 +170,9 @@ def watch(root: Path, on_changes: Callable[[], None], *, poll: bool = False,
             except StopIteration:
                 return
             except (OSError, RuntimeError) as exc:
+                # The folder went away before or while it was watched (renamed, unmounted): the
+                # sync's own refusal, with nothing removed.
+                folder_sync.sync_root_or_refuse(root)
                 # inotify unavailable, or out of watches (a tree bigger than fs.inotify.max_user_watches):
                 # the same changes, found by polling.
                 if force_polling:

@@ -68,6 +68,11 @@ def enqueue(conn: psycopg.Connection, image_ids: Sequence[int], model_id: int, *
     return len(added)
 
 
+def bare_images(conn: psycopg.Connection, model_id: int) -> int:
+    """How many images have no stored bytes (imported) and no vector for the model."""
+    return conn.execute(QUEUE["bare_images"], {"model_id": model_id}).fetchone()[0]
+
+
 def failed_images(conn: psycopg.Connection, model_id: int) -> int:
     """How many images have a failed job for the model and no vector for it."""
     return conn.execute(QUEUE["failed_images"], {"model_id": model_id}).fetchone()[0]

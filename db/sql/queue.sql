@@ -45,6 +45,13 @@ WHERE NOT EXISTS (
 ON CONFLICT (image_id, model_id) WHERE state IN ('pending', 'leased') DO NOTHING
 RETURNING id;
 
+-- bare_images --
+-- Images without stored bytes (`pgclip import` brings vectors, not files) and without the
+-- model's vector: its workers cannot embed them until their files are ingested.
+SELECT count(*) FROM pgclip.images i
+WHERE NOT EXISTS (SELECT 1 FROM pgclip.image_blobs b WHERE b.image_id = i.id)
+  AND NOT EXISTS (SELECT 1 FROM pgclip.embeddings e WHERE e.image_id = i.id AND e.model_id = %(model_id)s);
+
 -- failed_images --
 -- Images whose job for the model failed (and have no vector for it).
 SELECT count(DISTINCT j.image_id) FROM pgclip.embedding_jobs j

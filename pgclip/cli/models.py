@@ -53,7 +53,7 @@ def cmd_reembed(args: argparse.Namespace, settings: Settings) -> int:
     from pgclip.db.engine import connection
     from pgclip.db.indexes import defer_index
     from pgclip.db.models import vector_count
-    from pgclip.db.queue import enqueue_model, failed_images
+    from pgclip.db.queue import bare_images, enqueue_model, failed_images
     from pgclip.workers.weights import check_weights, model_dimension
 
     pretrained = args.checkpoint or args.pretrained or settings.pretrained
@@ -67,11 +67,15 @@ def cmd_reembed(args: argparse.Namespace, settings: Settings) -> int:
     with connection(url) as conn, conn.transaction():
         queued = enqueue_model(conn, model.id)
         failed = failed_images(conn, model.id)
+        bare = bare_images(conn, model.id)
         counts = vector_count(conn, model)
     index = "its vector index is built once they are embedded" if model.index_kind != "none" and not counts else ""
     out(f"{model.label} ({model.state}): {queued} images queued for it" + (f"; {index}" if index else ""))
     if failed:
         out(f"{failed} images failed for it before and are not queued again: `pgclip retry-failed` retries them")
+    if bare:
+        out(f"{bare} images have no stored bytes (they came from `pgclip import`): its workers cannot embed them "
+            "until their files are ingested (`pgclip ingest` them, then `pgclip retry-failed`)")
     if queued:
         encoder = f"PGCLIP_ENCODER={settings.encoder} " if settings.encoder == "onnx-int8" else ""
         then = "" if model.state == "active" else \

@@ -90,6 +90,12 @@ def test_export_then_import_into_a_fresh_database_searches_the_same(db_url, fres
     again = run("import", str(folder), env=target, check=True)
     assert "0 images added, 8 already present; 0 vectors added (8 kept as they were), 0 captions" in again.stdout
 
+    # A re-embed there says up front that imported images (no bytes) cannot be embedded by the new model.
+    int8 = {**target, "PGCLIP_ENCODER": "onnx-int8", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    reembedded = run("reembed", "test-tiny", env=int8, check=True, timeout=300)
+    assert "8 images have no stored bytes (they came from `pgclip import`): its workers cannot embed them" \
+        in reembedded.stdout, reembedded.stdout
+
 
 def test_refusals_are_one_line_and_write_nothing(db_url, databases, tmp_path):
     photos = write_jpegs(tmp_path / "photos", 3)

@@ -314,6 +314,16 @@ def test_a_synced_folder_that_is_gone_is_refused_and_nothing_is_removed(db_url, 
     assert (count(db_url, "files"), count(db_url, "images")) == (5, 5)
 
 
+@pytest.mark.parametrize("poll", [True, False])
+def test_a_watch_whose_folder_went_before_it_began_is_the_same_refusal(tmp_path, poll):
+    """`sync --watch`: the folder renamed between the first sync and the watch's start (CI saw a
+    FileNotFoundError traceback there) is refused like a sync of it, not raised as an OSError."""
+    from pgclip.application.sync_run import watch
+
+    with pytest.raises(InvalidInput, match=f"no such folder: {tmp_path / 'gone'}: nothing removed"):
+        watch(tmp_path / "gone", lambda: None, poll=poll)
+
+
 def test_a_subfolder_that_cannot_be_listed_keeps_its_rows(db_url, photos, monkeypatch):
     """Permissions changed, or a drive gone mid-scan: what it holds is unknown, not deleted."""
     import pgclip.workers.ingest_files as ingest_files
