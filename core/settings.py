@@ -24,7 +24,7 @@ LOG_FORMATS = ("text", "json")  # PGCLIP_LOG_FORMAT (core/logs.py)
 MEMORY_SIZE = r"[1-9][0-9]*(kB|MB|GB|TB)"  # a PostgreSQL memory setting as pgclip takes it: 512MB, 2GB
 HNSW_M = (2, 100)  # pgvector's bounds of an HNSW graph's m
 HNSW_EF_CONSTRUCTION = (4, 1000)  # ... and of its ef_construction (which must also be at least 2 m)
-DEVICE = r"auto|cpu|cuda(:[0-9]+)?|mps"  # PGCLIP_DEVICE
+DEVICE = r"auto|cpu|cuda(:[0-9]+)?"  # PGCLIP_DEVICE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,7 +167,7 @@ class Settings:
             raise ConfigError(f"PGCLIP_HNSW_EF_CONSTRUCTION must be at least twice PGCLIP_HNSW_M "
                               f"({2 * self.hnsw_m}), got {self.hnsw_ef_construction}")
         if not re.fullmatch(DEVICE, self.device):
-            raise ConfigError(f"PGCLIP_DEVICE must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+            raise ConfigError(f"PGCLIP_DEVICE must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if not 0.1 <= self.video_frame_interval <= 86400:  # a NaN fails this too
             raise ConfigError(f"PGCLIP_VIDEO_FRAME_INTERVAL must be 0.1 to 86400 seconds, got {self.video_frame_interval}")
         for name in ("torch_threads", "model_threads"):

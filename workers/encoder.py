@@ -158,8 +158,6 @@ class ClipEncoder:
         elif device.startswith("cuda") and ":" in device and int(device.split(":")[1]) >= torch.cuda.device_count():
             raise ModelLoadError(f"PGCLIP_DEVICE={device}, but torch finds {torch.cuda.device_count()} CUDA "
                                  "device(s) here, numbered from 0")
-        elif device == "mps" and not torch.backends.mps.is_available():
-            raise ModelLoadError("PGCLIP_DEVICE=mps, but torch finds no Apple GPU here: set PGCLIP_DEVICE to cpu or auto")
         backend = self._resolve_backend(device)
         budget = self._torch_threads or torch.get_num_threads()
         model_threads = self._resolve_model_threads(device, budget)

@@ -103,7 +103,7 @@ def test_a_malformed_setting_is_one_line_naming_the_variable():
     ({"PGCLIP_HNSW_EF_CONSTRUCTION": "2"}, ["PGCLIP_HNSW_EF_CONSTRUCTION must be between 4 and 1000, got 2"]),
     ({"PGCLIP_HNSW_M": "16", "PGCLIP_HNSW_EF_CONSTRUCTION": "20"},
      ["PGCLIP_HNSW_EF_CONSTRUCTION must be at least twice PGCLIP_HNSW_M (32), got 20"]),
-    ({"PGCLIP_DEVICE": "gpu"}, ["PGCLIP_DEVICE must be auto, cpu, cuda, cuda:N or mps, got 'gpu'"]),
+    ({"PGCLIP_DEVICE": "gpu"}, ["PGCLIP_DEVICE must be auto, cpu, cuda or cuda:N, got 'gpu'"]),
 ])
 def test_settings_pgvector_or_torch_would_refuse_are_one_line_before_anything_runs(tmp_path, env, fragments):
     assert_one_line_error(run("config", env={"PGCLIP_DATA_DIR": str(tmp_path), **env}), *fragments)
