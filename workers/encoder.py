@@ -152,13 +152,13 @@ class ClipEncoder:
         device = self._requested_device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        elif device.startswith("cuda") and not torch.cuda.is_available():
+        backend = self._resolve_backend(device)
+        if device.startswith("cuda") and not torch.cuda.is_available():
             raise ModelLoadError(f"PGCLIP_DEVICE={device}, but torch finds no CUDA device here: "
                                  "set PGCLIP_DEVICE to cpu or auto")
-        elif device.startswith("cuda") and ":" in device and int(device.split(":")[1]) >= torch.cuda.device_count():
+        if device.startswith("cuda:") and int(device.split(":")[1]) >= torch.cuda.device_count():
             raise ModelLoadError(f"PGCLIP_DEVICE={device}, but torch finds {torch.cuda.device_count()} CUDA "
                                  "device(s) here, numbered from 0")
-        backend = self._resolve_backend(device)
         budget = self._torch_threads or torch.get_num_threads()
         model_threads = self._resolve_model_threads(device, budget)
         threads = max(1, budget // model_threads)

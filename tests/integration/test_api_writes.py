@@ -171,7 +171,9 @@ def test_a_caption_or_vector_search_answers_while_the_active_models_weights_cann
                  [image, elsewhere.id, v])
     conn.commit()
     text = keyed_client.post("/api/search", json={"text": "a cat"})
-    assert text.status_code == 409 and "set PGCLIP_PRETRAINED to that file" in text.json()["detail"], text.text
+    assert text.status_code == 409, text.text
+    assert "set PGCLIP_MODEL=ViT-B-32 and PGCLIP_PRETRAINED to the checkpoint it was registered with" \
+        in text.json()["detail"] and "this process runs test-tiny" in text.json()["detail"], text.text
     caption = keyed_client.post("/api/search", json={"caption_query": "sleepy"})
     assert caption.status_code == 200 and [r["id"] for r in caption.json()["results"]] == [image], caption.text
     vector = keyed_client.post("/api/search", json={"vector": [1.0] * 512})

@@ -102,6 +102,14 @@ def test_onnx_on_a_gpu_device_says_what_to_do():
         ClipEncoder("test-tiny", "random", device="cuda", backend="onnx").load()
 
 
+def test_a_cuda_device_torch_cannot_see_is_one_line_naming_the_setting():
+    import torch
+
+    device = f"cuda:{torch.cuda.device_count() + 1}"  # one it does not have, GPU machine or not
+    with pytest.raises(ModelLoadError, match=rf"PGCLIP_DEVICE={device}, but torch finds (no CUDA device|\d+ CUDA)"):
+        ClipEncoder("test-tiny", "random", device=device, backend="torch").load()
+
+
 def test_the_setting_names_its_choices():
     assert Settings.from_env({}).encoder == "auto"
     assert Settings.from_env({"PGCLIP_ENCODER": "onnx-int8"}).encoder == "onnx-int8"
