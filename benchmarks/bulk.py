@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bulk.py                      # 100,000 images, 4 workers (about 7 minutes on 2 cores)
     .venv/bin/python benchmarks/bulk.py --images 20000 --incremental 50     # a quick look
+    .venv/bin/python benchmarks/bulk.py --only reembed --batch-size 128    # larger claims, as on a GPU host
 
 Workers are ``pgclip.workers.loop.Worker`` processes with a no-op encoder over 8x8 JPEGs, as in
 ``ingest.py`` phase (c): the model costs nothing, so what is measured is the write path. Its
@@ -302,6 +303,10 @@ def main(argv=None) -> int:
             for deferred in (False, True):
                 label = "deferred" if deferred else "per-row"
                 model = register(url, settings, f"ingest-{label}", deferred=False)  # the empty index exists
+                with connection(url) as conn:  # a first ingest: the collection's one model, active (images are
+                    # queued for the active model and every model being built, so no other may be either)
+                    conn.execute("UPDATE pgclip.models SET state = CASE WHEN id = %s THEN 'active' ELSE 'retired'"
+                                 " END", [model.id])
                 base.log(f"(ingest) {label}: {args.images} images arriving in batches of 1000")
                 results["ingest"][label] = drain(url, settings, model, args.images, args.workers, vectors,
                                                  deferred=deferred, ingest_ids=ids)
