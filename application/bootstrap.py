@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pgclip.db import migrate as migrations
-from pgclip.db.engine import connect, database_url, describe_target, require_pgvector
+from pgclip.db.engine import connect, database_url, describe_target, require_pgvector, require_text_search_config
 from pgclip.db.models import ModelRow, active_model, ensure_model, registered_model
 from pgclip.core.errors import DatabaseUnavailable
 from pgclip.core.settings import Settings
@@ -76,18 +76,16 @@ def worker_model(url: str, settings: Settings) -> ModelRow:
 
     identity = pretrained_identity(settings.model, settings.pretrained, settings.encoder)
     with connect(url, role="migrate") as conn:
-        known = registered_model(conn, settings.model, identity)
         active = active_model(conn)
-        named = [m for m in list_models(conn) if m.name == settings.model]
-    if known is None and active is not None:
-        have = {m.pretrained for m in named}
+        have = {m.pretrained for m in list_models(conn) if m.name == settings.model}
+    if active is not None and identity not in have:
         listed = ", ".join(sorted(have))
         if weights_of(identity) in {weights_of(h) for h in have}:  # the weights are there, not in this precision
             raise ConfigError(f"{settings.model} is registered as {listed}, not as {identity}: int8 vectors "
                               f"(PGCLIP_ENCODER=onnx-int8) are a model of their own; run the worker with the "
                               f"PGCLIP_ENCODER its model was registered with, or `pgclip reembed {settings.model}` "
                               f"with PGCLIP_ENCODER={settings.encoder} to add this one")
-        if named:
+        if have:
             raise ConfigError(f"{settings.model} is registered with weights {listed}, not with {identity} "
                               f"({settings.pretrained}): point PGCLIP_PRETRAINED at the weights it was registered "
                               f"with, or `pgclip reembed {settings.model}` with these")
@@ -104,19 +102,6 @@ def ready_url(settings: Settings) -> str:
         migrations.require_head(conn)
         require_text_search_config(conn, settings.text_search_config)
     return url
-
-
-def require_text_search_config(conn, name: str) -> None:
-    """ConfigError unless the database has the text search configuration PGCLIP_TEXT_SEARCH_CONFIG
-    names (every caption written and every caption query would fail on it otherwise)."""
-    from pgclip.core.errors import ConfigError
-
-    schema, _, config = name.rpartition(".")
-    if not conn.execute("SELECT EXISTS (SELECT 1 FROM pg_ts_config c JOIN pg_namespace n ON n.oid = c.cfgnamespace"
-                        " WHERE c.cfgname = %s AND (%s = '' OR n.nspname = %s))", [config, schema, schema]).fetchone()[0]:
-        have = [r[0] for r in conn.execute("SELECT cfgname FROM pg_ts_config ORDER BY cfgname")]
-        raise ConfigError(f"PGCLIP_TEXT_SEARCH_CONFIG={name}: the database has no such text search configuration "
-                          f"(it has: {', '.join(have[:30])}{', ...' if len(have) > 30 else ''})")
 
 
 def open_service(settings: Settings, encoder: ClipEncoder | None = None) -> Service:

@@ -15,7 +15,7 @@ import psycopg
 from pgvector.psycopg import register_vector
 from psycopg.rows import Row
 
-from pgclip.core.errors import DatabaseUnavailable, InvalidInput, PgclipError
+from pgclip.core.errors import ConfigError, DatabaseUnavailable, InvalidInput, PgclipError
 from pgclip.core.settings import Settings, mask_url
 
 if TYPE_CHECKING:
@@ -204,6 +204,17 @@ def require_pgvector(conn: psycopg.Connection, url: str) -> None:
             f"the PostgreSQL at {describe_target(url)} does not have the pgvector extension available: "
             "install pgvector there, or unset PGCLIP_DATABASE_URL to use pgclip's embedded server"
         )
+
+
+def require_text_search_config(conn: psycopg.Connection, name: str) -> None:
+    """ConfigError unless the database has the text search configuration PGCLIP_TEXT_SEARCH_CONFIG
+    names (every caption written and every caption query would fail on it otherwise)."""
+    schema, _, config = name.rpartition(".")
+    if not conn.execute("SELECT EXISTS (SELECT 1 FROM pg_ts_config c JOIN pg_namespace n ON n.oid = c.cfgnamespace"
+                        " WHERE c.cfgname = %s AND (%s = '' OR n.nspname = %s))", [config, schema, schema]).fetchone()[0]:
+        have = [r[0] for r in conn.execute("SELECT cfgname FROM pg_ts_config ORDER BY cfgname")]
+        raise ConfigError(f"PGCLIP_TEXT_SEARCH_CONFIG={name}: the database has no such text search configuration "
+                          f"(it has: {', '.join(have[:30])}{', ...' if len(have) > 30 else ''})")
 
 
 def create_engine(url: str, *, role: str = "cli") -> sqlalchemy.Engine:

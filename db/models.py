@@ -278,17 +278,13 @@ def check_activation(conn: psycopg.Connection, model: ModelRow, *, force: bool =
     """
     if model.state == "active" or force:
         return  # nothing to switch, or the caller accepts the gap
-    missing, unembeddable = conn.execute(MODELS["activation_gap"], {"model_id": model.id}).fetchone()
+    images, missing, failed, unembeddable = conn.execute(MODELS["activation_gap"], {"model_id": model.id}).fetchone()
     if missing == unembeddable:
         return
-    from pgclip.db.queue import failed_images
-
-    cov = next(c for c in coverage(conn) if c.model.id == model.id)
-    failed = failed_images(conn, model.id)
+    cov = Coverage(model, images - missing, images)
     why = (f"; {failed} of the others failed and will not get one (`pgclip status` says why; "
            "`pgclip retry-failed` tries them again)") if failed else ""
-    pending = missing - failed
-    advice = ("let its workers finish (`pgclip status`)" if pending > 0 else
+    advice = ("let its workers finish (`pgclip status`)" if missing > failed else
               "the failed images have vectors under another model, which searches would lose")
     raise ConfigError(
         f"{model.label} has vectors for {cov.vectors} of {cov.images} images ({cov.percent}){why}: "

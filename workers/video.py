@@ -341,6 +341,13 @@ def store_video(conn: psycopg.Connection, data: bytes, *, source: str | None, mo
     added: list[int] = []
     shared: list[int] = []
     pending: list[db_videos.NewFrame] = []
+
+    def flush() -> None:
+        new, same = db_videos.insert_frames(conn, video_id, video, pending)
+        added.extend(new)
+        shared.extend(same)
+        pending.clear()
+
     sampled = 0
     for frame in sample_frames(data, info, max_frames=options.max_frames):
         sampled += 1
@@ -348,10 +355,8 @@ def store_video(conn: psycopg.Connection, data: bytes, *, source: str | None, mo
         pending.append(db_videos.NewFrame(hashlib.sha256(frame.data).hexdigest(), frame.ts, frame.width,
                                           frame.height, taken_at, frame.data))
         if len(pending) >= FRAMES_PER_INSERT:
-            new, same = db_videos.insert_frames(conn, video_id, video, pending)
-            added, shared, pending = added + new, shared + same, []
-    new, same = db_videos.insert_frames(conn, video_id, video, pending)
-    added, shared = added + new, shared + same
+            flush()
+    flush()
     enqueued = queue.enqueue(conn, added, model_id) + queue.enqueue(conn, shared, model_id, only_unqueued=True)
     frame_ids = db_videos.frame_ids(conn, video_id) if shared else added
     return StoredVideo(video_id, True, frame_ids, added, sampled, enqueued)

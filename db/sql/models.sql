@@ -78,14 +78,16 @@ SELECT model_id, count(*) FROM pgclip.embeddings GROUP BY model_id;
 DELETE FROM pgclip.models WHERE id = %(model_id)s;
 
 -- activation_gap --
--- The images a model has no vector for: how many, and how many of those no model can embed
--- (a job for this model failed, and the image has no vector under any model: bytes that
--- are not an image, say). Activating over the latter loses no search result.
-SELECT count(*) AS missing,
-       count(*) FILTER (
-           WHERE EXISTS (SELECT 1 FROM pgclip.embedding_jobs j
-                         WHERE j.image_id = i.id AND j.model_id = %(model_id)s AND j.state = 'failed')
-             AND NOT EXISTS (SELECT 1 FROM pgclip.embeddings e WHERE e.image_id = i.id)
-       ) AS unembeddable
+-- The collection's images, and those a model has no vector for: how many, how many of
+-- those failed for it, and how many of those no model can embed (its job failed and no
+-- model has the image's vector: bytes that are not an image, say). Activating over the
+-- last loses no search result.
+SELECT (SELECT count(*) FROM pgclip.images) AS images,
+       count(*) AS missing,
+       count(*) FILTER (WHERE f.failed) AS failed,
+       count(*) FILTER (WHERE f.failed AND NOT EXISTS (SELECT 1 FROM pgclip.embeddings e WHERE e.image_id = i.id))
+           AS unembeddable
 FROM pgclip.images i
+CROSS JOIN LATERAL (SELECT EXISTS (SELECT 1 FROM pgclip.embedding_jobs j WHERE j.image_id = i.id
+                                   AND j.model_id = %(model_id)s AND j.state = 'failed') AS failed) f
 WHERE NOT EXISTS (SELECT 1 FROM pgclip.embeddings e WHERE e.image_id = i.id AND e.model_id = %(model_id)s);

@@ -12,9 +12,9 @@ INSERT INTO pgclip.embedding_jobs (image_id, model_id)
 SELECT t.image_id, m.id
 FROM unnest(%(image_ids)s::bigint[]) AS t(image_id)
 CROSS JOIN pgclip.models m
-WHERE (m.id = %(model_id)s OR m.state IN ('active', 'building'))
-  AND (m.id = %(model_id)s
-       OR NOT EXISTS (SELECT 1 FROM pgclip.embeddings e WHERE e.image_id = t.image_id AND e.model_id = m.id))
+WHERE m.id = %(model_id)s
+   OR (m.state IN ('active', 'building')
+       AND NOT EXISTS (SELECT 1 FROM pgclip.embeddings e WHERE e.image_id = t.image_id AND e.model_id = m.id))
 ON CONFLICT (image_id, model_id) WHERE state IN ('pending', 'leased') DO NOTHING
 RETURNING model_id;
 

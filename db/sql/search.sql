@@ -52,14 +52,10 @@ BEGIN
                 RAISE EXCEPTION '% must be a date and time (ISO 8601, e.g. 2024-05-01T12:00:00Z), got %',
                     key, filters->key USING ERRCODE = '22023';
             END;
+            parts := parts || format('i.taken_at %s %L::timestamptz',
+                                     CASE key WHEN 'taken_after' THEN '>=' ELSE '<' END, filters->>key);
         END IF;
     END LOOP;
-    IF filters ? 'taken_after' THEN
-        parts := parts || format('i.taken_at >= %L::timestamptz', filters->>'taken_after');
-    END IF;
-    IF filters ? 'taken_before' THEN
-        parts := parts || format('i.taken_at < %L::timestamptz', filters->>'taken_before');
-    END IF;
     FOREACH key IN ARRAY ARRAY['min_width', 'min_height'] LOOP
         IF filters ? key AND NOT (filters->>key)::int BETWEEN 1 AND 1000000 THEN
             RAISE EXCEPTION '% must be between 1 and 1000000, got %', key, filters->>key USING ERRCODE = '22023';
@@ -225,6 +221,7 @@ DECLARE
     prefix boolean := false;
     sort_setting text;
     use_vector boolean := query_vector IS NOT NULL;
+    norm double precision := vector_norm(query_vector);
     use_text boolean := false;
     vec text;
     full_distance text;
@@ -292,10 +289,10 @@ BEGIN
     IF use_vector THEN
         -- A direction, as the API takes it: a zero vector has none; a very long or very short one
         -- is scaled to unit length (its cosine distances would overflow to NaN, or halfvec refuse it).
-        IF vector_norm(query_vector) = 0 THEN
+        IF norm = 0 THEN
             RAISE EXCEPTION 'query vector must be a non-zero list of finite numbers' USING ERRCODE = '22023';
         END IF;
-        IF abs(vector_norm(query_vector) - 1) > 1e-3 THEN
+        IF abs(norm - 1) > 1e-3 THEN
             query_vector := l2_normalize(query_vector);
         END IF;
     END IF;

@@ -187,8 +187,9 @@ LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     chosen_id int;
     label text;
+    blank boolean := nullif(btrim(query_text, E' \t\n\r\f'), '') IS NULL;
 BEGIN
-    IF nullif(btrim(query_text, E' \t\n\r\f'), '') IS NULL AND nullif(trim(caption_query), '') IS NULL THEN
+    IF blank AND nullif(trim(caption_query), '') IS NULL THEN
         RAISE EXCEPTION 'give a query text or a caption query' USING ERRCODE = '22023';
     END IF;
     options := coalesce(options, '{}');
@@ -206,7 +207,7 @@ BEGIN
         END IF;
     END IF;
     RETURN QUERY SELECT * FROM pgclip.search(
-        CASE WHEN nullif(btrim(query_text, E' \t\n\r\f'), '') IS NULL THEN NULL ELSE pgclip.embed_text(query_text, label) END,
+        CASE WHEN blank THEN NULL ELSE pgclip.embed_text(query_text, label) END,
         caption_query, filters, k, "offset", options || jsonb_build_object('model_id', chosen_id));
 END
 $$;
