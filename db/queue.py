@@ -55,7 +55,8 @@ def enqueue(conn: psycopg.Connection, image_ids: Sequence[int], model_id: int, *
     """Queue images for a model, and for the active model and every model being built when
     those are others (an image added while `pgclip reembed` runs, or by a process configured
     with a retired model, must reach the models searches use); notify their workers (delivered
-    at commit). Returns how many jobs were new.
+    at commit). Returns how many of the images got a new job, for one model or several (what
+    an ingest reports as queued: 12 images during a re-embed are 12, not 24 jobs).
 
     ``only_unqueued``: skip, per model, images that ever had a job for it (done or failed too).
     """
@@ -63,9 +64,9 @@ def enqueue(conn: psycopg.Connection, image_ids: Sequence[int], model_id: int, *
         return 0
     statement = QUEUE["enqueue_unqueued" if only_unqueued else "enqueue"]
     added = conn.execute(statement, {"image_ids": list(image_ids), "model_id": model_id}).fetchall()
-    for woken in sorted({row[0] for row in added}):
+    for woken in sorted({model for model, _ in added}):
         conn.execute(QUEUE["notify"], {"model_id": woken})
-    return len(added)
+    return len({image for _, image in added})
 
 
 def bare_images(conn: psycopg.Connection, model_id: int) -> int:

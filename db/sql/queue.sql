@@ -7,7 +7,7 @@
 -- active one and each one being built (`pgclip reembed`), however the images came in and
 -- whatever model the caller was configured with. A model that has an image's vector already
 -- gets no job for it. The partial unique index keeps one open job per pair, so enqueueing
--- what is already queued or running is a no-op. Returns each new job's model.
+-- what is already queued or running is a no-op. Returns each new job's model and image.
 INSERT INTO pgclip.embedding_jobs (image_id, model_id)
 SELECT t.image_id, m.id
 FROM unnest(%(image_ids)s::bigint[]) AS t(image_id)
@@ -16,7 +16,7 @@ WHERE m.id = %(model_id)s
    OR (m.state IN ('active', 'building')
        AND NOT EXISTS (SELECT 1 FROM pgclip.embeddings e WHERE e.image_id = t.image_id AND e.model_id = m.id))
 ON CONFLICT (image_id, model_id) WHERE state IN ('pending', 'leased') DO NOTHING
-RETURNING model_id;
+RETURNING model_id, image_id;
 
 -- enqueue_unqueued --
 -- Queue known images that were never queued for these models (ingested while another
@@ -30,7 +30,7 @@ WHERE (m.id = %(model_id)s OR m.state IN ('active', 'building'))
   AND NOT EXISTS (SELECT 1 FROM pgclip.embedding_jobs j WHERE j.image_id = t.image_id AND j.model_id = m.id)
   AND NOT EXISTS (SELECT 1 FROM pgclip.embeddings e WHERE e.image_id = t.image_id AND e.model_id = m.id)
 ON CONFLICT (image_id, model_id) WHERE state IN ('pending', 'leased') DO NOTHING
-RETURNING model_id;
+RETURNING model_id, image_id;
 
 -- enqueue_model --
 -- A re-embed: queue every image that has no vector, no open job and no failed job for the

@@ -43,11 +43,15 @@ def test_reembed_and_activate_while_searches_run_over_http(db_url, tmp_path):
 
         queued = run("reembed", "test-tiny-alt", env=env, check=True)
         assert "24 images queued" in queued.stdout
+        # Images added during the re-embed are queued for both models; the summary counts images.
+        write_jpegs(tmp_path / "more", 6, start=24)
+        added = run("ingest", str(tmp_path / "more"), env=env, check=True)
+        assert "added 6," in added.stdout and ", 6 queued" in added.stdout, added.stdout
         # Not every image has its vector yet: activation refuses and says how far along it is.
-        assert_one_line_error(run("models", "activate", "test-tiny-alt", env=env), "0 of 24", "--force")
+        assert_one_line_error(run("models", "activate", "test-tiny-alt", env=env), "0 of 30", "--force")
         run("worker", "--model", "test-tiny-alt", "--until-empty", env=env, check=True, timeout=300)
         listing = run("models", env=env, check=True).stdout
-        assert "24/24 (100%)" in listing
+        assert "30/30 (100%)" in listing
 
         switch_started = time.monotonic()
         run("models", "activate", "test-tiny-alt", env=env, check=True)
@@ -74,9 +78,10 @@ def test_reembed_and_activate_while_searches_run_over_http(db_url, tmp_path):
     assert models[0] == "test-tiny"
 
     dropped = run("models", "drop", "test-tiny", env=env, check=True)
-    assert "24 vectors" in dropped.stdout
+    assert "24 vectors" in dropped.stdout  # no worker of the old model ran after the 6 were added
     with psycopg.connect(db_url) as conn:
-        assert conn.execute("SELECT count(*) FROM pgclip.embeddings").fetchone()[0] == 24
+        assert conn.execute("SELECT count(*) FROM pgclip.embeddings").fetchone()[0] == 30  # the new model's
+        assert conn.execute("SELECT count(*) FROM pgclip.embedding_jobs WHERE state = 'pending'").fetchone() == (0,)
         assert conn.execute("SELECT name FROM pgclip.models").fetchall() == [("test-tiny-alt",)]
     assert_one_line_error(run("models", "drop", "test-tiny-alt", env=env), "active model")
 

@@ -73,7 +73,7 @@ def test_images_are_queued_for_every_model_searches_need_whatever_model_the_call
     conn.commit()
     with connect(db_url, autocommit=True) as listener:
         listener.execute("LISTEN pgclip_jobs")
-        assert queue.enqueue(conn, ids, retired.id) == 3 + 3 + 2
+        assert queue.enqueue(conn, ids, retired.id) == 3  # images queued: 3 + 3 + 2 jobs
         conn.commit()
         woken = sorted(n.payload for n in listener.notifies(timeout=1.0))
     assert woken == sorted(str(m.id) for m in (model, building, retired))
