@@ -83,6 +83,7 @@ class _Part:
             "height": r.height, "format": r.format, "mime": r.mime, "taken_at": r.taken_at,
             "metadata": json.dumps(r.metadata, ensure_ascii=False), "captions": r.captions,
             "video": dataclasses.asdict(r.video) if r.video is not None else None, "video_ts": r.video_ts,
+            "shared_videos": [{"video": dataclasses.asdict(f.video), "video_ts": f.video_ts} for f in r.shared],
         } for r in rows], schema=metadata_schema(pa)))
         if self.thumbnails is not None:
             self.thumbnails.write_table(pa.Table.from_pylist([{

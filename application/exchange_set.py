@@ -70,13 +70,20 @@ def metadata_schema(pa):
         ("captions", pa.list_(pa.string())),  # every caption, oldest first
         # A frame sampled from a video: the video (its bytes never travel) and the frame's time.
         # Both null for a picture; a set without these columns (pgclip before 2026-12-07) has none.
-        ("video", pa.struct([
-            ("sha256", pa.string()), ("source", pa.string()), ("source_bytes", pa.binary()),
-            ("byte_size", pa.int64()), ("mime", pa.string()), ("container", pa.string()),
-            ("duration_s", pa.float64()), ("frame_interval_s", pa.float64()),
-            ("width", pa.int32()), ("height", pa.int32()),
-        ])),
+        ("video", video_type(pa)),
         ("video_ts", pa.float64()),  # seconds from the video's start
+        # The other videos the image is a frame of, each with the frame's time in it (a frame
+        # two videos share is stored once); empty for most images, absent from older sets.
+        ("shared_videos", pa.list_(pa.struct([("video", video_type(pa)), ("video_ts", pa.float64())]))),
+    ])
+
+
+def video_type(pa):
+    return pa.struct([
+        ("sha256", pa.string()), ("source", pa.string()), ("source_bytes", pa.binary()),
+        ("byte_size", pa.int64()), ("mime", pa.string()), ("container", pa.string()),
+        ("duration_s", pa.float64()), ("frame_interval_s", pa.float64()),
+        ("width", pa.int32()), ("height", pa.int32()),
     ])
 
 
@@ -264,6 +271,7 @@ def _row(part: Part, n: int, meta: dict[str, Any], thumb: dict[str, Any] | None,
         raise InvalidInput(f"{part.thumbnails} row {n}: image_id {thumb.get('image_id')} where "
                            f"{part.metadata.name} has {meta.get('image_id')}")
     video = _video(where, meta.get("video"), meta.get("video_ts"))
+    shared = _shared(where, meta.get("shared_videos"))
     taken_at = _taken_at(where, meta.get("taken_at"))
     thumb = thumb or {}
     return db.ExchangeRow(
@@ -273,7 +281,7 @@ def _row(part: Part, n: int, meta: dict[str, Any], thumb: dict[str, Any] | None,
         captions=list(captions), embedding=vector, thumbnail=thumb.get("thumbnail"),
         thumbnail_mime=thumb.get("thumbnail_mime"), thumbnail_width=thumb.get("thumbnail_width"),
         thumbnail_height=thumb.get("thumbnail_height"), video=video,
-        video_ts=meta.get("video_ts") if video is not None else None,
+        video_ts=meta.get("video_ts") if video is not None else None, shared=shared,
     )
 
 
@@ -304,6 +312,21 @@ def _video(where: str, raw: Any, ts: Any) -> db.NewVideo | None:
     if any(isinstance(t, str) and "\x00" in t for t in (*texts, raw.get("source"))):
         raise InvalidInput(f"{where}: a NUL character in the video's fields (PostgreSQL text cannot hold one)")
     return db.NewVideo(**{name: raw.get(name) for name in db.VIDEO_FIELDS})
+
+
+def _shared(where: str, raw: Any) -> tuple[db.SharedFrame, ...]:
+    """The other videos a row's image is a frame of, each checked as a frame's own video is."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
+        raise InvalidInput(f"{where}: shared_videos is not a list of videos with their video_ts")
+    shared = []
+    for k, item in enumerate(raw):
+        video = _video(f"{where} shared_videos[{k}]", item.get("video"), item.get("video_ts"))
+        if video is None:
+            raise InvalidInput(f"{where} shared_videos[{k}]: no video")
+        shared.append(db.SharedFrame(video, item["video_ts"]))
+    return tuple(shared)
 
 
 def batches(part: Part) -> Iterator[list[db.ExchangeRow]]:

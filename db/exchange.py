@@ -32,6 +32,14 @@ VIDEO_FIELDS = tuple(f.name for f in dataclasses.fields(NewVideo))
 
 
 @dataclasses.dataclass(frozen=True)
+class SharedFrame:
+    """Another video the image is a frame of (the frame is stored once, owned by one video)."""
+
+    video: NewVideo
+    video_ts: float  # seconds from that video's start
+
+
+@dataclasses.dataclass(frozen=True)
 class ExchangeRow:
     """One image with one model's vector: a row of an export, or of an import."""
 
@@ -54,6 +62,7 @@ class ExchangeRow:
     thumbnail_height: int | None = None
     video: NewVideo | None = None  # a frame's video; None for a picture
     video_ts: float | None = None  # seconds from the video's start; None for a picture
+    shared: tuple[SharedFrame, ...] = ()  # the other videos it is a frame of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +110,18 @@ def export_rows(
         cur.itersize = batch_rows
         cur.execute(EXCHANGE["export_rows"], {"model_id": model.id, "thumbnails": thumbnails})
         while rows := cur.fetchmany(batch_rows):
-            yield rows
+            yield _with_shared(conn, rows)
+
+
+def _with_shared(conn: psycopg.Connection, rows: list[ExchangeRow]) -> list[ExchangeRow]:
+    """The rows with the other videos each is a frame of (one query per batch, in the snapshot)."""
+    shared: dict[int, list[SharedFrame]] = {}
+    for image_id, ts, *video in conn.execute(EXCHANGE["export_shared"], {"image_ids": [r.image_id for r in rows]}):
+        fields = dict(zip(VIDEO_FIELDS, video, strict=True))
+        if fields["source_bytes"] is not None:
+            fields["source_bytes"] = bytes(fields["source_bytes"])
+        shared.setdefault(image_id, []).append(SharedFrame(NewVideo(**fields), ts))
+    return [dataclasses.replace(r, shared=tuple(shared[r.image_id])) if r.image_id in shared else r for r in rows]
 
 
 # --- import ---------------------------------------------------------------------------
@@ -143,6 +163,7 @@ class ImportCounts:
     thumbnails_added: int = 0
     videos_added: int = 0  # videos (without their bytes) the frames' links needed
     frames_linked: int = 0  # images that became a frame of their video
+    frames_shared: int = 0  # links to another video an image is a frame of (pgclip.shared_frames)
 
     def add(self, other: ImportCounts) -> None:
         for field in dataclasses.fields(self):
@@ -182,13 +203,21 @@ def import_rows(conn: psycopg.Connection, model: ModelRow, rows: Sequence[Exchan
     counts.captions_added = add_captions(
         conn, [(ids[r.sha256], text) for r in batch for text in r.captions], ts_config=ts_config)
     frames = [r for r in batch if r.video is not None and r.video_ts is not None]
-    if frames:
-        videos = {r.video.sha256: r.video for r in frames}  # type: ignore[union-attr]
+    # (image id, video, time) of every video each image is a frame of: its owner first.
+    links = [(ids[r.sha256], r.video, r.video_ts) for r in frames]
+    links += [(ids[r.sha256], s.video, s.video_ts) for r in batch for s in r.shared]
+    if links:
+        videos = {video.sha256: video for _, video, _ in links}
         columns = {name: [getattr(v, name) for v in videos.values()] for name in VIDEO_FIELDS}
         counts.videos_added = len(conn.execute(EXCHANGE["import_videos"], columns).fetchall())
-        counts.frames_linked = conn.execute(EXCHANGE["link_frames"], {
-            "image_ids": [ids[r.sha256] for r in frames], "video_sha256": [r.video.sha256 for r in frames],  # type: ignore[union-attr]
-            "video_ts": [r.video_ts for r in frames],
+        if frames:
+            counts.frames_linked = conn.execute(EXCHANGE["link_frames"], {
+                "image_ids": [ids[r.sha256] for r in frames], "video_sha256": [r.video.sha256 for r in frames],  # type: ignore[union-attr]
+                "video_ts": [r.video_ts for r in frames],
+            }).rowcount
+        counts.frames_shared = conn.execute(EXCHANGE["share_frames"], {
+            "image_ids": [i for i, _, _ in links], "video_sha256": [v.sha256 for _, v, _ in links],
+            "video_ts": [ts for _, _, ts in links],
         }).rowcount
     with_vector = [r[0] for r in conn.execute(EXCHANGE["import_vectors"], {
         "model_id": model.id, "image_ids": [ids[r.sha256] for r in batch],

@@ -37,6 +37,18 @@ LEFT JOIN pgclip.videos v ON v.id = i.video_id
 WHERE e.model_id = %(model_id)s
 ORDER BY e.image_id;
 
+-- export_shared --
+-- The other videos each of these images is a frame of (pgclip.shared_frames: a frame two
+-- videos share is stored once, owned by one), with the frame's time in each: an export
+-- carries them so that a video whose frames are all another's (the same film in another
+-- container) is not lost on import.
+SELECT s.image_id, s.video_ts, v.sha256, v.source, v.source_bytes, v.byte_size, v.mime, v.container,
+       v.duration_s, v.frame_interval_s, v.width, v.height
+FROM pgclip.shared_frames s
+JOIN pgclip.videos v ON v.id = s.video_id
+WHERE s.image_id = ANY(%(image_ids)s::bigint[])
+ORDER BY s.image_id, v.sha256;
+
 -- import_images --
 -- Images the database does not have yet (by sha256): new rows, in the order given, so
 -- the new ids follow the exporting database's order. No bytes are stored with them
@@ -93,6 +105,20 @@ FROM unnest(%(image_ids)s::bigint[], %(video_sha256)s::text[], %(video_ts)s::flo
      AS t(image_id, video_sha256, video_ts)
 JOIN pgclip.videos v ON v.sha256 = t.video_sha256
 WHERE i.id = t.image_id AND i.video_id IS NULL;
+
+-- share_frames --
+-- Every video an imported image is a frame of (its owner and those sharing it) that does
+-- not own it here lists it as a shared frame at its time: the owner when the database's
+-- image belongs to another video already (it keeps that), and the sharing ones always.
+-- A link the database has already is kept as it is.
+INSERT INTO pgclip.shared_frames (video_id, image_id, video_ts)
+SELECT v.id, t.image_id, t.video_ts
+FROM unnest(%(image_ids)s::bigint[], %(video_sha256)s::text[], %(video_ts)s::float8[])
+     AS t(image_id, video_sha256, video_ts)
+JOIN pgclip.videos v ON v.sha256 = t.video_sha256
+JOIN pgclip.images i ON i.id = t.image_id
+WHERE i.video_id IS DISTINCT FROM v.id
+ON CONFLICT (video_id, image_id) DO NOTHING;
 
 -- import_vectors --
 -- The model's vectors, as they were exported (no re-embedding). An image that already

@@ -55,9 +55,10 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     out(f"imported {c.rows} rows for {report.model.label}: {c.images_added} images added, "
         f"{c.images_present} already present; {c.vectors_added} vectors added ({c.vectors_kept} kept as they were), "
         f"{c.captions_added} captions added, {c.thumbnails_added} thumbnails")
-    if c.frames_linked or c.videos_added:
+    if c.frames_linked or c.frames_shared or c.videos_added:
         videos = f"{c.videos_added} video{'' if c.videos_added == 1 else 's'}"
-        out(f"{c.frames_linked} frames linked to their videos ({videos} added, without their bytes)")
+        shared = f", {c.frames_shared} shared with other videos" if c.frames_shared else ""
+        out(f"{c.frames_linked} frames linked to their videos{shared} ({videos} added, without their bytes)")
     if report.activated:
         out(f"{report.model.label} now answers searches (the active model had no vectors)")
     elif report.model.state != "active":

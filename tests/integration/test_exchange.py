@@ -378,11 +378,63 @@ def test_frames_join_a_video_the_database_has_and_an_image_keeps_its_own_video(d
 
     c = import_parquet(target_url, tmp_path / "set", make_settings(target_url, tmp_path)).counts
 
-    assert (c.videos_added, c.frames_linked) == (0, 2)
+    # Image 2 stays a frame of the video it had; the set's video lists it as a shared frame.
+    assert (c.videos_added, c.frames_linked, c.frames_shared) == (0, 2, 1)
+    assert shared_links(target_url) == {(sha, shas[2], 4.0)}
     links = frame_links(target_url)
     assert (links[shas[0]][:2], links[shas[1]][:2], links[shas[2]][:2]) == ((sha, 0.0), (sha, 2.0), (other, 9.0))
     with psycopg.connect(target_url) as t:
         assert t.execute("SELECT count(*) FROM pgclip.video_blobs").fetchone()[0] == 2  # its bytes untouched
+
+
+def share(conn: psycopg.Connection, video_sha: str, frames: dict[int, float]) -> None:
+    """``frames`` (image id -> seconds), owned by another video or pictures, shared by this one."""
+    for image_id, ts in frames.items():
+        conn.execute("INSERT INTO pgclip.shared_frames (video_id, image_id, video_ts)"
+                     " SELECT id, %s, %s FROM pgclip.videos WHERE sha256 = %s", [image_id, ts, video_sha])
+    conn.commit()
+
+
+def shared_links(url: str) -> set[tuple[str, str, float]]:
+    with psycopg.connect(url) as conn:
+        return set(conn.execute(
+            "SELECT v.sha256, i.sha256, s.video_ts FROM pgclip.shared_frames s"
+            " JOIN pgclip.videos v ON v.id = s.video_id JOIN pgclip.images i ON i.id = s.image_id").fetchall())
+
+
+def test_frames_two_videos_share_keep_both_videos_through_a_round_trip(db_url, conn, target_url, tmp_path):
+    """A frame stored once for two videos (a black frame, the same film in two containers):
+    the video that owns none of its frames comes through, with its frames, and deleting the
+    owner hands them over as it did in the exporting database."""
+    from pgclip.db import videos as db_videos
+
+    ids = fill(conn, 4, unembedded=0)
+    film = add_video(conn, {ids[0]: 0.0, ids[1]: 2.0}, name="film.mp4")
+    remux = add_video(conn, {}, name="film.mkv")  # every frame is film.mp4's
+    other = add_video(conn, {ids[2]: 0.0}, name="other.mp4")
+    share(conn, remux, {ids[0]: 0.0, ids[1]: 2.0})
+    share(conn, other, {ids[0]: 6.0, ids[3]: 8.0})  # a frame of film.mp4 and a picture
+    export_parquet(db_url, tmp_path / "set")
+    rows = pq.read_table(tmp_path / "set/metadata/metadata_0.parquet").to_pylist()
+    assert [sorted(s["video"]["source"] for s in r["shared_videos"]) for r in rows] == [
+        ["film.mkv", "other.mp4"], ["film.mkv"], [], ["other.mp4"]]
+
+    c = import_parquet(target_url, tmp_path / "set", make_settings(target_url, tmp_path)).counts
+
+    assert (c.videos_added, c.frames_linked, c.frames_shared) == (3, 3, 4)
+    assert shared_links(target_url) == shared_links(db_url) and len(shared_links(db_url)) == 4
+    assert frame_links(target_url) == frame_links(db_url)
+    again = import_parquet(target_url, tmp_path / "set", make_settings(target_url, tmp_path)).counts
+    assert (again.videos_added, again.frames_linked, again.frames_shared) == (0, 0, 0)
+    with connect(target_url, role="test") as t:
+        frames = {sha: db_videos.video(t, t.execute("SELECT id FROM pgclip.videos WHERE sha256 = %s",
+                                                    [sha]).fetchone()[0]).frames for sha in (film, remux, other)}
+        assert frames == {film: 2, remux: 2, other: 3}
+        t.execute("DELETE FROM pgclip.videos WHERE sha256 = %s", [film])
+        t.commit()
+        assert t.execute("SELECT count(*) FROM pgclip.images").fetchone()[0] == 4  # handed over, not deleted
+        video_ids = dict(t.execute("SELECT sha256, id FROM pgclip.videos").fetchall())
+        assert {sha: db_videos.video(t, video_ids[sha]).frames for sha in (remux, other)} == {remux: 2, other: 3}
 
 
 def test_a_set_without_video_columns_imports_its_frames_as_pictures(db_url, conn, target_url, tmp_path):
@@ -392,7 +444,7 @@ def test_a_set_without_video_columns_imports_its_frames_as_pictures(db_url, conn
     folder = tmp_path / "set"
     export_parquet(db_url, folder)
     path = folder / "metadata/metadata_0.parquet"
-    pq.write_table(pq.read_table(path).drop_columns(["video", "video_ts"]), path)
+    pq.write_table(pq.read_table(path).drop_columns(["video", "video_ts", "shared_videos"]), path)
     rewrite_manifest(folder, lambda d: None)
 
     c = import_parquet(target_url, folder, make_settings(target_url, tmp_path)).counts
