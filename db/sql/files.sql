@@ -162,13 +162,9 @@ SELECT id FROM pgclip.models WHERE state <> 'retired' ORDER BY id;
 -- covers them all. Images with a failed job are left to `pgclip retry-failed`.
 INSERT INTO pgclip.embedding_jobs (image_id, model_id)
 SELECT f.image_id, %(model_id)s
-FROM (SELECT f.image_id FROM pgclip.files f
+FROM (SELECT DISTINCT f.image_id FROM pgclip.file_images f
       WHERE f.path >= %(folder)s::text || '/' AND f.path < %(folder)s::text || '0'
-        AND f.image_id IS NOT NULL AND f.missing_since IS NULL
-      UNION
-      SELECT fv.id FROM pgclip.files f JOIN pgclip.images fv ON fv.video_id = f.video_id
-      WHERE f.path >= %(folder)s::text || '/' AND f.path < %(folder)s::text || '0'
-        AND f.missing_since IS NULL) AS f(image_id)
+        AND f.missing_since IS NULL) AS f
 WHERE NOT EXISTS (SELECT 1 FROM pgclip.embeddings e WHERE e.image_id = f.image_id AND e.model_id = %(model_id)s)
   AND NOT EXISTS (SELECT 1 FROM pgclip.embedding_jobs j WHERE j.image_id = f.image_id AND j.model_id = %(model_id)s)
 ON CONFLICT (image_id, model_id) WHERE state IN ('pending', 'leased') DO NOTHING
@@ -180,13 +176,9 @@ RETURNING id;
 -- by the sync's own worker or by any other. A retry's backoff (run_after ahead) is kept.
 UPDATE pgclip.embedding_jobs AS j
 SET run_after = 'epoch'
-FROM (SELECT f.image_id FROM pgclip.files f
+FROM (SELECT DISTINCT f.image_id FROM pgclip.file_images f
       WHERE f.path >= %(folder)s::text || '/' AND f.path < %(folder)s::text || '0'
-        AND f.image_id IS NOT NULL AND f.missing_since IS NULL
-      UNION
-      SELECT fv.id FROM pgclip.files f JOIN pgclip.images fv ON fv.video_id = f.video_id
-      WHERE f.path >= %(folder)s::text || '/' AND f.path < %(folder)s::text || '0'
-        AND f.missing_since IS NULL) AS f(image_id)
+        AND f.missing_since IS NULL) AS f
 WHERE j.image_id = f.image_id AND j.model_id = %(model_id)s AND j.state = 'pending' AND j.run_after <= now();
 
 -- progress --
@@ -207,10 +199,6 @@ SELECT count(*) FILTER (WHERE EXISTS (
                                SELECT 1 FROM pgclip.embedding_jobs j
                                WHERE j.image_id = f.image_id AND j.model_id = %(model_id)s AND j.state = 'failed'))
            AS failed
-FROM (SELECT f.image_id FROM pgclip.files f
+FROM (SELECT DISTINCT f.image_id FROM pgclip.file_images f
       WHERE f.path >= %(folder)s::text || '/' AND f.path < %(folder)s::text || '0'
-        AND f.image_id IS NOT NULL AND f.missing_since IS NULL
-      UNION
-      SELECT fv.id FROM pgclip.files f JOIN pgclip.images fv ON fv.video_id = f.video_id
-      WHERE f.path >= %(folder)s::text || '/' AND f.path < %(folder)s::text || '0'
-        AND f.missing_since IS NULL) AS f(image_id);
+        AND f.missing_since IS NULL) AS f;

@@ -124,8 +124,9 @@ BEGIN
         -- so everything under "/a/b/" lies in ["/a/b/", "/a/b0") ('0' follows '/'): one range
         -- scan of files_path_idx. Pictures alone are one EXISTS, which the planner turns into
         -- the join that suits (filter first for a small folder, the vector index for a big one);
-        -- the frames of a folder's videos need a union, which it joins less well, so the union
-        -- is written only when the folder holds a video (files_video_path_idx says at once).
+        -- the frames of a folder's videos (those they own and those they share) need the union
+        -- of pgclip.file_images, which it joins less well, so the union is written only when
+        -- the folder holds a video (files_video_path_idx says at once).
         folder := filters->>'folder';
         IF jsonb_typeof(filters->'folder') <> 'string' OR left(folder, 1) <> '/' THEN
             RAISE EXCEPTION 'folder must be an absolute path, got %', filters->'folder' USING ERRCODE = '22023';
@@ -136,9 +137,7 @@ BEGIN
         EXECUTE format('SELECT EXISTS (SELECT 1 FROM pgclip.files f WHERE f.video_id IS NOT NULL AND %s)', folder)
             INTO with_videos;
         IF with_videos THEN
-            parts := parts || format('i.id IN (SELECT f.image_id FROM pgclip.files f WHERE f.image_id IS NOT NULL'
-                                     ' AND %s UNION ALL SELECT fv.id FROM pgclip.files f JOIN pgclip.images fv'
-                                     ' ON fv.video_id = f.video_id WHERE %s)', folder, folder);
+            parts := parts || format('i.id IN (SELECT f.image_id FROM pgclip.file_images f WHERE %s)', folder);
         ELSE
             parts := parts || format('EXISTS (SELECT 1 FROM pgclip.files f WHERE f.image_id = i.id AND %s)', folder);
         END IF;

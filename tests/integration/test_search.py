@@ -805,6 +805,23 @@ TEXT_FORBIDDEN = [
 ]
 
 
+def test_the_readme_lists_exactly_what_the_analyst_role_may_read_and_run(conn):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    selects = re.search(r"^\| `SELECT` \| (.*) \|$", readme, re.M)[1].split("(not")[0]
+    executes = re.search(r"^\| `EXECUTE` \| (.*) \|$", readme, re.M)[1]
+    readable = {name for (name,) in conn.execute(
+        "SELECT c.relname FROM pg_class c WHERE c.relnamespace = 'pgclip'::regnamespace"
+        " AND c.relkind IN ('r', 'v', 'p') AND has_table_privilege('pgclip_analyst', c.oid, 'SELECT')")}
+    runnable = {name for (name,) in conn.execute(
+        "SELECT p.proname FROM pg_proc p WHERE p.pronamespace = 'pgclip'::regnamespace"
+        " AND has_function_privilege('pgclip_analyst', p.oid, 'EXECUTE')")}
+    assert set(re.findall(r"`(\w+)`", selects)) == readable
+    assert set(re.findall(r"`(\w+)`", executes)) == runnable
+
+
 def test_the_analyst_role_searches_by_text_and_gains_no_other_write(conn):
     image = add_image(conn, vector=axis(0, DIM), captions=["a dog on a beach"])
     model_id = conn.execute("SELECT id FROM pgclip.models WHERE state = 'active'").fetchone()[0]

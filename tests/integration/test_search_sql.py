@@ -31,7 +31,7 @@ def assert_migrated_as_written(conn: psycopg.Connection, filename: str, function
 
 
 def test_the_migrated_functions_are_the_ones_in_search_sql(conn):
-    assert_migrated_as_written(conn, "search.sql", FUNCTIONS, "0016_sql_arguments.py")
+    assert_migrated_as_written(conn, "search.sql", FUNCTIONS, "0017_file_images.py")
 
 
 @pytest.mark.parametrize("call", [

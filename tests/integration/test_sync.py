@@ -380,3 +380,30 @@ def test_a_video_file_is_its_video_and_its_frames_are_the_folders_images(db_url,
     (folder / "sub" / "walk.webm").unlink()
     assert run_sync(db_url, folder).removed == [str(folder / "sub" / "walk.webm")]
     assert count(db_url, "videos") == 0 and count(db_url, "images") == 1
+
+
+def test_a_video_whose_frames_another_video_owns_finds_them_in_its_folder(db_url, tmp_path):
+    """The same film in two containers: its frames are stored once, owned by the first video,
+    and a search in the second video's folder finds them there too (pgclip.file_images)."""
+    import json
+
+    from tests.videos import write_video
+
+    write_video(tmp_path / "films/a", "film.avi", 7, fmt="avi", seconds=4)
+    write_video(tmp_path / "films/b", "film.mkv", 7, fmt="matroska", seconds=4)
+    run_sync(db_url, tmp_path / "films")
+    (owner, frames), (sharer, own) = rows(
+        db_url, "SELECT v.source, (SELECT count(*) FROM pgclip.images i WHERE i.video_id = v.id)"
+        " FROM pgclip.videos v ORDER BY 2 DESC")
+    assert frames > 0 and own == 0, (owner, frames, sharer, own)
+    every = {r[0] for r in rows(db_url, "SELECT id FROM pgclip.images")}
+
+    def in_folder(path: Path) -> set[int]:
+        where = rows(db_url, "SELECT pgclip.filter_sql(%s)", [json.dumps({"folder": str(path)})])[0][0]
+        return {r[0] for r in rows(db_url, f"SELECT i.id FROM pgclip.images i WHERE {where}")}
+
+    assert in_folder(Path(owner).parent) == in_folder(Path(sharer).parent) == every and len(every) == frames
+    # The owner's file deleted: its frames go over to the other video, still in its folder.
+    Path(owner).unlink()
+    run_sync(db_url, tmp_path / "films")
+    assert in_folder(Path(sharer).parent) == every and in_folder(Path(owner).parent) == set()
