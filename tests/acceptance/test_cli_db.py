@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -70,6 +71,12 @@ def test_db_lifecycle_start_status_url_migrate_psql_stop(tmp_path: Path):
     try:
         with psycopg.connect(run("db", "url", env=env, check=True).stdout.strip()) as conn:
             assert conn.execute("SELECT name FROM pgclip.models").fetchone()[0] == "test-tiny"
+        # Killed (kill -9, the OOM killer): the next command starts it again at once, though the
+        # dead postmaster's zombie, not reaped yet, still has its pid.
+        pid = int((tmp_path / "data/postgres/postmaster.pid").read_text().split()[0])
+        os.kill(pid, signal.SIGKILL)
+        assert "test-tiny" in run("models", env=env, check=True).stdout
+        assert run("db", "status", env=env, check=True).returncode == 0
     finally:
         run("db", "stop", env=env, check=True)
 
