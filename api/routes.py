@@ -47,6 +47,7 @@ from pgclip.api.schemas import (
 )
 from pgclip.application.service import Service
 from pgclip.core.errors import InvalidInput
+from pgclip.core.times import parse_time
 from pgclip.core.search_request import MAX_FILTERS_JSON, PARAMS
 from pgclip.db.images import UNSET
 from pgclip.workers.video import is_video
@@ -173,7 +174,8 @@ class ImageController(ApiController):
 
     @patch("/{image_id:int}", guards=[require_write_key], summary="Edit metadata, date and captions (no re-embed)")
     async def edit(self, image_id: ImageId, data: JSONBody[ImageEdit], service: ServiceDep) -> ImageDetail:
-        taken_at = data.taken_at if data.taken_at is not msgspec.UNSET else UNSET
+        taken_at = UNSET if data.taken_at is msgspec.UNSET else (
+            None if data.taken_at is None else parse_time("taken_at", data.taken_at))
         await asyncio.to_thread(
             service.edit_image, image_id, metadata=data.metadata, replace=data.metadata_mode == "replace",
             unset=data.unset_metadata, taken_at=taken_at, add=data.captions_add, remove=data.captions_remove,

@@ -53,8 +53,10 @@ FormatName = Annotated[str, msgspec.Meta(max_length=MAX_FORMAT_NAME, pattern=FOR
 class Filters(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """Narrow a search; every given filter must hold."""
 
-    taken_after: Annotated[dt.datetime, _meta("taken_after")] | None = None
-    taken_before: Annotated[dt.datetime, _meta("taken_before")] | None = None
+    # ISO 8601 text, checked by the search request's definition (core.times): a date as well as
+    # a date and time, never a number (msgspec's lax mode reads 20240101 as seconds since 1970).
+    taken_after: Annotated[str, _meta("taken_after")] | None = None
+    taken_before: Annotated[str, _meta("taken_before")] | None = None
     min_width: Annotated[int, _meta("min_width")] | None = None
     min_height: Annotated[int, _meta("min_height")] | None = None
     orientation: Annotated[Literal[PARAMS["orientation"].choices], _meta("orientation")] | None = None
@@ -226,7 +228,8 @@ class ImageEdit(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     metadata: dict[str, Any] | None = None
     metadata_mode: Literal["merge", "replace"] = "merge"
     unset_metadata: Annotated[list[Annotated[str, msgspec.Meta(max_length=200)]], msgspec.Meta(max_length=100)] = []
-    taken_at: dt.datetime | None | msgspec.UnsetType = msgspec.UNSET
+    # ISO 8601 text (a date, or a date and time; no offset means UTC), checked by core.times.
+    taken_at: Annotated[str, msgspec.Meta(max_length=64)] | None | msgspec.UnsetType = msgspec.UNSET
     captions_add: Annotated[list[Annotated[str, msgspec.Meta(min_length=1, max_length=10_000)]], msgspec.Meta(max_length=100)] = []
     captions_remove: Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=2**62)]], msgspec.Meta(max_length=1000)] = []
 

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from pgclip.core.errors import InvalidInput
+from pgclip.core.times import check_time
 from pgclip.db import exchange as db
 from pgclip.workers.weights import file_sha256 as sha256_file
 
@@ -234,7 +235,7 @@ def _taken_at(where: str, value: Any) -> dt.datetime | None:
         value = dt.datetime(value.year, value.month, value.day)
     if not isinstance(value, dt.datetime):
         raise InvalidInput(f"{where}: taken_at {value!r} is not a date and time")
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+    return check_time(f"{where}: taken_at", value)
 
 
 def _row(part: Part, n: int, meta: dict[str, Any], thumb: dict[str, Any] | None, vector: np.ndarray) -> db.ExchangeRow:

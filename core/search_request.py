@@ -23,6 +23,7 @@ import dataclasses
 from typing import Literal
 
 from pgclip.core.errors import InvalidInput
+from pgclip.core.times import parse_time
 
 Kind = Literal["int", "number", "text", "choice", "bool", "time", "texts", "ids", "object", "vector"]
 # Where pgclip.search reads a parameter: one of its arguments, a key of its ``options`` or
@@ -111,6 +112,9 @@ class Param:
         (of every item, for a list); values of the wrong type are left to the layer that parses."""
         if value is None:
             return
+        if self.kind == "time":
+            parse_time(self.name, value)
+            return
         if self.choices and value not in self.choices:
             *head, last = self.choices
             raise InvalidInput(f"{self.name} must be {', '.join(head)} or {last}, got {value!r}")
@@ -168,8 +172,8 @@ OPTIONS = (
 )
 
 FILTERS = (
-    Param("taken_after", "time", "taken at or after this time (ISO 8601)", sql="filter"),
-    Param("taken_before", "time", "taken before this time (ISO 8601)", sql="filter"),
+    Param("taken_after", "time", "taken at or after this time (ISO 8601: a date, or a date and time)", sql="filter"),
+    Param("taken_before", "time", "taken before this time (ISO 8601: a date, or a date and time)", sql="filter"),
     Param("min_width", "int", "at least this many pixels wide", minimum=1, maximum=MAX_SIDE, sql="filter"),
     Param("min_height", "int", "at least this many pixels high", minimum=1, maximum=MAX_SIDE, sql="filter"),
     Param("orientation", "choice", "wider than high, higher than wide, or neither",

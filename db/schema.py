@@ -61,6 +61,9 @@ class Base(DeclarativeBase):
     metadata = MetaData(schema=SCHEMA, naming_convention=NAMING)
 
 
+TAKEN_AT_RANGE = "taken_at BETWEEN '0001-01-02 00:00:00+00' AND '9999-12-30 23:59:59.999999+00'"
+
+
 def _now() -> Any:
     return mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
 
@@ -102,6 +105,8 @@ class Image(Base):
         CheckConstraint("width > 0 AND height > 0", name="positive_size"),
         CheckConstraint("jsonb_typeof(metadata) = 'object'", name="metadata_object"),
         CheckConstraint("(video_id IS NULL) = (video_ts IS NULL) AND video_ts >= 0", name="video_frame"),
+        # Migration 0018: times every client reads back (core.times.EARLIEST / LATEST).
+        CheckConstraint(TAKEN_AT_RANGE, name="taken_at_range"),
         Index("images_metadata_idx", "metadata", postgresql_using="gin", postgresql_ops={"metadata": "jsonb_path_ops"}),
         Index("images_taken_at_idx", "taken_at"),
         Index("images_video_id_idx", "video_id", postgresql_where=sql("video_id IS NOT NULL")),

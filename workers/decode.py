@@ -24,6 +24,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from pgclip.core.errors import InvalidInput
+from pgclip.core.times import within_range
 
 # Pillow's own default (Image.MAX_IMAGE_PIXELS, about a 9459 x 9459 image, ~256 MiB as
 # RGB). Checked here against our own constant so that another module raising or
@@ -305,9 +306,11 @@ def _taken_at(exif: Image.Exif) -> datetime | None:
         text = _text(value)
         if text:
             try:
-                return datetime.strptime(text[:19], "%Y:%m:%d %H:%M:%S")
+                when = datetime.strptime(text[:19], "%Y:%m:%d %H:%M:%S")
             except ValueError:
                 continue  # "0000:00:00 00:00:00", blanks, garbage
+            if within_range(when):  # "9999:12:31 23:59:59" is a placeholder, not a date
+                return when
     return None
 
 

@@ -281,7 +281,9 @@ def _creation_time(*tags: dict[str, str]) -> dt.datetime | None:
             when = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
         except ValueError:
             continue
-        if when.year > 1970:  # cameras without a clock write 1904-01-01 or 1970-01-01
+        # Cameras without a clock write 1904-01-01 or 1970-01-01; a year past 9000 is no date either
+        # (and its frames' times, seconds later, could pass what any reader reads back).
+        if 1970 < when.year < 9000:
             return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
     return None
 

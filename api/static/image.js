@@ -306,7 +306,8 @@ function localInput(iso) {
   if (Number.isNaN(d.getTime())) return "";
   const pad = (n) => String(n).padStart(2, "0");
   const seconds = d.getSeconds() ? `:${pad(d.getSeconds())}` : "";
-  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}${seconds}`;
+  const year = String(d.getFullYear()).padStart(4, "0"); // the input wants four digits: 0800, not 800
+  return `${year}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}${seconds}`;
 }
 
 async function saveTaken(event) {

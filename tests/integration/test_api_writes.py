@@ -115,6 +115,32 @@ def test_bad_edits_are_4xx(keyed_client, image):
     assert keyed_client.patch(f"/api/images/{image}", headers=AUTH, json={"taken_at": "yesterday"}).status_code == 400
 
 
+@pytest.mark.parametrize("when", ["9999-12-31T23:59:59-12:00", "0001-01-01T00:00:00+14:00", "20240101", 20240101,
+                                  "2024-02-30", "12/25/2024"])
+def test_a_time_no_client_could_read_back_or_not_iso_8601_is_400_and_nothing_changes(keyed_client, image, when):
+    """Year 10000 in UTC was stored, and from then on the image and every search holding it were a 500."""
+    keyed_client.patch(f"/api/images/{image}", headers=AUTH, json={"taken_at": "2021-06-01T12:00:00Z"})
+    refused = keyed_client.patch(f"/api/images/{image}", headers=AUTH, json={"taken_at": when})
+    assert refused.status_code == 400 and "taken_at" in refused.json()["detail"], refused.text
+    shown = keyed_client.get(f"/api/images/{image}")
+    assert shown.status_code == 200 and shown.json()["taken_at"].startswith("2021-06-01T12:00:00")
+    assert keyed_client.post("/api/search", json={"caption_query": "cat", "order": "newest"}).status_code == 200
+
+
+def test_a_date_alone_is_a_time_for_edits_and_filters(keyed_client, image):
+    edited = keyed_client.patch(f"/api/images/{image}", headers=AUTH, json={"taken_at": "2024-05-01"})
+    assert edited.status_code == 200 and edited.json()["taken_at"].startswith("2024-05-01T00:00:00"), edited.text
+
+    def found(**filters) -> list[int] | int:
+        r = keyed_client.post("/api/search", json={"caption_query": "cat", "filters": filters})
+        return [hit["id"] for hit in r.json()["results"]] if r.status_code == 200 else r.status_code
+
+    assert found(taken_after="2024-05-01") == [image] and found(taken_before="2024-05-01") == []
+    assert found(taken_after="2024-04-30T23:00:00-02:00") == []  # 2024-05-01 01:00 UTC
+    # Never a number: 20240101 is not 1970-08-23 (msgspec's lax reading of seconds since 1970).
+    assert found(taken_before=20240101) == found(taken_before="20240101") == found(taken_after="yesterday") == 400
+
+
 def test_models_and_their_indexes_over_http(keyed_client, image):
     models = keyed_client.get("/api/models").json()  # a read: no key needed
     assert [(m["name"], m["state"], m["vectors"], m["images"]) for m in models] == [("test-tiny", "active", 1, 1)]

@@ -591,6 +591,7 @@ def test_a_bad_frame_row_is_refused_naming_it_and_nothing_is_written(db_url, con
      [dt.datetime(2024, 5, 1, 10, 30, tzinfo=dt.UTC), dt.datetime(2024, 5, 2, tzinfo=dt.UTC), None]),
     (["yesterday", "2024-05-02", None], "row 0: taken_at is not a date and time (ISO 8601"),
     (["2024-05-01", "2024-13-45", None], "row 1: taken_at is not a date and time (ISO 8601"),
+    (["2024-05-01", "9999-12-31T23:59:59-12:00", None], "row 1: taken_at must lie between 0001-01-02 and 9999-12-30"),
 ])
 def test_a_taken_at_column_of_text_is_read_as_iso_8601_or_refused(db_url, conn, target_url, tmp_path, texts, expected):
     """Another tool's set may carry its dates as text: ISO 8601 is read (naive as UTC), anything else

@@ -58,6 +58,32 @@ def test_migrations_go_up_down_and_up_again_with_no_drift(databases):
         databases.drop(url)
 
 
+def test_migrating_moves_a_taken_at_no_client_reads_into_metadata_and_refuses_new_ones(databases):
+    """Before 0018 an edit could store year 10000 (in UTC); reading the image then failed, and
+    every search that held it. The migration keeps the value, as text, and the image readable."""
+    url = databases.create_empty()
+    try:
+        migrations.upgrade(url, "0017")
+        with connect(url) as conn:
+            late, early, fine = (add_image(conn, f"{n}.jpg") for n in ("late", "early", "fine"))
+            for image_id, when in ((late, "9999-12-31 23:59:59-12"), (early, "0001-01-01 00:00:00+14"),
+                                   (fine, "2024-05-01 12:00:00+00")):
+                conn.execute("UPDATE pgclip.images SET taken_at = %s::timestamptz WHERE id = %s", [when, image_id])
+            conn.commit()
+            with pytest.raises(psycopg.DataError, match="timestamp too large"):
+                conn.execute("SELECT taken_at FROM pgclip.images WHERE id = %s", [late]).fetchone()
+        migrations.upgrade(url)
+        with connect(url) as conn:
+            rows = {r[0]: r[1:] for r in conn.execute("SELECT id, taken_at, metadata FROM pgclip.images")}
+            assert rows[late] == (None, {"taken_at_out_of_range": "10000-01-01 11:59:59 UTC"})
+            assert rows[early] == (None, {"taken_at_out_of_range": "0001-12-31 10:00:00 BC UTC"})
+            assert rows[fine][0].isoformat() == "2024-05-01T12:00:00+00:00" and rows[fine][1] == {}
+            with pytest.raises(psycopg.errors.CheckViolation, match="images_taken_at_range_check"):
+                conn.execute("UPDATE pgclip.images SET taken_at = '9999-12-31 12:00+00' WHERE id = %s", [fine])
+    finally:
+        databases.drop(url)
+
+
 def test_the_head_every_process_checks_for_is_alembics_head():
     # A new migration without SCHEMA_HEAD moved on would let processes run on the old schema.
     assert migrations.SCHEMA_HEAD == migrations.head_revision()

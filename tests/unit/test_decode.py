@@ -237,6 +237,16 @@ def test_garbage_exif_is_ignored_and_datetime_falls_back():
     assert info.orientation is None and info.camera_make is None
 
 
+@pytest.mark.parametrize("original", ["9999:12:31 23:59:59", "0001:01:01 00:00:00"])
+def test_a_placeholder_date_at_either_end_of_the_calendar_is_no_date(original):
+    """Such a time, stored, is one no client reads back (core.times): it falls back to DateTime."""
+    exif = Image.Exif()
+    exif[ExifTags.Base.DateTime] = "2019:12:24 18:00:00"
+    exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.DateTimeOriginal] = original
+
+    assert probe(encoded(Image.new("RGB", (8, 8)), "JPEG", exif=exif)).taken_at == datetime(2019, 12, 24, 18)
+
+
 def test_image_without_exif_has_no_metadata():
     info = probe(encoded(Image.new("RGB", (8, 6)), "PNG"))
     assert (info.taken_at, info.camera_make, info.gps_latitude, info.orientation) == (None, None, None, None)
