@@ -16,7 +16,7 @@ from litestar import Controller, MediaType, Request, Response, delete, get, patc
 from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException, SerializationException
-from litestar.params import JSONBody, MultipartBody, Parameter
+from litestar.params import HeaderParameter, JSONBody, MultipartBody, Parameter
 
 from pgclip.api.auth import require_write_key
 from pgclip.api.schemas import (
@@ -204,14 +204,25 @@ class ImageController(ApiController):
 
     @get("/{image_id:int}/thumbnail", summary="The WebP thumbnail (once embedded)", media_type="image/webp")
     async def thumbnail(self, image_id: ImageId, service: ServiceDep) -> Response[bytes]:
-        data, mime = await asyncio.to_thread(service.blob, image_id, "thumbnails")
-        return Response(data, media_type=mime, headers={"Cache-Control": "public, max-age=3600"})
+        blob = await asyncio.to_thread(service.blob, image_id, "thumbnails")
+        return Response(blob.data, media_type=blob.mime, headers={"Cache-Control": "public, max-age=3600"})
 
-    @get("/{image_id:int}/original", summary="The original bytes as uploaded", media_type="application/octet-stream")
-    async def original(self, image_id: ImageId, service: ServiceDep) -> Response[bytes]:
-        data, mime = await asyncio.to_thread(service.blob, image_id, "image_blobs")
-        # The bytes never change for an id (the id is tied to their sha256).
-        return Response(data, media_type=mime, headers={"Cache-Control": "public, max-age=31536000, immutable"})
+    @get("/{image_id:int}/original", summary="The original bytes as uploaded (ETag: their sha256)",
+         media_type="application/octet-stream")
+    async def original(
+        self, image_id: ImageId, service: ServiceDep,
+        if_none_match: Annotated[str | None, HeaderParameter(
+            name="If-None-Match", required=False, description="an ETag this client holds: 304 if still current")] = None,
+    ) -> Response[bytes]:
+        blob = await asyncio.to_thread(service.blob, image_id, "image_blobs")
+        # Not immutable: `pgclip sync` gives an edited file's image its new bytes under the same
+        # id. Caches keep the bytes and ask again each time (304 while the sha256 is the same).
+        etag = f'"{blob.sha256}"'
+        headers = {"Cache-Control": "public, no-cache", "ETag": etag}
+        held = {tag.strip().removeprefix("W/") for tag in (if_none_match or "").split(",")}
+        if etag in held or "*" in held:
+            return Response(b"", status_code=304, media_type=blob.mime, headers=headers)
+        return Response(blob.data, media_type=blob.mime, headers=headers)
 
     @post("/", status_code=202, guards=[require_write_key],
           summary="Upload an image, or a video (its sampled frames become images); queued for embedding",

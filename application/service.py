@@ -314,11 +314,12 @@ class Service:
         return {**dataclasses.asdict(detail), "captions": [dataclasses.asdict(c) for c in captions],
                 "model": model.name, "video": video}
 
-    def blob(self, image_id: int, table: str) -> tuple[bytes, str]:
-        """The original bytes (``image_blobs``) or the thumbnail (``thumbnails``) with its MIME type."""
+    def blob(self, image_id: int, table: str) -> db_images.Blob:
+        """The original bytes (``image_blobs``, with their sha256) or the thumbnail (``thumbnails``),
+        with the MIME type (application/octet-stream for an image added with SQL, not yet probed)."""
         read = {"image_blobs": db_images.original, "thumbnails": db_images.thumbnail}[table]
         blob = self.read(lambda conn: read(conn, image_id))
-        return blob.data, blob.mime or "application/octet-stream"  # not yet probed (added with SQL)
+        return dataclasses.replace(blob, mime=blob.mime or "application/octet-stream")
 
     def add_image(self, data: bytes, *, filename: str | None, captions: list[str],
                   metadata: dict[str, Any]) -> tuple[int, bool, str | None]:

@@ -197,6 +197,7 @@ def known_ids(conn: psycopg.Connection, image_ids: Sequence[int]) -> set[int]:
 class Blob:
     data: bytes
     mime: str | None  # an image added with SQL has none until a worker has decoded it
+    sha256: str | None = None  # the original's (a thumbnail has none of its own)
 
 
 def original(conn: psycopg.Connection, image_id: int) -> Blob:
@@ -206,7 +207,7 @@ def original(conn: psycopg.Connection, image_id: int) -> Blob:
         if image_exists(conn, image_id):
             raise NotFound(f"image {image_id} has no stored bytes")
         raise NotFound(f"no image with id {image_id}")
-    return Blob(bytes(row[0]), row[1])
+    return Blob(bytes(row[0]), row[1], row[2])
 
 
 def thumbnail(conn: psycopg.Connection, image_id: int) -> Blob:

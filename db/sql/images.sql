@@ -98,8 +98,9 @@ WHERE i.id = %(image_id)s;
 SELECT id, text FROM pgclip.captions WHERE image_id = %(image_id)s ORDER BY id;
 
 -- original --
--- The bytes as uploaded, with the MIME type they were probed as.
-SELECT b.data, i.mime FROM pgclip.image_blobs b JOIN pgclip.images i ON i.id = b.image_id
+-- The bytes as uploaded, with the MIME type they were probed as and their sha256 (which
+-- changes when `pgclip sync` finds the file edited: the image keeps its id, takes new bytes).
+SELECT b.data, i.mime, i.sha256 FROM pgclip.image_blobs b JOIN pgclip.images i ON i.id = b.image_id
 WHERE b.image_id = %(image_id)s;
 
 -- thumbnail --

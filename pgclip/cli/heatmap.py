@@ -124,7 +124,7 @@ def cmd_heatmap(args: argparse.Namespace, settings: Settings) -> int:
         thumbnails: list[bytes | None] = []
         for image_id in ids:
             try:
-                thumbnails.append(service.blob(image_id, "thumbnails")[0])
+                thumbnails.append(service.blob(image_id, "thumbnails").data)
             except NotFound:  # no thumbnail (an image added with SQL): the row shows its id instead
                 thumbnails.append(None)
     finally:

@@ -141,6 +141,33 @@ def test_a_date_alone_is_a_time_for_edits_and_filters(keyed_client, image):
     assert found(taken_before=20240101) == found(taken_before="20240101") == found(taken_after="yesterday") == 400
 
 
+def test_an_original_edited_in_its_synced_folder_is_never_served_stale_from_a_cache(keyed_client, db_url, tmp_path):
+    """`pgclip sync` gives an edited file's image its new bytes under the same id: the original
+    is revalidated (ETag: its sha256; 304 while unchanged), not cached as immutable for a year."""
+    import hashlib
+
+    from tests.integration.test_sync import image_of, run_sync
+
+    folder = tmp_path / "synced"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(jpeg_bytes(1))
+    run_sync(db_url, folder)
+    image_id = image_of(db_url, folder / "a.jpg")
+    first = keyed_client.get(f"/api/images/{image_id}/original")
+    assert first.status_code == 200 and first.content == jpeg_bytes(1)
+    assert first.headers["etag"] == f'"{hashlib.sha256(jpeg_bytes(1)).hexdigest()}"'
+    assert "immutable" not in first.headers["cache-control"] and "no-cache" in first.headers["cache-control"]
+    same = keyed_client.get(f"/api/images/{image_id}/original", headers={"If-None-Match": first.headers["etag"]})
+    assert same.status_code == 304 and same.content == b""
+
+    (folder / "a.jpg").write_bytes(jpeg_bytes(2, (90, 60)))
+    run_sync(db_url, folder)
+    assert image_of(db_url, folder / "a.jpg") == image_id  # the same image, new bytes
+    again = keyed_client.get(f"/api/images/{image_id}/original", headers={"If-None-Match": first.headers["etag"]})
+    assert again.status_code == 200 and again.content == jpeg_bytes(2, (90, 60))
+    assert again.headers["etag"] != first.headers["etag"]
+
+
 def test_models_and_their_indexes_over_http(keyed_client, image):
     models = keyed_client.get("/api/models").json()  # a read: no key needed
     assert [(m["name"], m["state"], m["vectors"], m["images"]) for m in models] == [("test-tiny", "active", 1, 1)]
