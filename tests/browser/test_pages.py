@@ -166,6 +166,28 @@ def test_the_search_page_keeps_its_state_straight(page, served, tmp_path, consol
     console.assert_clean()
 
 
+def test_a_search_in_flight_says_so_over_the_previous_results(page, served, console):
+    """The old results stayed as they were, with no sign that a new search was running."""
+    page.goto("/?q=a+photo&mode=vector")
+    expect(page.locator("#grid .card")).to_have_count(24)
+    held = []
+    page.route("**/api/search", lambda route: held.append(route))  # the next search waits for us
+    page.locator("#q").fill("a dog")
+    page.locator("#q").press("Enter")
+    results = page.locator("#results")
+    expect(results).to_have_attribute("aria-busy", "true")
+    page.wait_for_function("getComputedStyle(document.querySelector('#grid')).opacity < 0.6")
+    shown = page.evaluate("getComputedStyle(document.querySelector('#results'), '::before').content")
+    assert shown == '"Searching…"', shown
+    screenshot(page, "search-in-flight")
+    held[0].continue_()
+    page.unroute("**/api/search")
+    expect(results).to_have_attribute("aria-busy", "false")
+    expect(page.locator("#grid .card").first).to_be_visible()
+    assert page.evaluate("getComputedStyle(document.querySelector('#grid')).opacity") == "1"
+    console.assert_clean()
+
+
 def test_no_results_and_api_errors_are_shown_as_such(page, console):
     page.goto("/?q=zebra&mode=text")
     expect(page.locator("#results .empty")).to_contain_text("No results")
