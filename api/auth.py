@@ -15,6 +15,10 @@ from litestar.exceptions import NotAuthorizedException
 from litestar.handlers.base import BaseRouteHandler
 
 
+# What a 401 for a missing or wrong key asks for (RFC 9110 §11.6.1; RFC 6750's scheme).
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="pgclip"'}
+
+
 def is_loopback(host: str | None) -> bool:
     if not host:
         return False
@@ -43,6 +47,8 @@ def require_write_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
         raise NotAuthorizedException("writes are disabled: no PGCLIP_API_KEYS configured on this server")
     scheme, _, token = connection.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
-        raise NotAuthorizedException("this request changes data: send Authorization: Bearer <API key>")
+        raise NotAuthorizedException("this request changes data: send Authorization: Bearer <API key>",
+                                     headers=CHALLENGE)
     if not key_matches(token.strip(), keys):
-        raise NotAuthorizedException("the API key is not valid")
+        raise NotAuthorizedException("the API key is not valid", headers={
+            "WWW-Authenticate": f'{CHALLENGE["WWW-Authenticate"]}, error="invalid_token"'})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import msgspec
 from litestar import Request, Response
@@ -74,12 +75,30 @@ def _litestar_detail(request: Request, exc: HTTPException) -> str:
             limit = request.route_handler.resolve_request_max_body_size()
         except Exception:  # no route resolved: say what is known
             limit = None
-        return ("the request is too large" + (f": at most {limit:,} bytes on this route (PGCLIP_UPLOAD_MAX_BYTES, "
-                                               "PGCLIP_VIDEO_UPLOAD_MAX_BYTES)" if limit else ""))
+        # The upload takes videos' larger bodies (it holds an image to PGCLIP_UPLOAD_MAX_BYTES itself).
+        setting = ("PGCLIP_VIDEO_UPLOAD_MAX_BYTES" if request.url.path.rstrip("/") == "/api/images"
+                   else "PGCLIP_UPLOAD_MAX_BYTES")
+        return "the request is too large" + (f": at most {limit:,} bytes on this route ({setting})" if limit else "")
+    if exc.status_code == 400 and exc.detail == "Request Entity Too Large":  # Litestar's multipart parser's
+        return ("the multipart form goes past the form parser's limits: a part's headers too long "
+                "(a file name of thousands of characters) or too many parts")
     if not exc.detail.startswith("Validation failed for ") or not isinstance(extra, list):
         return exc.detail
-    problems = [f"{e.get('key')}: {e.get('message')}" for e in extra if isinstance(e, dict) and e.get("message")]
+    problems = [_problem(e) for e in extra if isinstance(e, dict) and e.get("message")]
     return f"Validation failed for {request.method} {request.url.path}: {'; '.join(problems)}"
+
+
+def _problem(error: dict) -> str:
+    """One of Litestar's validation errors as a phrase; the body as a whole is "the request body"
+    (Litestar names it ``data``, and says ``'data'`` when there is none)."""
+    key, message = error.get("key"), str(error.get("message"))
+    if key == "data" and error.get("source") == "body":
+        if message == "'data'":
+            return "the request body is empty: send a JSON object"
+        got = re.search(r"got `(\w+)`", message)
+        if message.startswith("Expected `object`") and got:
+            return f"the request body must be a JSON object, not {got[1]}"
+    return f"{key}: {message}"
 
 
 HANDLERS = {

@@ -116,7 +116,8 @@ class ApiMetrics:
         def metrics(request: Request) -> Response[bytes]:
             # Off the event loop: the queue's figures are a database query.
             encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-            return Response(encoder(registry), media_type=content_type)
+            # As a header: Litestar would append its own charset to the one the type carries.
+            return Response(encoder(registry), media_type=content_type, headers={"content-type": content_type})
 
         return metrics
 

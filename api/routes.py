@@ -282,9 +282,11 @@ class ModelController(ApiController):
 
     @post("/{model_id:int}/index", status_code=200, guards=[require_write_key],
           summary="Rebuild the model's vector index (CREATE INDEX CONCURRENTLY: searches keep answering)")
-    async def rebuild_index(self, model_id: ModelId, data: JSONBody[IndexRebuild],
-                            service: ServiceDep) -> IndexRebuildResponse:
-        info, built, seconds = await asyncio.to_thread(service.rebuild_index, model_id, msgspec.structs.asdict(data))
+    async def rebuild_index(self, model_id: ModelId, service: ServiceDep,
+                            data: JSONBody[IndexRebuild | None] = None) -> IndexRebuildResponse:
+        # No body: rebuilt as it is (as `pgclip index rebuild` without options), like /activate's.
+        params = msgspec.structs.asdict(data or IndexRebuild())
+        info, built, seconds = await asyncio.to_thread(service.rebuild_index, model_id, params)
         return IndexRebuildResponse(model=msgspec.convert(info, ModelInfo), built=built, seconds=seconds)
 
 

@@ -29,6 +29,7 @@ from pgclip.core.errors import InvalidInput
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 PATH_PREFIXES = ("./", "../", "/", "~/")
 CANCEL_TOLERANCE = 1e-6  # times the summed |weights|: a shorter sum has no direction left
+MAX_WEIGHT = 1000.0  # |weight|: a thousand times another term is already all of the query (1e308 overflowed)
 
 # A quoted string (skipped whole, so its + and - stay text) or an operator: + or - with
 # whitespace or the query's edge on both sides.
@@ -97,10 +98,12 @@ def _split_weight(raw: str, *, strict: bool) -> tuple[float | None, str]:
         weight = float(prefix)
     except ValueError:
         weight = math.nan
-    if not strict and (not math.isfinite(weight) or weight == 0 or not rest):
+    if not strict and (not math.isfinite(weight) or weight == 0 or abs(weight) > MAX_WEIGHT or not rest):
         return None, raw
     if not math.isfinite(weight):
         raise InvalidInput(f"weight {prefix!r} is not a number in {raw!r} (quote the text to search it literally)")
+    if abs(weight) > MAX_WEIGHT:
+        raise InvalidInput(f"weight {prefix} in {raw!r} is outside -{MAX_WEIGHT:g} to {MAX_WEIGHT:g}")
     if weight == 0:
         raise InvalidInput(f"weight 0 in {raw!r} would make the term do nothing")
     if not rest:

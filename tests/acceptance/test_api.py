@@ -199,6 +199,14 @@ def test_upload_queues_a_new_image_and_recognises_a_known_one(served):
         # a binary part without a filename (found by schemathesis: Litestar decodes it as text)
         ("post", "/api/search/image", {"files": {"file": (None, b"\x89PNG\r\n\x1a\n\xff\xfe")}}, 400, "file parts"),
         ("post", "/api/search/image", {"files": {"file": ("x.jpg", jpeg_bytes(1)), }, "data": {"options": "{\"k\": 500}"}}, 400, "options"),
+        # What a new-user pass found: messages that named nothing the user sent, or the wrong thing.
+        ("post", "/api/search", {"content": b"", "headers": {"content-type": "application/json"}}, 400,
+         "the request body is empty: send a JSON object"),
+        ("post", "/api/search", {"content": b"null", "headers": {"content-type": "application/json"}}, 400,
+         "the request body must be a JSON object, not null"),
+        ("post", "/api/search", {"json": {"text": "1e308:dog"}}, 400, "weight 1e308 in '1e308:dog' is outside"),
+        ("post", "/api/images", {"files": {"file": ("x" * 5000 + ".jpg", jpeg_bytes(1), "image/jpeg")}}, 400,
+         "a file name of thousands of characters"),
     ],
 )
 def test_bad_input_is_a_4xx_naming_the_problem(served, method, path, kwargs, status, fragment):
@@ -213,7 +221,12 @@ def test_an_upload_over_the_size_limit_is_refused(served):
     # A search by a picture that large: the limit named (it said only "Request Entity Too Large").
     big.seek(0)
     assert_error(client.post("/api/search/image", files={"file": ("big.jpg", big, "image/jpeg")}), 413,
-                 "the request is too large: at most 2,000,000 bytes on this route")
+                 "the request is too large: at most 2,000,000 bytes on this route (PGCLIP_UPLOAD_MAX_BYTES)")
+
+
+def test_metrics_say_their_charset_once(served):
+    content_type = served[0].get("/metrics").headers["content-type"]
+    assert content_type.count("charset") == 1, content_type
 
 
 def test_a_vector_near_float32s_limit_searches_as_its_direction(served):

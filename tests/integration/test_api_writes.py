@@ -94,6 +94,12 @@ def test_every_write_needs_a_valid_key(keyed_client, image, method, path, kwargs
         assert response.status_code == status
         assert "detail" in response.json()
         assert KEY not in response.text
+        assert response.headers["www-authenticate"].startswith('Bearer realm="pgclip"')  # what to send
+
+
+def test_an_index_rebuild_needs_no_body_as_an_activation_does(keyed_client, image):
+    rebuilt = keyed_client.post("/api/models/1/index", headers=AUTH)
+    assert rebuilt.status_code == 200 and rebuilt.json()["model"]["index"]["kind"] == "hnsw", rebuilt.text
 
 
 def test_reads_stay_open_without_a_key(keyed_client, image):

@@ -75,6 +75,8 @@ def test_queries_parse_into_weighted_terms(query, terms):
         ("2x:dog", r"weight '2x' is not a number in '2x:dog'"),
         ("1.2.3:dog", r"weight '1.2.3' is not a number"),
         ("1e999:dog", r"weight '1e999' is not a number"),
+        ("1e308:dog", r"weight 1e308 in '1e308:dog' is outside -1000 to 1000"),  # not "the parts cancel out"
+        ("cat - 1001:dog", r"weight 1001 in '1001:dog' is outside"),
         ("2: + x", r"weight 2 has no term after it in '2:'"),
         ('"open', "unterminated quote in '\"open'"),
         ('"a" + "b', "unterminated quote"),
