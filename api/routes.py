@@ -259,7 +259,9 @@ def _captions(raw: str | None) -> list[str]:
         return []
     if raw.lstrip().startswith("["):
         return decode_json(raw, list[str], "captions")
-    return [raw]
+    if raw.strip().startswith('"') and raw.strip().endswith('"') and len(raw.strip()) > 1:
+        return [decode_json(raw, str, "captions")]  # one caption as a JSON string: its text, not its quotes
+    return [raw]  # one caption as plain text
 
 
 ModelId = Annotated[int, Parameter(ge=1, le=2**31 - 1, description="model id (GET /api/models lists them)")]

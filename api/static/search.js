@@ -3,6 +3,7 @@ import { $, api, el, emptyBox, errorBox, parseMetadata, resultCard, setTitle } f
 import { markFrame } from "/static/video.js";
 
 const PAGE_SIZE = 24;
+const MAX_TEXT = 1000; // characters of a search text or caption query (the API's limit, the fields' maxlength)
 const IMAGE_KEY = "pgclip.queryImage"; // the query image survives a reload of this tab (a URL cannot carry it)
 const IMAGE_KEEP_MAX = 4_000_000; // characters of data URL kept in sessionStorage
 const MODE_HINTS = {
@@ -89,10 +90,17 @@ function fromParams(p) {
     }
     return value;
   };
+  const cut = []; // texts longer than a search takes (a link can carry what the field's maxlength stops)
+  const text = (name) => {
+    const value = p.get(name) || "";
+    if (value.length <= MAX_TEXT) return value;
+    cut.push(name);
+    return value.slice(0, MAX_TEXT);
+  };
   const isDate = (v) => /^\d{4}-\d{2}-\d{2}$/.test(v) && !Number.isNaN(Date.parse(`${v}T00:00:00Z`));
   const isNumber = (v) => v !== "" && Number.isFinite(Number(v));
   return {
-    q: p.get("q") || "",
+    q: text("q"),
     mode: pick("mode", ["vector", "text", "hybrid"], "hybrid"),
     order: pick("order", ["relevance", "newest", "oldest"], "relevance"),
     after: checked("after", isDate),
@@ -100,11 +108,12 @@ function fromParams(p) {
     orientation: pick("orientation", ["landscape", "portrait", "square"], ""),
     formats: (p.get("format") || "").split(",").filter(Boolean),
     meta: p.get("meta") || "",
-    words: p.get("words") || "",
+    words: text("words"),
     minSimilarity: checked("min_similarity", isNumber),
     maxDrop: checked("max_drop", isNumber),
     image: p.get("image") || "",
     dropped,
+    cut,
   };
 }
 
@@ -377,7 +386,9 @@ function restoreImage(name) {
 function loadFromUrl() {
   const query = fromParams(new URLSearchParams(location.search));
   const said = [restoreImage(query.image), query.dropped.length
-    ? `This link had values the page cannot read, left out: ${query.dropped.join(", ")}.` : null].filter(Boolean);
+    ? `This link had values the page cannot read, left out: ${query.dropped.join(", ")}.` : null,
+  query.cut.length ? `This link's search text was longer than ${MAX_TEXT} characters, the most a search takes: `
+    + `searched by its first ${MAX_TEXT}.` : null].filter(Boolean);
   writeForm(query);
   if (activeFilters(query)) $("#filters").open = true;
   setTitle(titleFor(query));

@@ -170,6 +170,11 @@ def test_upload_queues_a_new_image_and_recognises_a_known_one(served):
     assert detail["metadata"]["tag"] == "upload" and detail["captions"][0]["text"] == "a new picture"
     status = client.get("/api/status").json()
     assert status["models"][0]["counts"]["pending"] >= 1
+    # One caption needs no list: as plain text, or as a JSON string (its text, not its quotes).
+    for n, (sent, stored) in enumerate([("a cat, asleep", "a cat, asleep"), ('"a red \\"kite\\""', 'a red "kite"')]):
+        one = client.post("/api/images", files={"file": (f"one{n}.jpg", jpeg_bytes(777 + n, (80, 80)), "image/jpeg")},
+                          data={"captions": sent}).json()
+        assert [c["text"] for c in client.get(f"/api/images/{one['id']}").json()["captions"]] == [stored]
 
 
 @pytest.mark.parametrize(

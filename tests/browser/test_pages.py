@@ -160,6 +160,11 @@ def test_the_search_page_keeps_its_state_straight(page, served, tmp_path, consol
     expect(page.locator("#grid .card").first).to_be_visible()  # searched without them
     expect(page.locator("#results .error")).to_have_count(0)
 
+    page.goto("/?q=" + "dog+" * 400 + "&mode=text")  # longer than a search takes: the field's maxlength is not a link's
+    expect(page.locator("#notice")).to_contain_text("longer than 1000 characters, the most a search takes")
+    expect(page.locator("#results .error")).to_have_count(0)
+    assert len(page.locator("#q").input_value()) == 1000
+
     page.goto("/?q=a+dog&mode=vector&image=elsewhere.jpg")  # a picture this tab does not keep
     expect(page.locator("#grid .card").first).to_be_visible()
     expect(page.locator("#notice")).to_contain_text("searched by a picture (elsewhere.jpg) that links cannot carry")
