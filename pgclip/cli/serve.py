@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import threading
 
 from pgclip.cli.common import out as _out
@@ -49,10 +51,24 @@ def listening_socket(host: str, port: int):  # noqa: ANN201 - a socket.socket
     return sock
 
 
+# On SIGTERM (or Ctrl-C), requests in flight get this long to finish before they are cancelled:
+# without a bound, one client that stalls (a request body never sent whole, a download it
+# stopped reading) kept the server from ever exiting.
+SHUTDOWN_GRACE_SECONDS = 10
+
+
 def run_server(app, sock) -> None:  # noqa: ANN001
     import uvicorn
 
-    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+    # uvicorn says in one line that it cancels what is left; the traceback of each cancelled
+    # request that follows ("Exception in ASGI application") is that same news, not a fault.
+    logging.getLogger("uvicorn.error").addFilter(_not_cancelled_at_shutdown)
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _not_cancelled_at_shutdown(record: logging.LogRecord) -> bool:
+    return not (record.exc_info and record.exc_info[0] is asyncio.CancelledError)
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:

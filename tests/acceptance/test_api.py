@@ -229,6 +229,29 @@ def test_an_upload_over_the_size_limit_is_refused(served):
                  "the request is too large: at most 2,000,000 bytes on this route (PGCLIP_UPLOAD_MAX_BYTES)")
 
 
+def test_sigterm_stops_serve_though_a_client_stalls_a_request(served):
+    """A client that never finishes sending its request (or stops reading a download) kept
+    `pgclip serve` running after SIGTERM, forever; in-flight requests now get a grace period."""
+    import signal
+
+    env, port = served[1], free_port()
+    proc, url = start_server({**env, "PGCLIP_PORT": str(port)}, port)
+    with socket.create_connection(("127.0.0.1", port)) as stalled:
+        stalled.sendall(b"POST /api/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 1000\r\n\r\n{\"text\": ")
+        # Answered after the stalled bytes arrived: the server's one event loop has taken them in.
+        assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        try:
+            output, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise AssertionError("pgclip serve was still running 60 s after SIGTERM") from None
+    assert proc.returncode in (0, -signal.SIGTERM), output  # uvicorn re-raises the signal once shut down
+    assert "Traceback" not in output, output
+    assert "timeout graceful shutdown exceeded" in output  # one line says the stalled request was cancelled
+
+
 def test_metrics_say_their_charset_once(served):
     content_type = served[0].get("/metrics").headers["content-type"]
     assert content_type.count("charset") == 1, content_type
