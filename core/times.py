@@ -33,8 +33,8 @@ def parse_time(name: str, value: object) -> dt.datetime:
 
 
 def check_time(name: str, value: dt.datetime) -> dt.datetime:
-    """``value`` (naive: UTC) if it lies within the years every reader can read back, else InvalidInput."""
-    aware = value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+    """``value``, aware (naive: UTC), if it lies within the years every reader can read back, else InvalidInput."""
+    aware = _aware(value)
     if not EARLIEST <= aware <= LATEST:
         raise InvalidInput(f"{name} must lie between {EARLIEST.date().isoformat()} and "
                            f"{LATEST.date().isoformat()} (UTC), got {value.isoformat()}")
@@ -49,7 +49,8 @@ def _shown(value: object) -> str:
 def within_range(value: dt.datetime | None) -> dt.datetime | None:
     """``value`` unchanged if it lies within the range (naive: UTC), else None: for a time read
     from a file (EXIF, a video's creation_time), where nonsense is dropped, not refused."""
-    if value is None:
-        return None
-    aware = value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
-    return value if EARLIEST <= aware <= LATEST else None
+    return value if value is not None and EARLIEST <= _aware(value) <= LATEST else None
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
