@@ -47,8 +47,8 @@ from pgclip.api.schemas import (
 )
 from pgclip.application.service import Service
 from pgclip.core.errors import InvalidInput
-from pgclip.core.times import parse_time
 from pgclip.core.search_request import MAX_FILTERS_JSON, PARAMS
+from pgclip.core.times import parse_time
 from pgclip.db.images import UNSET
 from pgclip.workers.video import is_video
 
