@@ -237,6 +237,7 @@ def test_the_api_describes_an_image_not_yet_decoded_without_inventing_its_size(d
         fields = {k: detail[k] for k in ("width", "height", "format", "mime")}
         partial = msgspec.defstruct("Partial", [(k, ImageDetail.__annotations__[k]) for k in fields])
         msgspec.json.decode(msgspec.json.encode(fields), type=partial)
-        assert service.blob(image_id, "image_blobs") == (data, "application/octet-stream")
+        original = service.blob(image_id, "image_blobs")
+        assert (original.data, original.mime) == (data, "application/octet-stream")
     finally:
         service.close()
