@@ -29,6 +29,12 @@ def reachable_url(settings: Settings) -> str:
 
 def migrate(settings: Settings) -> tuple[str, ModelRow]:
     """``alembic upgrade head``, then register the configured model and its vector index."""
+    url = migrate_schema(settings)
+    return url, register_configured_model(url, settings)
+
+
+def migrate_schema(settings: Settings) -> str:
+    """``alembic upgrade head`` (one process at a time: the migrations take an advisory lock)."""
     url = reachable_url(settings)
     with connect(url, vector=False) as conn:
         require_pgvector(conn, url)
@@ -40,7 +46,31 @@ def migrate(settings: Settings) -> tuple[str, ModelRow]:
     except sqlalchemy.exc.DBAPIError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         raise DatabaseUnavailable(f"migrating the database at {describe_target(url)} failed: {reason}") from exc
-    return url, register_configured_model(url, settings)
+    return url
+
+
+def storing_model(url: str, settings: Settings, *, quick: bool = False) -> tuple[ModelRow, str | None]:
+    """The model a process that stores images but embeds none (ingest, `sync --no-embed`,
+    `pgclip migrate`) queues them for, with a note when it is not the configured one.
+
+    The configured model (PGCLIP_MODEL / PGCLIP_PRETRAINED) when it is registered, or when the
+    database has no active model yet (a first run registers it). Otherwise the active model:
+    a PGCLIP_MODEL left naming a model never registers it beside the active one. (After a
+    re-embed and `pgclip models drop` of the old model, the next ingest brought the old model
+    back, "building" for ever, with every new image queued for it and none of the old ones.)
+    Whatever model the caller names, `queue.enqueue` queues for the active and building ones too.
+    """
+    from pgclip.workers.encoder import pretrained_identity
+
+    identity = pretrained_identity(settings.model, settings.pretrained, settings.encoder)
+    with connect(url, role="migrate") as conn:
+        known = registered_model(conn, settings.model, identity)
+        active = active_model(conn)
+    if known is None and active is not None:
+        return active, (f"PGCLIP_MODEL={settings.model} ({identity}) is not registered, so it is left out: "
+                        f"images are queued for the active model {active.label} "
+                        f"(`pgclip reembed {settings.model}` adds the other)")
+    return register_configured_model(url, settings, quick=quick), None
 
 
 def register_configured_model(url: str, settings: Settings, *, quick: bool = False) -> ModelRow:

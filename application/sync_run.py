@@ -21,7 +21,7 @@ import psycopg
 
 from pgclip.application import sync as folder_sync
 from pgclip.application.sync_apply import sync
-from pgclip.application.bootstrap import migrate, reachable_url, register_configured_model
+from pgclip.application.bootstrap import migrate, reachable_url, storing_model, worker_model
 from pgclip.core.errors import PgclipError
 from pgclip.core.settings import Settings
 from pgclip.db import files
@@ -64,13 +64,19 @@ class FolderSync:
     keep_missing: bool = False
     forget_missing: bool = True  # False: files marked missing by an earlier sync stay so
     encoder: ClipEncoder | None = None
+    note: str | None = None  # the model is the active one, not the configured one (see storing_model)
 
     @classmethod
     def open(cls, settings: Settings, folder: str, **options) -> FolderSync:
-        """Check the folder, reach (and if fresh, migrate) the database, register the model."""
+        """Check the folder, reach (and if fresh, migrate) the database, find the model: the one
+        this process embeds with when it embeds (refused, as a worker's, if it is not registered
+        beside an active one), else the one ingest would queue for."""
         root = folder_sync.sync_root(folder)
         url = usable_database(settings)
-        return cls(settings, url, register_configured_model(url, settings, quick=True), root, **options)
+        if options.get("embed", True):
+            return cls(settings, url, worker_model(url, settings), root, **options)
+        model, note = storing_model(url, settings, quick=True)
+        return cls(settings, url, model, root, note=note, **options)
 
     @property
     def folder(self) -> str:

@@ -190,6 +190,11 @@ def index_ddl(model: ModelRow, *, rows: int = 0, name: str | None = None,
     )
 
 
+def model_exists(conn: psycopg.Connection, model_id: int) -> bool:
+    """False once the model was dropped (`pgclip models drop`)."""
+    return conn.execute(MODELS["exists"], {"model_id": model_id}).fetchone()[0]
+
+
 def model_by_id(conn: psycopg.Connection, model_id: int) -> ModelRow:
     with conn.cursor(row_factory=class_row(ModelRow)) as cur:
         row = cur.execute(MODELS["by_id"], {"model_id": model_id}).fetchone()

@@ -44,7 +44,7 @@ import psycopg
 from pgclip.db import images as db_images
 from pgclip.db import queue
 from pgclip.db.engine import connect
-from pgclip.db.models import ModelRow
+from pgclip.db.models import ModelRow, model_exists
 from pgclip.workers.decode import ImageRejected, decode, make_thumbnail, probe
 from pgclip.workers.index_build import IndexBuilder
 from pgclip.workers.ingest import new_image
@@ -251,6 +251,12 @@ class Worker:
                 self.held.add(j.id for j in live)
                 self.stats.add(failed=len(jobs) - len(live))
                 if not live:
+                    if not db.run(lambda c: model_exists(c, self.model.id)):
+                        # Dropped under it: its jobs went with it, and a model registered again
+                        # under the same name is another row, which this worker never claims for.
+                        log.warning("model %s was dropped (`pgclip models drop`): nothing is left for this "
+                                    "worker to embed; it stops", self.model.label)
+                        break
                     if until_empty and db.run(lambda c: queue.open_jobs(c, self.model.id)[0]) == 0:
                         if self.index_builder is not None:
                             self.index_builder.build_now(recheck=False)  # the queue is empty: the index, if deferred

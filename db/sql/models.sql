@@ -8,6 +8,10 @@
 SELECT id, name, pretrained, dimension, state, created_at, index_kind, storage, index_params
 FROM pgclip.models WHERE name = %(name)s AND pretrained = %(pretrained)s;
 
+-- exists --
+-- False once the model was dropped (a worker started before the drop stops on it).
+SELECT EXISTS (SELECT 1 FROM pgclip.models WHERE id = %(model_id)s);
+
 -- by_id --
 SELECT id, name, pretrained, dimension, state, created_at, index_kind, storage, index_params
 FROM pgclip.models WHERE id = %(model_id)s;

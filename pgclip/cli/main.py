@@ -78,12 +78,15 @@ def _masked(url: str) -> str:
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from pgclip.application.bootstrap import migrate
+    from pgclip.application.bootstrap import migrate_schema, storing_model
     from pgclip.db.migrate import head_revision
 
-    url, model = migrate(settings)
+    url = migrate_schema(settings)
+    model, note = storing_model(url, settings)  # a stray PGCLIP_MODEL (a dropped model) is not registered again
     _out(f"schema at {head_revision()} in {_masked(url)}")
     _out(f"model {model.label}: dimension {model.dimension}, {model.state}")
+    if note:
+        print(f"pgclip: {note}", file=sys.stderr)
     return 0
 
 

@@ -18,7 +18,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     import os
     from pathlib import Path
 
-    from pgclip.application.bootstrap import ready_url, register_configured_model
+    from pgclip.application.bootstrap import ready_url, storing_model
     from pgclip.core.errors import InvalidInput
     from pgclip.db.engine import connection
     from pgclip.workers.ingest import BATCH_FILES, ingest, require_paths
@@ -40,7 +40,9 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     logging.getLogger("psycopg").setLevel(logging.CRITICAL)
     try:
         url = ready_url(settings)
-        model = register_configured_model(url, settings, quick=True)
+        model, note = storing_model(url, settings, quick=True)
+        if note:
+            print(f"pgclip: {note}", file=sys.stderr)
         with _progress(None, "file", "ingest") as bar, connection(url, role="ingest") as conn:
             plan = _bulk_mode(conn, url, model, args.bulk)
             report = ingest(

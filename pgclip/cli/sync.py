@@ -50,6 +50,8 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
             folder = FolderSync.open(settings, args.folder, embed=args.embed, keep_missing=args.keep_missing)
         except InvalidInput as exc:
             return usage_error(str(exc))
+        if folder.note:
+            print(f"pgclip: {folder.note}", file=sys.stderr)
         if not args.watch:
             return 1 if _sync_once(folder, args).rejected else 0
         try:

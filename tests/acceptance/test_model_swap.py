@@ -85,6 +85,25 @@ def test_reembed_and_activate_while_searches_run_over_http(db_url, tmp_path):
         assert conn.execute("SELECT name FROM pgclip.models").fetchall() == [("test-tiny-alt",)]
     assert_one_line_error(run("models", "drop", "test-tiny-alt", env=env), "active model")
 
+    # PGCLIP_MODEL still names the dropped model (the README's own order of steps): ingest and
+    # migrate say so and queue for the active one; they brought the old model back, "building"
+    # for ever, with every new image queued for it.
+    write_jpegs(tmp_path / "after", 3, start=40)
+    after = run("ingest", str(tmp_path / "after"), env=env, check=True)
+    assert ", 3 queued" in after.stdout
+    assert "PGCLIP_MODEL=test-tiny (random-seed-0) is not registered" in after.stderr, after.stderr
+    assert "queued for the active model test-tiny-alt" in after.stderr
+    migrated = run("migrate", env=env, check=True)
+    assert "model test-tiny-alt" in migrated.stdout and "is not registered" in migrated.stderr
+    assert _models(db_url) == [("test-tiny-alt", "random-seed-0")]
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT count(*) FROM pgclip.embedding_jobs WHERE state = 'pending'").fetchone() == (3,)
+    # A sync says so too; one that would embed with the dropped model refuses, as a worker for it does.
+    synced = run("sync", str(tmp_path / "after"), env=env, check=True)
+    assert "queued for the active model test-tiny-alt" in synced.stderr
+    assert_one_line_error(run("sync", "--embed", str(tmp_path / "after"), env=env), "test-tiny", "is not registered")
+    assert _models(db_url) == [("test-tiny-alt", "random-seed-0")]
+
 
 def _models(db_url: str) -> list[tuple[str, str]]:
     with psycopg.connect(db_url) as conn:

@@ -223,6 +223,30 @@ def test_lost_notifications_are_covered_by_polling(conn, db_url, encoder, tmp_pa
     assert not thread.is_alive()
 
 
+def test_a_worker_whose_model_is_dropped_under_it_stops_and_says_so(conn, db_url, encoder, monkeypatch, caplog):
+    """It claimed nothing for ever, silently: its jobs went with the model, and a model of the
+    same name registered again is another row."""
+    from pgclip.db.models import ensure_model
+    from pgclip.workers import loop
+
+    monkeypatch.setattr(loop, "POLL_SECONDS", 0.3)
+    doomed = ensure_model(conn, "test-tiny", "random-doomed", active_model(conn).dimension)
+    conn.commit()
+    worker = Worker(db_url, encoder=encoder, model=doomed, batch_size=4, lease_seconds=30, max_attempts=3)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        conn.execute("DELETE FROM pgclip.models WHERE id = %s", [doomed.id])  # what `pgclip models drop` deletes
+        conn.commit()
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+    finally:
+        worker.stop()
+        thread.join(timeout=10)
+    assert any("was dropped (`pgclip models drop`)" in r.getMessage() and "it stops" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
 def test_a_re_embed_keeps_the_thumbnails_and_makes_only_missing_ones(conn, db_url, encoder, tmp_path, monkeypatch):
     """A second model's worker decodes each image for its vector but leaves a thumbnail that is
     there alone (made by the first model's worker): no WebP encode, no rewritten row."""
