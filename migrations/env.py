@@ -57,14 +57,28 @@ def run_migrations_online() -> None:
         _run(connection)
 
 
+# One migrating process at a time (`pgclip migrate` run by two deploys at once, compose's
+# one-shot beside a developer's): the second waits, then finds the schema at head. Without
+# it the second failed on "relation images already exists" or a pg_type duplicate key.
+LOCK = "SELECT pg_advisory_lock(hashtext('pgclip: migrations'))"
+UNLOCK = "SELECT pg_advisory_unlock(hashtext('pgclip: migrations'))"
+
+
 def _run(connection):
-    # The version table lives in our schema, which must exist before alembic looks for it.
-    connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
+    connection.execute(text(LOCK))
     connection.commit()
-    _configure(connection)
-    with context.begin_transaction():
-        context.run_migrations()
-    connection.commit()
+    try:
+        # The version table lives in our schema, which must exist before alembic looks for it.
+        connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
+        connection.commit()
+        _configure(connection)
+        with context.begin_transaction():
+            context.run_migrations()
+        connection.commit()
+    finally:
+        connection.rollback()  # a failed migration's transaction first, so that the unlock can run
+        connection.execute(text(UNLOCK))
+        connection.commit()
 
 
 if context.is_offline_mode():

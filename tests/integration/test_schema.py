@@ -84,6 +84,41 @@ def test_migrating_moves_a_taken_at_no_client_reads_into_metadata_and_refuses_ne
         databases.drop(url)
 
 
+def test_migrations_started_at_once_take_turns(databases, tmp_path):
+    """Deploys migrating one fresh database at once: the later ones failed on "relation images
+    already exists" or a pg_type duplicate key. Each takes the migrations' advisory lock: while
+    another holds it (here this test), `pgclip migrate` waits, then finds its way to head."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.waiting import wait_for
+
+    url = databases.create_empty()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PGCLIP_")},
+           "PGCLIP_DATABASE_URL": url, "PGCLIP_MODEL": "test-tiny", "PGCLIP_DATA_DIR": str(tmp_path)}
+    try:
+        with psycopg.connect(url, autocommit=True) as holder:
+            holder.execute("SELECT pg_advisory_lock(hashtext('pgclip: migrations'))")
+            run = subprocess.Popen([sys.executable, "-m", "pgclip.cli", "migrate"], env=env, text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+            def waiting() -> bool:
+                return holder.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                                      " AND wait_event = 'advisory' AND datname = current_database()").fetchone()[0] == 1
+
+            wait_for(lambda: waiting() or run.poll() is not None, timeout=120, what="pgclip migrate at the lock")
+            assert run.poll() is None, run.communicate()  # it waits for the lock, touching nothing
+            assert holder.execute("SELECT to_regclass('pgclip.images')").fetchone() == (None,)
+            holder.execute("SELECT pg_advisory_unlock(hashtext('pgclip: migrations'))")
+            out, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err
+        with connect(url) as conn:
+            migrations.require_head(conn)
+    finally:
+        databases.drop(url)
+
+
 def test_the_head_every_process_checks_for_is_alembics_head():
     # A new migration without SCHEMA_HEAD moved on would let processes run on the old schema.
     assert migrations.SCHEMA_HEAD == migrations.head_revision()
