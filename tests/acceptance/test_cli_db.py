@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from tests.pg import with_database
+from tests.waiting import wait_for
 
 PGCLIP = [sys.executable, "-m", "pgclip.cli"]
 
@@ -48,6 +49,12 @@ def test_db_lifecycle_start_status_url_migrate_psql_stop(tmp_path: Path):
     try:
         url = run("db", "url", env=env, check=True).stdout.strip()
         assert url in started.stdout
+        # The server logs into its data folder, restarted or not (a first start restarts it for
+        # shared_buffers: its log went to a deleted temporary file, for as long as it ran).
+        with psycopg.connect(url) as conn, pytest.raises(psycopg.errors.DivisionByZero):
+            conn.execute("SELECT 1/0 AS where_did_the_log_go")
+        log = tmp_path / "data/postgres/log"
+        wait_for(lambda: "where_did_the_log_go" in log.read_text(errors="replace"), 10, what="the error in the log")
         status = run("db", "status", env=env, check=True)
         assert "running" in status.stdout and url in status.stdout
 
