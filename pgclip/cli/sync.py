@@ -4,6 +4,7 @@ database (``application/sync.py``), once or, with ``--watch``, as they change.""
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from pgclip.cli.common import database_lost, usage_error
@@ -54,6 +55,7 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
             print(f"pgclip: {folder.note}", file=sys.stderr)
         if not args.watch:
             return 1 if _sync_once(folder, args).rejected else 0
+        signal.signal(signal.SIGTERM, _interrupted)  # systemd, `docker stop`: as Ctrl-C
         try:
             _sync_once(folder, args)
             watch(folder.root, lambda: _sync_once(folder, args, quiet=True), poll=args.poll,
@@ -102,6 +104,10 @@ def print_report(report, *, as_json: bool = False, verbose: bool = False, file=N
     for path, reason in report.rejected:
         write(f"  rejected {one_line(path)}: {one_line(reason)}")
     write(one_line(report.summary()))
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def synced_folder(folder: str, settings: Settings):

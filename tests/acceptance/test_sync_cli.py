@@ -73,8 +73,10 @@ def test_sync_embed_waits_for_the_folders_images_while_another_worker_takes_some
 
 
 @pytest.mark.alone  # a watcher's latency, with time bounds: not beside another test process
-@pytest.mark.parametrize("poll", [False, True], ids=["inotify", "polling"])
-def test_watch_syncs_each_change_until_ctrl_c(db_url, tmp_path, poll):
+@pytest.mark.parametrize(("poll", "stop"), [(False, signal.SIGINT), (True, signal.SIGTERM)],
+                         ids=["inotify, ctrl-c", "polling, sigterm"])
+def test_watch_syncs_each_change_until_ctrl_c_or_sigterm(db_url, tmp_path, poll, stop):
+    """SIGTERM (systemd, `docker stop`) stops it as Ctrl-C does: it ended with status 143, unsaid."""
     env = env_for(db_url, tmp_path)
     photos = tmp_path / "photos"
     write_jpegs(photos, 1)
@@ -95,7 +97,7 @@ def test_watch_syncs_each_change_until_ctrl_c(db_url, tmp_path, poll):
         wait_for(lambda: file_rows(db_url) == {str(photos / "sub" / "arrived.jpg")}, 60, 0.2,
                  "the deleted file removed", [watcher])
     finally:
-        watcher.send_signal(signal.SIGINT)
+        watcher.send_signal(stop)
         try:
             out, err = watcher.communicate(timeout=60)
         except subprocess.TimeoutExpired:
