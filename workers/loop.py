@@ -97,6 +97,7 @@ class Worker:
         parent_pid: int | None = None,
         metrics: WorkerMetrics | None = None,
         build_index: bool = True,
+        revive: Callable[[], None] | None = None,
     ) -> None:
         self.url = url
         self.model_threads = model_threads  # threads running the model, each on its own batch
@@ -115,7 +116,7 @@ class Worker:
         self.metrics = metrics or WorkerMetrics.private(model=model.name, pretrained=model.pretrained)
         self.stats = WorkerStats(listener=self.metrics.count)
         self.held = Held()  # claimed and not yet written or given back
-        self.outage = Outage()
+        self.outage = Outage(revive)  # revive: a crashed embedded server is started again (db.engine.reviver)
         self.stopping = threading.Event()
         self._wake = threading.Event()
         self._closed = threading.Event()  # run() is over: the presence, keeper and watchdog threads end

@@ -56,8 +56,9 @@ class Abandoned(Exception):
 class Outage:
     """What one worker process knows of the database being away; logs one line per outage."""
 
-    def __init__(self) -> None:
+    def __init__(self, revive: Callable[[], None] | None = None) -> None:
         self._lock = threading.Lock()
+        self.revive = revive  # starts a crashed embedded server again (db.embedded.Reviver), rate-limited
         self.down_since: float | None = None
         self.first_reason = ""
         self.up_since = time.monotonic()  # when the last outage ended (or we started)
@@ -70,6 +71,8 @@ class Outage:
             if self.down_since is None and since >= self.up_since:
                 self.down_since = time.monotonic()
                 self.first_reason = reason(exc)
+        if self.revive is not None:
+            self.revive()
 
     def connected(self) -> None:
         """A connection was made: if an outage was under way, it is over; say so once."""

@@ -132,7 +132,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from pgclip.application.bootstrap import ready_url, worker_model
     from pgclip.core import logs
     from pgclip.core.errors import InvalidInput
-    from pgclip.db.engine import connection, describe_target
+    from pgclip.db.engine import connection, describe_target, reviver
     from pgclip.db.metrics import DatabaseCollector, scrape_connection
     from pgclip.db.queue import open_jobs
     from pgclip.workers.encoder import ClipEncoder
@@ -180,7 +180,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     worker = Worker(
         url, encoder=encoder, model=model, batch_size=settings.batch_size, lease_seconds=settings.lease_seconds,
         max_attempts=settings.max_attempts, model_threads=encoder.model_threads, on_done=bar.update,
-        watchdog_seconds=args.watchdog, parent_pid=parent, metrics=metrics,
+        watchdog_seconds=args.watchdog, parent_pid=parent, metrics=metrics, revive=reviver(settings),
     )
     worker.metrics.describe_worker(worker.id, encoder.backend, encoder.device)
     logs.bind(worker=worker.id)

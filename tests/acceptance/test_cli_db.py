@@ -88,6 +88,50 @@ def test_db_lifecycle_start_status_url_migrate_psql_stop(tmp_path: Path):
         run("db", "stop", env=env, check=True)
 
 
+@pytest.mark.slow
+def test_a_crashed_embedded_server_is_started_again_by_the_api_and_workers_but_a_stopped_one_is_not(tmp_path: Path):
+    """Killed (kill -9, the OOM killer), it stayed down, every search a 503, until someone ran a
+    pgclip command. `pgclip db stop` is the operator's: that one stays stopped."""
+    import time
+
+    import httpx
+
+    from tests.acceptance.test_api import free_port, start_server
+
+    port = free_port()
+    env = {"PGCLIP_DATA_DIR": str(tmp_path / "data"), "PGCLIP_MODEL": "test-tiny", "PGCLIP_PORT": str(port)}
+    run("migrate", env=env, check=True)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PGCLIP_")}
+    worker_log = (tmp_path / "worker.log").open("w")
+    worker = subprocess.Popen([*PGCLIP, "worker"], env={**base, **env}, stdout=worker_log, stderr=subprocess.STDOUT)
+    api, url = start_server(env, port)
+    pidfile = tmp_path / "data/postgres/postmaster.pid"
+    try:
+        killed = int(pidfile.read_text().split()[0])
+        os.kill(killed, signal.SIGKILL)
+
+        def answering_again() -> bool:
+            try:
+                return httpx.get(f"{url}/api/status", timeout=5).status_code == 200 and pidfile.exists() \
+                    and int(pidfile.read_text().split()[0]) != killed
+            except (httpx.HTTPError, ValueError, IndexError):
+                return False
+
+        wait_for(answering_again, 60, 0.2, "the killed server started again", [api, worker])
+        run("db", "stop", env=env, check=True)
+        time.sleep(12)  # two of the reviver's looks (every 5 s): a stopped server is left stopped
+        assert not pidfile.exists() and httpx.get(f"{url}/api/status", timeout=10).status_code == 503
+    finally:
+        for proc in (api, worker):
+            proc.terminate()
+            proc.wait(timeout=60)
+        worker_log.close()
+        run("db", "stop", env=env)
+    logs = (tmp_path / "worker.log").read_text() + api.stdout.read()
+    assert "was not stopped but is gone (killed?): starting it" in logs, logs[-3000:]
+    assert "Traceback" not in logs, logs[-3000:]
+
+
 def test_an_embedded_server_that_cannot_start_is_one_line_naming_the_cause(tmp_path: Path):
     """It was 300 lines (the library's whole server log since initdb), ending on the log's last
     line rather than its FATAL one."""
