@@ -59,6 +59,14 @@ class IngestInterrupted(DatabaseUnavailable):
         self.report = report
 
 
+class IngestStopped(KeyboardInterrupt):
+    """Ctrl-C mid-run; the batches committed before stay. The message is the one line for the user."""
+
+    def __init__(self, message: str, report: IngestReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
 @dataclasses.dataclass
 class IngestReport:
     """What a run did; paths are readable names (undecodable bytes as ``\\xNN``)."""
@@ -190,8 +198,10 @@ def ingest(
     on_total: Callable[[int], None] | None = None,
     batch_files: int = BATCH_FILES,
     video: VideoOptions = VideoOptions(),
+    stop: Callable[[], bool] | None = None,
 ) -> IngestReport:
-    """Ingest image and video files; ``progress(n)`` is called after every n files.
+    """Ingest image and video files; ``progress(n)`` is called after every n files; once
+    ``stop()`` says so (the CLI's first Ctrl-C), no batch is begun and IngestStopped is raised.
 
     Each batch commits on its own (so a crash keeps what was done), unless the
     caller holds a transaction open: then the batches are savepoints within it;
@@ -212,17 +222,25 @@ def ingest(
     if on_total:
         on_total(len(files))
     route_warnings()
-    with ThreadPoolExecutor(READ_THREADS) as pool:
-        for batch in _batches(files, batch_files):
-            probed = list(pool.map(_read, batch))
-            _store_batch(conn, probed, index, report, model_id=model_id, ts_config=ts_config)
-            for item in probed:
-                if item.video:
-                    _store_video(conn, item.path, index.lookup(item.path), report, model_id=model_id,
-                                 ts_config=ts_config, options=video)
-            report.committed_files += len(batch)
-            if progress:
-                progress(len(batch))
+    try:
+        with ThreadPoolExecutor(READ_THREADS) as pool:
+            for batch in _batches(files, batch_files):
+                if stop is not None and stop():
+                    raise KeyboardInterrupt
+                probed = list(pool.map(_read, batch))
+                _store_batch(conn, probed, index, report, model_id=model_id, ts_config=ts_config)
+                for item in probed:
+                    if item.video:
+                        _store_video(conn, item.path, index.lookup(item.path), report, model_id=model_id,
+                                     ts_config=ts_config, options=video)
+                report.committed_files += len(batch)
+                if progress:
+                    progress(len(batch))
+    except KeyboardInterrupt:
+        # Asked to stop between batches, or Ctrl-C itself (a second one in the CLI): a batch in
+        # hand is rolled back with the connection; those committed stay.
+        raise IngestStopped(f"interrupted after committing {report.committed_files} of {report.files} files; "
+                            "run the same command again to add the rest", report) from None
     report.manifest_missing = index.missing()
     return report
 

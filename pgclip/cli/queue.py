@@ -21,7 +21,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     from pgclip.application.bootstrap import ready_url, storing_model
     from pgclip.core.errors import InvalidInput
     from pgclip.db.engine import connection
-    from pgclip.workers.ingest import BATCH_FILES, ingest, require_paths
+    from pgclip.workers.ingest import BATCH_FILES, IngestStopped, ingest, require_paths
     from pgclip.workers.ingest_files import readable_name
     from pgclip.workers.manifest import load_manifest
     from pgclip.workers.video import VideoOptions
@@ -49,10 +49,13 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
                 conn, paths, model_id=model.id, manifest=manifest, ts_config=settings.text_search_config,
                 progress=bar.update, on_total=lambda n: setattr(bar, "total", n),
                 batch_files=args.batch_files or BATCH_FILES,
-                video=VideoOptions.from_settings(settings, args.frame_interval),
+                video=VideoOptions.from_settings(settings, args.frame_interval), stop=_first_ctrl_c(),
             )
         if plan.dropped and plan.vectors and not report.enqueued:
             _rebuild_now(url, model)  # after the ingest's connection (and its lock) is gone
+    except IngestStopped as stopped:  # Ctrl-C: the status a shell gives SIGINT, and what was kept
+        print(f"pgclip: {stopped}", file=sys.stderr)
+        return 130
     except Exception as exc:  # IngestInterrupted (lost mid-run) is a DatabaseUnavailable
         return database_lost(exc)
     status = 1 if report.rejected else 0
@@ -89,6 +92,24 @@ def _bulk_mode(conn, url: str, model, bulk: bool):
         print(f"pgclip: bulk mode: {model.label} has no vector index (kind none): nothing to defer",
               file=sys.stderr)
     return plan
+
+
+def _first_ctrl_c():
+    """A first Ctrl-C lets the batch in hand commit (so the count said is exact), a second one
+    stops at once; returns what ``ingest(stop=...)`` asks."""
+    import signal
+    import threading
+
+    asked = threading.Event()
+
+    def on_sigint(signum: int, frame: object) -> None:
+        if asked.is_set():
+            raise KeyboardInterrupt
+        asked.set()
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when the shell ignores it
+        signal.signal(signal.SIGINT, on_sigint)
+    return asked.is_set
 
 
 def _print_ingest_report(report, as_json: bool, verbose: bool) -> None:

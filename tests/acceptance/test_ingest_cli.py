@@ -304,3 +304,27 @@ def test_edit_and_rm_from_the_cli(db_url, tmp_path):
     assert removed.stdout.splitlines() == [f"deleted {first}", "no image with id 999999"]
     with psycopg.connect(db_url) as conn:
         assert [r[0] for r in conn.execute("SELECT id FROM pgclip.images")] == [second]
+
+
+def test_ctrl_c_mid_ingest_says_what_was_kept_and_the_same_command_adds_the_rest(db_url, tmp_path):
+    """It exited 130 without a word; the batches committed before Ctrl-C stay, and it says how many."""
+    env = env_for(db_url, tmp_path)
+    write_jpegs(tmp_path / "photos", 3000, size=(200, 150))
+
+    def stored() -> int:
+        with psycopg.connect(db_url) as conn:
+            return conn.execute("SELECT count(*) FROM pgclip.images").fetchone()[0]
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PGCLIP_")}
+    ingest = subprocess.Popen([*PGCLIP, "ingest", str(tmp_path / "photos"), "--batch-files", "20"],
+                              env={**base, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    wait_for(lambda: stored() > 0, 120, 0.02, "the first batch committed", [ingest])
+    ingest.send_signal(signal.SIGINT)
+    out, err = ingest.communicate(timeout=60)
+    kept = stored()
+    assert ingest.returncode == 130 and "Traceback" not in err, err
+    assert err.strip() == (f"pgclip: interrupted after committing {kept} of 3000 files; "
+                           "run the same command again to add the rest"), err
+    again = run("ingest", str(tmp_path / "photos"), env=env, check=True)
+    assert f"added {3000 - kept}, already present {kept}," in again.stdout
