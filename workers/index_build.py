@@ -23,6 +23,7 @@ import time
 
 import psycopg
 
+from pgclip.db.engine import Failure, classify
 from pgclip.db.indexes import BuildReport, build_deferred
 from pgclip.db.models import ModelRow
 from pgclip.workers.reconnect import RETRYABLE, reason
@@ -77,9 +78,14 @@ class IndexBuilder(threading.Thread):
                 report = build_deferred(self.url, self.model, app_name=self.app_name, connected=self._keep,
                                         on_built=self._saw_built)
             except (psycopg.Error, *RETRYABLE) as exc:
+                # The database away (the worker's outage line says so, once) or a lost race is no
+                # failure of the build, which was perhaps not even due: only a real one is a warning.
+                failure = classify(exc)
+                level = (logging.DEBUG if failure is Failure.UNAVAILABLE else
+                         logging.INFO if failure is Failure.CONFLICT else logging.WARNING)
                 if not self._over():
-                    log.warning("building the index of %s failed (%s); it is tried again when the queue is "
-                                "next empty", self.model.label, reason(exc))
+                    log.log(level, "building the index of %s failed (%s); it is tried again when the queue is "
+                            "next empty", self.model.label, reason(exc))
                 return None
             finally:
                 self._conn = None
