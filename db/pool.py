@@ -122,5 +122,7 @@ class Pool:
         self._connect_errors = self.pool.get_stats().get("connections_errors", 0)
         with self._lock:
             if self._down_since is not None:
-                log.warning("%s reachable again after %.1f s", self._label, time.monotonic() - self._down_since)
+                # Noticed by the first request that got through: the outage may have ended earlier.
+                log.warning("%s reachable again: a request got through %.1f s after it went away", self._label,
+                            time.monotonic() - self._down_since)
                 self._down_since = None
