@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import threading
 from pathlib import Path
 
@@ -234,15 +235,17 @@ def test_a_worker_whose_model_is_dropped_under_it_stops_and_says_so(conn, db_url
     conn.commit()
     worker = Worker(db_url, encoder=encoder, model=doomed, batch_size=4, lease_seconds=30, max_attempts=3)
     thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    try:
-        conn.execute("DELETE FROM pgclip.models WHERE id = %s", [doomed.id])  # what `pgclip models drop` deletes
-        conn.commit()
-        thread.join(timeout=30)
-        assert not thread.is_alive()
-    finally:
-        worker.stop()
-        thread.join(timeout=10)
+    # At WARNING whatever another test left the root logger at (an in-process CLI sets it to ERROR).
+    with caplog.at_level(logging.WARNING, logger="pgclip.worker"):
+        thread.start()
+        try:
+            conn.execute("DELETE FROM pgclip.models WHERE id = %s", [doomed.id])  # what `pgclip models drop` deletes
+            conn.commit()
+            thread.join(timeout=30)
+            assert not thread.is_alive()
+        finally:
+            worker.stop()
+            thread.join(timeout=10)
     assert any("was dropped (`pgclip models drop`)" in r.getMessage() and "it stops" in r.getMessage()
                for r in caplog.records), [r.getMessage() for r in caplog.records]
 
